@@ -1,0 +1,205 @@
+"""``xsearch`` command line.
+
+- ``xsearch fit|validate|test|predict --config FILE [overrides]``: LightningCLI over any
+  registered method (``model.class_path``) and ``RetrievalDataModule``. ``test`` (and ``fit``
+  with ``--test_after_fit true``) appends a row to the results store and prints the leaderboard.
+- ``xsearch data synth {pedes,faces} --out DIR``: write a synthetic dataset.
+- ``xsearch data check NAME --root DIR``: parse a dataset, print per-split counts as JSON.
+- ``xsearch leaderboard [--dataset NAME] [--format md|csv|json|html]``: render the results store.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("xsearch")
+
+HYPERPARAMETER_SECTIONS = ("model", "data")
+"""Config sections that define an experiment (hashed into ``config_hash``; seeds and trainer excluded)."""
+
+
+# --------------------------------------------------------------------------------------
+# LightningCLI subcommands
+# --------------------------------------------------------------------------------------
+def _lightning_cli(args: list[str]) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+
+    from xsearch.datamodules import RetrievalDataModule
+    from xsearch.models import RetrievalModule
+
+    class LoggedConfig(SaveConfigCallback):
+        """Saves ``config.yaml`` in the log dir and sends the whole config to every logger."""
+
+        def save_config(self, trainer: Any, pl_module: Any, stage: str) -> None:
+            config = self.parser.dump(self.config, skip_none=False, format="json")
+            for logger in trainer.loggers:
+                logger.log_hyperparams({"config": json.loads(config)})
+
+    class XSearchCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser: Any) -> None:
+            parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+            parser.set_defaults({
+                "checkpoint.monitor": "val/R1",
+                "checkpoint.mode": "max",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-epoch{epoch:02d}",
+                "checkpoint.auto_insert_metric_name": False,
+            })
+            parser.add_argument("--results", default="results/xsearch.sqlite", help="SQLite results store that test runs append to")
+            parser.add_argument("--test_after_fit", type=bool, default=False, help="after fit, test the best checkpoint and record it")
+
+        def before_fit(self) -> None:
+            self._started = time.perf_counter()
+            datamodule = self.datamodule
+            datamodule.prepare_data()  # generate synthetic data before anything reads it
+            if getattr(datamodule, "hparams", {}).get("val_split") and datamodule.load_index() is not None:
+                if datamodule.eval_split != datamodule.hparams.val_split:
+                    log.warning("model selection uses the %s split (no %s split)", datamodule.eval_split, datamodule.hparams.val_split)
+
+        def after_fit(self) -> None:
+            if self._get(self.config, "test_after_fit"):
+                best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
+                self._started = time.perf_counter()
+                self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+                self._record(best or "(last weights)")
+
+        def before_test(self) -> None:
+            self._started = time.perf_counter()
+            self.datamodule.prepare_data()
+
+        def after_test(self) -> None:
+            subcommand_config = self.config[self.subcommand]
+            self._record(subcommand_config.get("ckpt_path") or "(untrained weights)")
+
+        def _record(self, checkpoint: str) -> None:
+            from xsearch.leaderboard import render_store
+            from xsearch.registry import METHODS
+            from xsearch.results import ResultsStore, RunRecord, config_hash, git_commit
+
+            if not self.trainer.is_global_zero:
+                return
+            config = self.config[self.subcommand]
+            metrics = {k.split("/", 1)[1]: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("test/")}
+            if not metrics:
+                log.warning("no test metrics to record")
+                return
+            dumped = json.loads(self.parser.dump(config, skip_none=False, format="json"))
+            experiment = {k: dumped.get(k) for k in HYPERPARAMETER_SECTIONS}
+            method = next((n for n in METHODS.names() if METHODS.get(n) is type(self.model)), type(self.model).__name__)
+            record = RunRecord(
+                method=method,
+                dataset=self.datamodule.dataset,
+                metrics=metrics,
+                config=dumped,
+                config_hash=config_hash(experiment),
+                checkpoint=str(checkpoint),
+                seed=dumped.get("seed_everything") if isinstance(dumped.get("seed_everything"), int) else None,
+                wall_time_s=time.perf_counter() - self._started,
+                git_commit=git_commit(),
+            )
+            store = ResultsStore(config["results"])
+            row = store.append(record)
+            shown = ", ".join(f"{k} {metrics[k]:.2f}" for k in ("R1", "R5", "R10", "mAP", "mINP") if k in metrics)
+            print(f"\n[xsearch] {method} on {record.dataset} (test): {shown}")
+            print(f"[xsearch] appended run #{row} to {store.path}\n")
+            print(render_store(store, dataset=record.dataset, fmt="md"))
+
+        @staticmethod
+        def _get(config: Any, key: str) -> Any:
+            return config.get(key) if hasattr(config, "get") else getattr(config, key, None)
+
+        def _run_subcommand(self, subcommand: str) -> None:
+            self._started = time.perf_counter()
+            super()._run_subcommand(subcommand)
+
+    XSearchCLI(
+        RetrievalModule,
+        RetrievalDataModule,
+        subclass_mode_model=True,
+        save_config_callback=LoggedConfig,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# data / leaderboard subcommands
+# --------------------------------------------------------------------------------------
+def _data_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="xsearch data", description="Generate or check datasets.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    synth = sub.add_parser("synth", help="write a synthetic dataset in an official layout")
+    synth.add_argument("kind", choices=["pedes", "faces"], help="pedes: CUHK-PEDES layout; faces: CelebA layout + captions")
+    synth.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    synth.add_argument("--identities", type=int, default=None, help="number of identities (default: quickstart size)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    check = sub.add_parser("check", help="parse a dataset and print per-split counts as JSON")
+    check.add_argument("name", help="registered dataset name, e.g. cuhk_pedes, synth_pedes")
+    check.add_argument("--root", required=True, help="dataset folder in its official layout")
+    args = parser.parse_args(argv)
+
+    if args.action == "synth":
+        from xsearch.datamodules import synthetic
+
+        generate = {"pedes": synthetic.generate_pedes, "faces": synthetic.generate_faces}[args.kind]
+        options: dict[str, Any] = {"seed": args.seed, "overwrite": args.overwrite}
+        if args.identities is not None:
+            options["identities"] = args.identities
+        out = generate(args.out, **options)
+        print(f"wrote synthetic {args.kind} dataset to {out}")
+        return 0
+
+    from xsearch.datamodules import RetrievalDataModule  # noqa: F401  (registers the parsers)
+    from xsearch.registry import DATASETS
+
+    index = DATASETS.get(args.name)(Path(args.root))
+    print(json.dumps({"dataset": args.name, "splits": index.summary(), "warnings": index.warnings}, indent=2))
+    return 0
+
+
+def _leaderboard_command(argv: list[str]) -> int:
+    from xsearch.leaderboard import FORMATS, render_store
+
+    parser = argparse.ArgumentParser(prog="xsearch leaderboard", description="Render the results store.")
+    parser.add_argument("--dataset", default=None, help="only this dataset")
+    parser.add_argument("--format", default="md", choices=FORMATS)
+    parser.add_argument("--results", default="results/xsearch.sqlite", help="SQLite results store")
+    parser.add_argument("--out", default=None, help="write to this file instead of standard output")
+    args = parser.parse_args(argv)
+    text = render_store(args.results, dataset=args.dataset, fmt=args.format)
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+    else:
+        print(text)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``xsearch`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("WANDB_MODE", "offline")  # no account or network needed; opt in with WANDB_MODE=online
+    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+    commands = {"data": _data_command, "leaderboard": _leaderboard_command}
+    try:
+        if argv and argv[0] in commands:
+            return commands[argv[0]](argv[1:])
+        _lightning_cli(argv)
+        return 0
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError, OSError) as error:
+        if os.environ.get("XSEARCH_DEBUG"):
+            raise
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"xsearch: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,215 @@
+"""``RetrievalDataModule``: one datamodule for every text-to-image retrieval dataset.
+
+Train items are (image, caption, pid) pairs, one per caption. Validation and test each give
+two loaders, in this order: the queries (captions) and the gallery (unique images). Text
+stays raw (``list[str]`` in the batch): tokenisation belongs to the model.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from xsearch.datamodules.records import CaptionRecord, DatasetIndex, ImageRecord
+from xsearch.datamodules.samplers import IdentityBatchSampler
+from xsearch.datamodules.transforms import AugmentConfig, build_train_augment, load_image
+from xsearch.registry import DATASETS, Registry
+
+log = logging.getLogger(__name__)
+
+QUERIES, GALLERY = 0, 1
+"""Dataloader indices of the two evaluation loaders."""
+
+SYNTHESIZERS: Registry[Callable[..., Path]] = Registry("synthetic dataset generator")
+"""Generators of synthetic datasets by dataset name, used when ``generate`` is set and the root is missing."""
+
+
+class ImageStore:
+    """Loads images as resized ``uint8 (3, H, W)`` tensors, optionally keeping them all in RAM."""
+
+    def __init__(self, images: list[ImageRecord], size: tuple[int, int], cache: bool, desc: str = "caching images") -> None:
+        self.images, self.size = images, size
+        self.cache: dict[int, torch.Tensor] | None = None
+        if cache:
+            self.cache = {r.index: load_image(r.path, size) for r in tqdm(images, desc=desc, leave=False)}
+        self.by_index = {r.index: r for r in images}
+
+    def __call__(self, image_index: int) -> torch.Tensor:
+        if self.cache is not None:
+            return self.cache[image_index]
+        return load_image(self.by_index[image_index].path, self.size)
+
+
+class TrainPairs(Dataset):
+    """One item per training caption: ``{"image", "text", "pid" (0..n-1 label), "index", "image_index"}``."""
+
+    def __init__(self, captions: list[CaptionRecord], labels: dict[int, int], images: ImageStore, augment: Callable) -> None:
+        self.captions, self.labels, self.images, self.augment = captions, labels, images, augment
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        caption = self.captions[i]
+        return {
+            "image": self.augment(self.images(caption.image_index)),
+            "text": caption.text,
+            "pid": self.labels[caption.pid],
+            "index": caption.index,
+            "image_index": caption.image_index,
+        }
+
+
+class QuerySet(Dataset):
+    """Evaluation queries: ``{"text", "pid", "index", "image_index"}``."""
+
+    def __init__(self, captions: list[CaptionRecord]) -> None:
+        self.captions = captions
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        c = self.captions[i]
+        return {"text": c.text, "pid": c.pid, "index": c.index, "image_index": c.image_index}
+
+
+class GallerySet(Dataset):
+    """Evaluation gallery, one item per unique image: ``{"image", "pid", "index"}``."""
+
+    def __init__(self, images: list[ImageRecord], store: ImageStore) -> None:
+        self.images, self.store = images, store
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        r = self.images[i]
+        return {"image": self.store(r.index), "pid": r.pid, "index": r.index}
+
+
+class RetrievalDataModule(L.LightningDataModule):
+    """Train pairs + (queries, gallery) evaluation loaders for a registered dataset.
+
+    Args:
+        dataset: registered dataset name (``synth_pedes``, ``cuhk_pedes``...).
+        root: dataset folder in the dataset's official layout.
+        image_size: ``(H, W)`` every image is resized to.
+        batch_size: training pairs per batch (per device).
+        sampler: ``random`` or ``identity`` (P x K batches, ``instances`` pairs per identity).
+        val_split: split used for validation and checkpoint selection; a dataset without it
+            falls back to ``test`` with a warning (selection on test is then logged).
+        cache_images: keep every resized image in RAM as uint8 (fast epochs on small data).
+        generate: generator options (``{"identities": 1000, "seed": 0}``) for a synthetic dataset
+            whose root does not exist yet; ``None`` never generates.
+        dataset_options: keyword options of the dataset's parser.
+    """
+
+    def __init__(
+        self,
+        dataset: str,
+        root: str,
+        image_size: tuple[int, int] = (384, 128),
+        batch_size: int = 64,
+        eval_batch_size: int = 256,
+        num_workers: int = 4,
+        sampler: Literal["random", "identity"] = "random",
+        instances: int = 4,
+        val_split: str = "val",
+        cache_images: bool = False,
+        augment: AugmentConfig | None = None,
+        generate: dict[str, Any] | None = None,
+        dataset_options: dict[str, Any] | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        DATASETS.get(dataset)  # fail early on an unknown name
+        self.save_hyperparameters()
+        self.dataset, self.root = dataset, Path(root)
+        self.image_size = tuple(image_size)
+        self.augment_config = augment or AugmentConfig()
+        self.index: DatasetIndex | None = None
+        self.labels: dict[int, int] = {}
+        self.eval_split = val_split
+
+    # -- preparation ---------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Generate a synthetic dataset if asked and missing (rank 0 only)."""
+        if self.hparams.generate is not None and not self.root.exists():
+            generator = SYNTHESIZERS.get(self.dataset)
+            log.info("generating %s into %s", self.dataset, self.root)
+            generator(self.root, **self.hparams.generate)
+
+    def load_index(self) -> DatasetIndex:
+        if self.index is None:
+            if not self.root.exists():
+                hint = " (set data.generate to create it)" if self.dataset in SYNTHESIZERS else ""
+                raise FileNotFoundError(f"{self.root}: dataset folder for {self.dataset!r} not found{hint}")
+            self.index = DATASETS.get(self.dataset)(self.root, **(self.hparams.dataset_options or {}))
+            for warning in self.index.warnings:
+                log.warning("%s: %s", self.dataset, warning)
+            train_pids = sorted({r.pid for r in self.index.split_images("train")})
+            self.labels = {pid: label for label, pid in enumerate(train_pids)}
+            if not self.index.has_split(self.hparams.val_split):
+                self.eval_split = "test"
+                log.warning(
+                    "%s has no %r split: validation and checkpoint selection use the TEST split",
+                    self.dataset, self.hparams.val_split,
+                )
+        return self.index
+
+    @property
+    def num_train_identities(self) -> int:
+        self.load_index()
+        return len(self.labels)
+
+    def setup(self, stage: str) -> None:
+        index = self.load_index()
+        size = self.image_size
+        if stage == "fit":
+            captions = index.split_captions("train")
+            store = ImageStore(index.split_images("train"), size, self.hparams.cache_images, "caching train images")
+            self.train_set = TrainPairs(captions, self.labels, store, build_train_augment(size, self.augment_config))
+        splits = {"fit": self.eval_split, "validate": self.eval_split, "test": "test", "predict": "test"}
+        self.eval_sets = {}
+        for split in {splits[stage]} | ({"test"} if stage == "test" else set()):
+            images = index.split_images(split)
+            store = ImageStore(images, size, self.hparams.cache_images, f"caching {split} images")
+            self.eval_sets[split] = (QuerySet(index.split_captions(split)), GallerySet(images, store))
+
+    # -- loaders -------------------------------------------------------------------------
+    def _loader(self, dataset: Dataset, **kwargs: Any) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(dataset, num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(), **kwargs)
+
+    def train_dataloader(self) -> DataLoader:
+        if self.hparams.sampler == "identity":
+            instances = self.hparams.instances
+            world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+            sampler = IdentityBatchSampler(
+                [self.labels[c.pid] for c in self.train_set.captions], self.hparams.batch_size // instances,
+                instances, seed=self.hparams.seed, num_replicas=world, rank=rank,
+            )
+            sampler.set_epoch(self.trainer.current_epoch if self.trainer else 0)
+            return self._loader(self.train_set, batch_sampler=sampler)
+        return self._loader(self.train_set, batch_size=self.hparams.batch_size, shuffle=True, drop_last=True)
+
+    def _eval_loaders(self, split: str) -> list[DataLoader]:
+        queries, gallery = self.eval_sets[split]
+        size = self.hparams.eval_batch_size
+        return [self._loader(queries, batch_size=size), self._loader(gallery, batch_size=size)]
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders(self.eval_split)
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders("test")
+
+    def test_gallery_paths(self) -> list[Path]:
+        """Image paths of the test gallery, in gallery order (for ranked-list pictures)."""
+        return [r.path for r in self.eval_sets["test"][1].images]

@@ -1,0 +1,828 @@
+"""PIL renderers behind :mod:`xsearch.datamodules.synthetic`.
+
+Everything here is drawn with ``PIL.ImageDraw`` on a supersampled canvas (2x), downscaled, then
+given per-image photometric noise with numpy. All randomness comes from the ``numpy.random.Generator``
+passed in, so the same generator state always gives the same pixels.
+
+Coordinates of the pedestrian are in *figure units*: ``x`` relative to the body's vertical axis and
+``y`` from the top of the head (0) to the soles (1), both multiplied by the figure height in pixels.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+RGB = tuple[int, int, int]
+
+SS = 2  # supersampling factor
+
+# Camera "styles" of the pedestrian sub-folders: per-channel gain, contrast, sharpness bias.
+CAMERA_STYLES: dict[str, dict[str, Any]] = {
+    "cam_a": {"cast": (1.06, 1.0, 0.92), "contrast": 1.0, "blur": 0.25},
+    "cam_b": {"cast": (0.93, 0.99, 1.08), "contrast": 0.85, "blur": 0.45},
+    "Market": {"cast": (1.0, 1.0, 1.0), "contrast": 1.08, "blur": 0.15},
+}
+
+# Colours that clutter (backgrounds, occluders) may use; includes the palette's hues on purpose.
+CLUTTER_RGB: list[RGB] = [
+    (28, 28, 30), (236, 236, 232), (125, 125, 128), (185, 28, 34), (38, 84, 190), (40, 128, 62),
+    (232, 200, 40), (112, 72, 42), (238, 140, 175), (118, 58, 150), (236, 122, 30), (212, 190, 150),
+    (90, 100, 110), (160, 150, 140), (70, 90, 70), (140, 120, 100), (180, 180, 170), (60, 60, 70),
+]
+
+
+def clamp_rgb(c: Sequence[float]) -> RGB:
+    return (int(min(255, max(0, round(c[0])))), int(min(255, max(0, round(c[1])))),
+            int(min(255, max(0, round(c[2])))))
+
+
+def shade(c: Sequence[float], f: float) -> RGB:
+    """Scale a colour; ``f > 1`` moves it towards white instead of clipping."""
+    if f <= 1.0:
+        return clamp_rgb([v * f for v in c])
+    t = min(1.0, f - 1.0)
+    return clamp_rgb([v + (255 - v) * t for v in c])
+
+
+def mix(a: Sequence[float], b: Sequence[float], t: float) -> RGB:
+    return clamp_rgb([a[i] * (1 - t) + b[i] * t for i in range(3)])
+
+
+def contrast_colour(c: Sequence[float]) -> RGB:
+    lum = 0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2]
+    return (245, 245, 242) if lum < 120 else (30, 30, 34)
+
+
+def _pick(rng: np.random.Generator, seq: Sequence[Any]) -> Any:
+    return seq[int(rng.integers(len(seq)))]
+
+
+# --------------------------------------------------------------------------------------------
+# backgrounds and post-processing
+# --------------------------------------------------------------------------------------------
+
+def _gradient(w: int, h: int, c1: Sequence[float], c2: Sequence[float], horizontal: bool = False) -> np.ndarray:
+    t = np.linspace(0.0, 1.0, w if horizontal else h, dtype=np.float32)
+    col = np.asarray(c1, np.float32)[None, :] * (1 - t[:, None]) + np.asarray(c2, np.float32)[None, :] * t[:, None]
+    if horizontal:
+        return np.broadcast_to(col[None, :, :], (h, w, 3))
+    return np.broadcast_to(col[:, None, :], (h, w, 3))
+
+
+def _low_freq_noise(rng: np.random.Generator, w: int, h: int, amp: float) -> np.ndarray:
+    small = rng.normal(0.0, amp, size=(int(rng.integers(3, 9)), int(rng.integers(2, 6)), 1)).astype(np.float32)
+    im = Image.fromarray(np.clip(small[:, :, 0] + 128, 0, 255).astype(np.uint8), "L").resize((w, h), Image.BICUBIC)
+    return (np.asarray(im, np.float32) - 128.0)[:, :, None]
+
+
+def _random_clutter_colour(rng: np.random.Generator) -> RGB:
+    base = _pick(rng, CLUTTER_RGB)
+    return shade(base, float(rng.uniform(0.7, 1.15)))
+
+
+def street_background(rng: np.random.Generator, w: int, h: int) -> Image.Image:
+    """Street / wall / plaza scene at canvas size ``w`` x ``h``."""
+    kind = int(rng.integers(3))
+    horizon = int(h * rng.uniform(0.45, 0.8))
+    wall1 = _random_clutter_colour(rng) if rng.random() < 0.5 else clamp_rgb(rng.uniform(90, 220, 3))
+    wall2 = shade(wall1, float(rng.uniform(0.6, 1.2)))
+    ground1 = clamp_rgb(np.full(3, rng.uniform(70, 180)) + rng.normal(0, 12, 3))
+    ground2 = shade(ground1, float(rng.uniform(0.7, 1.3)))
+    arr = np.empty((h, w, 3), np.float32)
+    arr[:horizon] = _gradient(w, horizon, wall1, wall2, horizontal=bool(rng.random() < 0.3))
+    arr[horizon:] = _gradient(w, h - horizon, ground1, ground2)
+    arr += _low_freq_noise(rng, w, h, 30.0)
+    img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+    d = ImageDraw.Draw(img)
+    if kind == 0:  # facades with windows
+        x = -int(rng.integers(0, w // 2))
+        while x < w:
+            bw = int(rng.integers(w // 3, w))
+            top = int(rng.integers(0, max(1, horizon // 2)))
+            col = _random_clutter_colour(rng)
+            d.rectangle([x, top, x + bw, horizon], fill=col)
+            win = shade(col, float(rng.uniform(0.4, 0.75))) if rng.random() < 0.6 else _random_clutter_colour(rng)
+            ww, wh = int(rng.integers(6, 18)), int(rng.integers(10, 26))
+            for wy in range(top + 6, horizon - wh, wh + int(rng.integers(6, 16))):
+                for wx in range(x + 4, x + bw - ww, ww + int(rng.integers(5, 14))):
+                    d.rectangle([wx, wy, wx + ww, wy + wh], fill=win)
+            x += bw + int(rng.integers(0, 10))
+    elif kind == 1:  # trees / bushes / poles
+        for _ in range(int(rng.integers(2, 6))):
+            cx, cy = rng.uniform(0, w), rng.uniform(horizon * 0.2, horizon)
+            r = rng.uniform(w * 0.15, w * 0.5)
+            col = clamp_rgb((rng.uniform(30, 90), rng.uniform(70, 150), rng.uniform(30, 80))) if rng.random() < 0.7 \
+                else _random_clutter_colour(rng)
+            d.ellipse([cx - r, cy - r * 0.8, cx + r, cy + r * 0.8], fill=col)
+    else:  # tiles / panels
+        step = int(rng.integers(12, 40))
+        col = shade(wall1, float(rng.uniform(0.75, 0.9)))
+        for yy in range(0, horizon, step):
+            d.line([(0, yy), (w, yy)], fill=col, width=2)
+        for xx in range(int(rng.integers(0, step)), w, step * 2):
+            d.line([(xx, 0), (xx, horizon)], fill=col, width=2)
+    # poles, signs, ground markings
+    for _ in range(int(rng.integers(0, 3))):
+        px = rng.uniform(0, w)
+        pw = rng.uniform(2, 7)
+        d.rectangle([px, rng.uniform(0, horizon * 0.6), px + pw, horizon + rng.uniform(0, h - horizon)],
+                    fill=_random_clutter_colour(rng))
+    if rng.random() < 0.5:
+        lc = shade(ground1, float(rng.uniform(1.3, 1.6)))
+        for _ in range(int(rng.integers(1, 4))):
+            y = rng.uniform(horizon, h)
+            d.line([(rng.uniform(-w, w), y), (rng.uniform(0, 2 * w), y + rng.uniform(-20, 20))], fill=lc,
+                   width=int(rng.integers(2, 6)))
+    for _ in range(int(rng.integers(0, 4))):  # random small objects
+        cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+        r = rng.uniform(3, w * 0.15)
+        col = _random_clutter_colour(rng)
+        if rng.random() < 0.5:
+            d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=col)
+        else:
+            d.rectangle([cx - r, cy - r * rng.uniform(0.3, 1.5), cx + r, cy + r], fill=col)
+    return img
+
+
+def photometric(img: Image.Image, rng: np.random.Generator, *, cast: Sequence[float] = (1, 1, 1),
+                contrast: float = 1.0, noise: tuple[float, float] = (2.0, 9.0), blur_p: float = 0.3,
+                blur_radius: tuple[float, float] = (0.4, 1.0), extra_blur: float = 0.0) -> Image.Image:
+    """Lighting (gain, colour cast, ramp), contrast, optional blur, gaussian noise."""
+    if extra_blur > 0:
+        img = img.filter(ImageFilter.GaussianBlur(extra_blur))
+    elif rng.random() < blur_p:
+        img = img.filter(ImageFilter.GaussianBlur(float(rng.uniform(*blur_radius))))
+    a = np.asarray(img, np.float32)
+    h, w = a.shape[:2]
+    gain = rng.uniform(0.72, 1.22)
+    ch = np.asarray(cast, np.float32) * rng.uniform(0.9, 1.1, 3).astype(np.float32)
+    ramp_dir = int(rng.integers(2))
+    ramp = np.linspace(-1.0, 1.0, w if ramp_dir else h, dtype=np.float32) * rng.uniform(-0.18, 0.18)
+    ramp = ramp[None, :, None] if ramp_dir else ramp[:, None, None]
+    mean = a.mean()
+    c = contrast * rng.uniform(0.85, 1.12)
+    a = (a - mean) * c + mean
+    a = a * gain * ch[None, None, :] * (1.0 + ramp)
+    a += rng.normal(0.0, rng.uniform(*noise), size=a.shape).astype(np.float32)
+    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "RGB")
+
+
+# --------------------------------------------------------------------------------------------
+# pedestrian
+# --------------------------------------------------------------------------------------------
+
+class _Fig:
+    """Maps figure units to canvas pixels and wraps the drawing primitives."""
+
+    def __init__(self, d: ImageDraw.ImageDraw, cx: float, top: float, u: float, flip: bool = False):
+        self.d, self.cx, self.top, self.u, self.sx = d, cx, top, u, (-1.0 if flip else 1.0)
+
+    def p(self, x: float, y: float) -> tuple[float, float]:
+        return (self.cx + self.sx * x * self.u, self.top + y * self.u)
+
+    def poly(self, pts: Sequence[tuple[float, float]], fill: RGB, outline: RGB | None = None) -> None:
+        self.d.polygon([self.p(x, y) for x, y in pts], fill=fill, outline=outline)
+
+    def ell(self, x: float, y: float, rx: float, ry: float, fill: RGB | None, outline: RGB | None = None,
+            width: float = 0) -> None:
+        (px, py) = self.p(x, y)
+        rxp, ryp = abs(rx * self.u), abs(ry * self.u)
+        self.d.ellipse([px - rxp, py - ryp, px + rxp, py + ryp], fill=fill, outline=outline,
+                       width=max(1, int(width * self.u)) if outline else 0)
+
+    def line(self, pts: Sequence[tuple[float, float]], fill: RGB, width: float, round_ends: bool = True) -> None:
+        wpx = max(1, int(round(width * self.u)))
+        self.d.line([self.p(x, y) for x, y in pts], fill=fill, width=wpx, joint="curve")
+        if round_ends and wpx > 2:
+            for x, y in (pts[0], pts[-1]):
+                self.ell(x, y, width / 2.0, width / 2.0, fill)
+
+    def chord(self, x: float, y: float, rx: float, ry: float, start: float, end: float, fill: RGB) -> None:
+        (px, py) = self.p(x, y)
+        rxp, ryp = abs(rx * self.u), abs(ry * self.u)
+        if self.sx < 0:
+            start, end = 540 - end, 540 - start
+        self.d.chord([px - rxp, py - ryp, px + rxp, py + ryp], start, end, fill=fill)
+
+    def rect(self, x0: float, y0: float, x1: float, y1: float, fill: RGB) -> None:
+        self.poly([(x0, y0), (x1, y0), (x1, y1), (x0, y1)], fill)
+
+    def arc(self, x: float, y: float, rx: float, ry: float, start: float, end: float, fill: RGB, width: float) -> None:
+        (px, py) = self.p(x, y)
+        rxp, ryp = abs(rx * self.u), abs(ry * self.u)
+        if self.sx < 0:
+            start, end = 180 - end, 180 - start
+        self.d.arc([px - rxp, py - ryp, px + rxp, py + ryp], start, end, fill=fill,
+                   width=max(1, int(round(width * self.u))))
+
+
+def _lerp(a: tuple[float, float], b: tuple[float, float], t: float) -> tuple[float, float]:
+    return (a[0] + (b[0] - a[0]) * t, a[1] + (b[1] - a[1]) * t)
+
+
+def _draw_leg(f: _Fig, hip, knee, ankle, skin: RGB, bottom: str | None, bcol: RGB, dress_len: float) -> None:
+    thigh, calf = 0.062, 0.048
+    # bare leg first
+    f.line([hip, knee], skin, thigh)
+    f.line([knee, ankle], skin, calf)
+    if bottom in ("trousers", "jeans"):
+        f.line([hip, knee], bcol, thigh + 0.006)
+        f.line([knee, _lerp(knee, ankle, 0.97)], bcol, calf + 0.008)
+        if bottom == "jeans":  # seam
+            f.line([_lerp(hip, knee, 0.15), _lerp(knee, ankle, 0.9)], shade(bcol, 1.25), 0.006, round_ends=False)
+    elif bottom == "shorts":
+        f.line([hip, _lerp(hip, knee, 0.62)], bcol, thigh + 0.012)
+
+
+def render_person(a: dict[str, Any], rng: np.random.Generator, size: tuple[int, int] = (160, 64),
+                  camera: str = "Market") -> tuple[Image.Image, dict[str, Any]]:
+    """Draw one image of the identity described by ``a`` (see ``synthetic.PersonAttributes.render``).
+
+    Returns the image (``size`` is (H, W)) and per-image details: ``view`` in {front, back, side},
+    ``occluded`` (bool).
+    """
+    H, W = size
+    h2, w2 = H * SS, W * SS
+    img = street_background(rng, w2, h2)
+    d = ImageDraw.Draw(img)
+
+    view = str(rng.choice(["front", "back", "side"], p=[0.4, 0.3, 0.3]))
+    flip = bool(rng.random() < 0.5)
+    fh = h2 * float(rng.uniform(0.8, 0.94)) * a["height"]
+    bottom_y = h2 * float(rng.uniform(0.94, 1.0))
+    fh = min(fh, bottom_y - 2)
+    top = bottom_y - fh
+    cx = w2 * (0.5 + float(rng.uniform(-0.1, 0.1)))
+    f = _Fig(d, cx, top, fh, flip)
+    stride = float(rng.uniform(-1.0, 1.0))
+    lean = float(rng.uniform(-0.015, 0.015))
+
+    male = a["gender"] == "male"
+    build = a["build"]
+    skin = a["skin"]
+    top_t, tcol = a["top"], a["top_rgb"]
+    bottom, bcol = a["bottom"], a["bottom_rgb"]
+    hair_len, hcol = a["hair_length"], a["hair_rgb"]
+    dark_t = shade(tcol, 0.72)
+    side = view == "side"
+
+    sw = (0.105 if male else 0.092) * build
+    if side:
+        sw = 0.05 * build
+    waist = (0.08 if male else 0.066) * build
+    hip_w = (0.075 if male else 0.082) * build
+    if side:
+        waist, hip_w = 0.055 * build, 0.06 * build
+    sh_y, waist_y, hip_y = 0.17, 0.40, 0.5
+    hem_y = {"coat": 0.7, "dress": 0.69, "jacket": 0.52, "hoodie": 0.53}.get(top_t, 0.51)
+    # legs
+    legs = []
+    if side:
+        for sgn in (1, -1):
+            th = sgn * stride * 0.32
+            hip = (lean, hip_y)
+            knee = (lean + math.sin(th) * 0.23 + 0.015, hip_y + math.cos(th) * 0.23)
+            ankle = (knee[0] + math.sin(th - 0.15) * 0.23, min(0.955, knee[1] + math.cos(th - 0.15) * 0.23))
+            legs.append((hip, knee, ankle, sgn))
+    else:
+        for sgn in (-1, 1):
+            spread = 0.043 * build
+            k = stride * sgn * 0.012
+            hip = (sgn * spread, hip_y)
+            knee = (sgn * (spread + 0.004) + k, 0.725)
+            ankle = (sgn * (spread + 0.01) + 2 * k, 0.955 - max(0.0, stride * sgn) * 0.02)
+            legs.append((hip, knee, ankle, sgn))
+
+    # far arm in side view: behind everything
+    def arm_points(sgn: int) -> tuple[tuple[float, float], tuple[float, float], tuple[float, float]]:
+        if side:
+            phi = -sgn * stride * 0.45
+            s = (lean * 0.5, sh_y + 0.015)
+            e = (s[0] + math.sin(phi) * 0.165, s[1] + math.cos(phi) * 0.165)
+            hnd = (e[0] + math.sin(phi + 0.25) * 0.15, e[1] + math.cos(phi + 0.25) * 0.15)
+            return s, e, hnd
+        s = (sgn * (sw - 0.012), sh_y + 0.015)
+        e = (sgn * (sw + 0.022), 0.33 - abs(stride) * 0.01)
+        hnd = (sgn * (sw + 0.02 + stride * sgn * 0.01), 0.47 - abs(stride) * 0.015)
+        return s, e, hnd
+
+    def draw_arm(sgn: int, dim: float = 1.0) -> tuple[float, float]:
+        s, e, hnd = arm_points(sgn)
+        sc = shade(tcol, dim)
+        sk = shade(skin, dim)
+        wd = 0.046 * build
+        if top_t == "dress" and a["sleeves"] == "none":
+            f.line([s, e, hnd], sk, wd * 0.85)
+        else:
+            f.line([s, e], sk, wd)
+            f.line([e, hnd], sk, wd * 0.9)
+            if a["sleeves"] == "short" or (top_t == "dress"):
+                f.line([s, _lerp(s, e, 0.6)], sc, wd + 0.012)
+            else:
+                f.line([s, e], sc, wd + 0.006)
+                f.line([e, _lerp(e, hnd, 0.88)], sc, wd)
+                if top_t == "sweater":
+                    f.line([_lerp(e, hnd, 0.8), _lerp(e, hnd, 0.88)], shade(tcol, 0.8 * dim), wd)
+        f.ell(hnd[0], hnd[1], 0.024, 0.026, sk)
+        return hnd
+
+    hair_long = hair_len in ("long", "medium")
+    hair_end = {"long": 0.32, "medium": 0.22}.get(hair_len, 0.0)
+    # long hair behind the body (front view)
+    if hair_long and view == "front":
+        f.poly([(-0.058, 0.06), (0.058, 0.06), (0.07, hair_end), (-0.07, hair_end)], hcol)
+
+    # backpack behind (side view)
+    bag, bagcol = a["bag"], a["bag_rgb"]
+    if bag == "backpack" and side:
+        f.poly([(-sw - 0.085, 0.19), (-sw + 0.01, 0.18), (-sw + 0.01, 0.42), (-sw - 0.09, 0.41)], bagcol)
+        f.line([(-sw - 0.08, 0.3), (-sw - 0.02, 0.3)], shade(bagcol, 0.7), 0.01)
+
+    hand_far = None
+    if side:
+        hand_far = draw_arm(-1, 0.8)
+
+    # legs and bottoms
+    for hip, knee, ankle, sgn in legs:
+        dim = 0.85 if (side and sgn < 0) else 1.0
+        _draw_leg(f, hip, knee, ankle, shade(skin, dim), bottom, shade(bcol, dim) if bcol else skin, hem_y)
+    if bottom in ("trousers", "jeans", "shorts"):
+        f.poly([(-hip_w, hip_y - 0.04), (hip_w, hip_y - 0.04), (hip_w, hip_y + 0.05), (0, hip_y + 0.07),
+                (-hip_w, hip_y + 0.05)], bcol)
+    elif bottom == "skirt":
+        sl = a.get("skirt_len", 0.68)
+        f.poly([(-hip_w, hip_y - 0.05), (hip_w, hip_y - 0.05), (hip_w + 0.045, sl), (-hip_w - 0.045, sl)], bcol)
+    # shoes
+    shoes, scol = a["shoes"], a["shoes_rgb"]
+    for hip, knee, ankle, sgn in legs:
+        dim = 0.85 if (side and sgn < 0) else 1.0
+        c = shade(scol, dim)
+        ax, ay = ankle
+        if shoes == "boots":
+            f.line([(ax, ay - 0.09), (ax, ay - 0.005)], c, 0.058)
+        if side:
+            f.poly([(ax - 0.03, ay - 0.02), (ax + 0.05, ay - 0.005), (ax + 0.06, ay + 0.03), (ax - 0.032, ay + 0.03)],
+                   c)
+        else:
+            f.ell(ax, ay + 0.012, 0.034, 0.024, c)
+        if shoes == "sneakers":
+            sole = (235, 235, 230) if sum(scol) < 600 else (70, 70, 70)
+            f.line([(ax - 0.028, ay + 0.03), (ax + (0.05 if side else 0.028), ay + 0.03)], shade(sole, dim), 0.008,
+                   round_ends=False)
+        elif shoes == "sandals":
+            f.line([(ax - 0.02, ay - 0.005), (ax + 0.02, ay - 0.005)], shade(skin, dim), 0.012, round_ends=False)
+
+    # torso / top
+    if top_t == "dress":
+        pts = [(-sw, sh_y), (sw, sh_y), (waist, waist_y), (hip_w + 0.06, hem_y), (-hip_w - 0.06, hem_y),
+               (-waist, waist_y)]
+    elif top_t == "coat":
+        pts = [(-sw, sh_y), (sw, sh_y), (waist + 0.01, waist_y), (hip_w + 0.03, hem_y), (-hip_w - 0.03, hem_y),
+               (-waist - 0.01, waist_y)]
+    else:
+        pts = [(-sw, sh_y), (sw, sh_y), (waist, waist_y), (hip_w, hem_y), (-hip_w, hem_y), (-waist, waist_y)]
+    pts = [(x + lean * (1 - y), y) for x, y in pts]
+    # hood on the back (back view) is drawn before the torso outline
+    f.poly(pts, tcol)
+    f.ell(-sw + 0.01, sh_y + 0.02, 0.03, 0.025, tcol)
+    f.ell(sw - 0.01, sh_y + 0.02, 0.03, 0.025, tcol)
+
+    def half_width(y: float) -> float:
+        xs = [(p[1], abs(p[0])) for p in pts[1:4]]
+        for (y0, x0), (y1, x1) in zip(xs, xs[1:]):
+            if y0 <= y <= y1:
+                return x0 + (x1 - x0) * (y - y0) / max(1e-6, y1 - y0)
+        return xs[-1][1]
+
+    if a["pattern"] == "striped":
+        sc = a["stripe_rgb"]
+        y = sh_y + 0.035
+        while y < hem_y - 0.01:
+            hw = half_width(y)
+            f.line([(-hw + 0.004, y), (hw - 0.004, y)], sc, 0.014, round_ends=False)
+            y += 0.04
+    front = view == "front"
+    if top_t == "shirt":
+        if front:
+            f.line([(0, sh_y + 0.01), (0, hem_y - 0.01)], dark_t, 0.006, round_ends=False)
+            for yy in np.arange(sh_y + 0.05, hem_y - 0.02, 0.06):
+                f.ell(0.008, float(yy), 0.006, 0.006, shade(tcol, 1.35))
+        f.poly([(-0.035, sh_y - 0.01), (0.0, sh_y + 0.035), (0.035, sh_y - 0.01), (0.0, sh_y)], shade(tcol, 1.2))
+    elif top_t == "jacket":
+        if front:
+            f.line([(0, sh_y + 0.01), (0, hem_y)], shade(tcol, 0.55), 0.008, round_ends=False)
+            f.rect(-waist + 0.01, 0.42, -waist + 0.04, 0.44, dark_t)
+            f.rect(waist - 0.04, 0.42, waist - 0.01, 0.44, dark_t)
+        f.poly([(-0.04, sh_y - 0.015), (0.0, sh_y + 0.02), (0.04, sh_y - 0.015)], dark_t)
+        f.rect(-hip_w, hem_y - 0.02, hip_w, hem_y, dark_t)
+    elif top_t == "coat":
+        if front:
+            f.poly([(-0.045, sh_y - 0.01), (0.0, sh_y + 0.12), (0.045, sh_y - 0.01)], dark_t)
+            for yy in (0.3, 0.38, 0.46):
+                f.ell(-0.02, yy, 0.007, 0.007, shade(tcol, 0.5))
+                f.ell(0.02, yy, 0.007, 0.007, shade(tcol, 0.5))
+        else:
+            f.line([(0, 0.5), (0, hem_y)], dark_t, 0.006, round_ends=False)
+    elif top_t == "hoodie":
+        if front:
+            f.arc(0, sh_y - 0.005, 0.055, 0.04, 0, 180, dark_t, 0.018)
+            f.poly([(-0.05, 0.41), (0.05, 0.41), (0.065, 0.48), (-0.065, 0.48)], dark_t)
+            f.line([(-0.015, sh_y + 0.03), (-0.015, sh_y + 0.09)], shade(tcol, 1.4), 0.005, round_ends=False)
+            f.line([(0.015, sh_y + 0.03), (0.015, sh_y + 0.09)], shade(tcol, 1.4), 0.005, round_ends=False)
+        else:
+            f.poly([(-0.06, sh_y - 0.02), (0.06, sh_y - 0.02), (0.045, sh_y + 0.09), (-0.045, sh_y + 0.09)], dark_t)
+        f.rect(-hip_w, hem_y - 0.018, hip_w, hem_y, dark_t)
+    elif top_t == "sweater":
+        f.rect(-hip_w, hem_y - 0.025, hip_w, hem_y, shade(tcol, 0.8))
+        f.arc(0, sh_y - 0.01, 0.04, 0.03, 0, 180, shade(tcol, 0.8), 0.012)
+    elif top_t == "t-shirt" and front:
+        f.arc(0, sh_y - 0.012, 0.035, 0.03, 0, 180, skin, 0.016)
+    elif top_t == "dress":
+        f.line([(-waist, waist_y + 0.01), (waist, waist_y + 0.01)], dark_t, 0.01, round_ends=False)
+
+    # arms
+    hands = {}
+    if side:
+        hands[1] = draw_arm(1)
+        hands[-1] = hand_far
+    else:
+        hands[-1] = draw_arm(-1)
+        hands[1] = draw_arm(1)
+
+    # neck, head
+    f.rect(-0.018, 0.11, 0.018, sh_y + 0.005, shade(skin, 0.9))
+    hx, hy = lean * 1.2, 0.072
+    hrx, hry = 0.047, 0.06
+    f.ell(hx, hy, hrx, hry, skin)
+    if side:
+        f.ell(hx + 0.04, hy + 0.012, 0.012, 0.01, skin)  # nose
+    # scarf
+    if a["scarf"]:
+        sc = a["scarf_rgb"]
+        f.poly([(-0.05, 0.12), (0.05, 0.12), (0.055, 0.18), (-0.055, 0.18)], sc)
+        if not side:
+            f.poly([(0.01, 0.17), (0.04, 0.17), (0.045, 0.3), (0.015, 0.3)], sc)
+    # face
+    if front:
+        ey = hy + 0.002
+        f.ell(hx - 0.018, ey, 0.008, 0.006, (35, 30, 30))
+        f.ell(hx + 0.018, ey, 0.008, 0.006, (35, 30, 30))
+        f.line([(hx - 0.012, hy + 0.033), (hx + 0.012, hy + 0.033)], shade(skin, 0.6), 0.006, round_ends=False)
+    elif side:
+        f.ell(hx + 0.028, hy + 0.0, 0.007, 0.006, (35, 30, 30))
+    # hair
+    if hair_len != "bald":
+        if view == "back":
+            f.ell(hx, hy - 0.004, hrx + 0.006, hry + 0.002, hcol)
+            if hair_long:
+                f.poly([(hx - 0.053, hy), (hx + 0.053, hy), (hx + 0.06, hair_end), (hx - 0.06, hair_end)], hcol)
+        elif side:
+            f.ell(hx, hy - 0.03, hrx + 0.004, 0.035, hcol)
+            f.ell(hx - 0.02, hy, 0.032, 0.05, hcol)
+            if hair_long:
+                f.poly([(hx - 0.05, hy - 0.01), (hx - 0.005, hy), (hx - 0.02, hair_end), (hx - 0.07, hair_end)],
+                       hcol)
+        else:
+            f.ell(hx, hy - 0.03, hrx + 0.005, 0.036, hcol)
+            if hair_long:
+                f.rect(hx - hrx - 0.006, hy - 0.03, hx - hrx + 0.01, hy + 0.05, hcol)
+                f.rect(hx + hrx - 0.01, hy - 0.03, hx + hrx + 0.006, hy + 0.05, hcol)
+        if hair_len == "ponytail":
+            if view == "back":
+                f.line([(hx, hy - 0.01), (hx + 0.01, hy + 0.13)], hcol, 0.03)
+            elif side:
+                f.line([(hx - 0.05, hy - 0.02), (hx - 0.07, hy + 0.1)], hcol, 0.028)
+            else:
+                f.ell(hx + 0.05, hy + 0.01, 0.015, 0.03, hcol)
+    # glasses
+    if a["glasses"] and view != "back":
+        gc = a["glasses_rgb"]
+        if front:
+            f.ell(hx - 0.018, hy + 0.002, 0.016, 0.012, None, gc, 0.006)
+            f.ell(hx + 0.018, hy + 0.002, 0.016, 0.012, None, gc, 0.006)
+            f.line([(hx - 0.046, hy), (hx + 0.046, hy)], gc, 0.005, round_ends=False)
+        else:
+            f.ell(hx + 0.03, hy + 0.002, 0.012, 0.012, None, gc, 0.006)
+            f.line([(hx - 0.02, hy), (hx + 0.045, hy)], gc, 0.005, round_ends=False)
+    # hat
+    hat = a["hat"]
+    if hat:
+        c = a["hat_rgb"]
+        if hat == "cap":
+            f.chord(hx, hy - 0.025, hrx + 0.007, 0.05, 180, 360, c)
+            if front:
+                f.ell(hx, hy - 0.02, 0.05, 0.012, shade(c, 0.8))
+            elif side:
+                f.poly([(hx, hy - 0.03), (hx + 0.09, hy - 0.02), (hx + 0.08, hy - 0.008), (hx, hy - 0.015)],
+                       shade(c, 0.8))
+        elif hat == "beanie":
+            f.ell(hx, hy - 0.03, hrx + 0.008, 0.045, c)
+            f.rect(hx - hrx - 0.008, hy - 0.03, hx + hrx + 0.008, hy - 0.012, shade(c, 0.8))
+        else:  # brimmed hat
+            f.ell(hx, hy - 0.03, 0.085, 0.016, shade(c, 0.85))
+            f.poly([(hx - 0.042, hy - 0.03), (hx - 0.036, hy - 0.09), (hx + 0.036, hy - 0.09), (hx + 0.042, hy - 0.03)],
+                   c)
+            f.rect(hx - 0.042, hy - 0.045, hx + 0.042, hy - 0.033, shade(c, 0.6))
+
+    # bags
+    if bag == "backpack":
+        strap = shade(bagcol, 0.85)
+        if front:
+            f.line([(-sw + 0.03, sh_y - 0.005), (-sw + 0.035, 0.36)], strap, 0.018)
+            f.line([(sw - 0.03, sh_y - 0.005), (sw - 0.035, 0.36)], strap, 0.018)
+            f.ell(-sw - 0.005, 0.24, 0.014, 0.05, bagcol)
+            f.ell(sw + 0.005, 0.24, 0.014, 0.05, bagcol)
+        elif view == "back":
+            f.poly([(-sw + 0.005, sh_y + 0.02), (sw - 0.005, sh_y + 0.02), (sw - 0.0, 0.43), (-sw + 0.0, 0.43)],
+                   bagcol)
+            f.rect(-sw + 0.03, 0.33, sw - 0.03, 0.41, shade(bagcol, 0.75))
+            f.line([(-sw + 0.03, 0.33), (sw - 0.03, 0.33)], shade(bagcol, 1.3), 0.006, round_ends=False)
+        else:
+            f.line([(-0.01, sh_y), (0.02, 0.33)], strap, 0.016)
+    elif bag == "shoulder bag":
+        sgn = 1 if side else (-1 if rng.random() < 0.5 else 1)
+        strap = shade(bagcol, 0.8)
+        f.line([(-sgn * sw * 0.8, sh_y), (sgn * (hip_w + 0.02), 0.45)], strap, 0.012, round_ends=False)
+        bx = sgn * (hip_w + 0.03) if not side else 0.02
+        f.poly([(bx - 0.045, 0.43), (bx + 0.045, 0.43), (bx + 0.045, 0.52), (bx - 0.045, 0.52)], bagcol)
+        f.line([(bx - 0.045, 0.45), (bx + 0.045, 0.45)], shade(bagcol, 0.7), 0.008, round_ends=False)
+    elif bag == "handbag":
+        sgn = 1 if rng.random() < 0.5 or side else -1
+        hx_, hy_ = hands[sgn] if hands[sgn] is not None else hands[1]
+        f.arc(hx_, hy_ + 0.02, 0.02, 0.02, 180, 360, shade(bagcol, 0.7), 0.007)
+        f.poly([(hx_ - 0.035, hy_ + 0.02), (hx_ + 0.035, hy_ + 0.02), (hx_ + 0.045, hy_ + 0.085),
+                (hx_ - 0.045, hy_ + 0.085)], bagcol)
+
+    occluded = False
+    if rng.random() < 0.15:
+        occluded = True
+        col = _random_clutter_colour(rng)
+        kind = int(rng.integers(3))
+        if kind == 0:  # car / bench at the bottom
+            y0 = h2 * rng.uniform(0.7, 0.82)
+            d.rounded_rectangle([-10, y0, w2 + 10, h2 + 10], radius=int(w2 * 0.15), fill=col)
+            d.rectangle([0, y0 + (h2 - y0) * 0.3, w2, y0 + (h2 - y0) * 0.4], fill=shade(col, 0.7))
+        elif kind == 1:  # pole / tree trunk
+            x0 = rng.uniform(-0.1, 0.8) * w2
+            d.rectangle([x0, -5, x0 + w2 * rng.uniform(0.12, 0.25), h2 + 5], fill=col)
+        else:  # another passer-by at the side
+            x0 = w2 * (rng.uniform(-0.25, -0.05) if rng.random() < 0.5 else rng.uniform(0.75, 0.95))
+            y0 = h2 * rng.uniform(0.1, 0.3)
+            d.rounded_rectangle([x0, y0, x0 + w2 * 0.4, h2 + 10], radius=int(w2 * 0.1), fill=col)
+            d.ellipse([x0 + w2 * 0.08, y0 - w2 * 0.3, x0 + w2 * 0.32, y0 - w2 * 0.02],
+                      fill=clamp_rgb(rng.uniform(120, 230, 3)))
+
+    small = img.resize((W, H), Image.BOX)
+    cam = CAMERA_STYLES.get(camera, CAMERA_STYLES["Market"])
+    small = photometric(small, rng, cast=cam["cast"], contrast=cam["contrast"], blur_p=cam["blur"],
+                        blur_radius=(0.35, 0.85))
+    return small, {"view": view, "occluded": occluded}
+
+
+# --------------------------------------------------------------------------------------------
+# face (CelebA aligned, 178 x 218)
+# --------------------------------------------------------------------------------------------
+
+def render_face(attrs: dict[str, bool], ident: dict[str, Any], rng: np.random.Generator,
+                size: tuple[int, int] = (218, 178)) -> Image.Image:
+    """Draw an aligned face. ``attrs``: the 40 CelebA attributes of this image (True = 1);
+    ``ident``: stable per-identity geometry and colours (see ``synthetic._face_identity``)."""
+    H, W = size
+    pad = 1.2
+    cw, ch = int(W * SS * pad), int(H * SS * pad)
+    bg1 = ident["bg"] if rng.random() < 0.5 else clamp_rgb(rng.uniform(40, 230, 3))
+    arr = np.asarray(_gradient(cw, ch, bg1, shade(bg1, float(rng.uniform(0.5, 1.3))), bool(rng.random() < 0.5)))
+    arr = arr + _low_freq_noise(rng, cw, ch, 35.0)
+    img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+    d = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(0, 4))):
+        x, y, r = rng.uniform(0, cw), rng.uniform(0, ch), rng.uniform(20, 120)
+        d.ellipse([x - r, y - r, x + r, y + r], fill=_random_clutter_colour(rng))
+
+    s = SS * float(rng.uniform(0.95, 1.05)) * (W / 178.0)
+    ox = cw / 2 + float(rng.uniform(-5, 5)) * SS
+    oy = ch / 2 + float(rng.uniform(-5, 5)) * SS + 14 * s  # face centre a bit below image centre
+
+    def P(x: float, y: float) -> tuple[float, float]:
+        return (ox + x * s, oy + y * s)
+
+    def E(x: float, y: float, rx: float, ry: float, **kw: Any) -> None:
+        d.ellipse([ox + (x - rx) * s, oy + (y - ry) * s, ox + (x + rx) * s, oy + (y + ry) * s], **kw)
+
+    def L(pts: Sequence[tuple[float, float]], fill: RGB, w: float) -> None:
+        d.line([P(*p) for p in pts], fill=fill, width=max(1, int(round(w * s))), joint="curve")
+
+    def A(x: float, y: float, rx: float, ry: float, a0: float, a1: float, fill: RGB, w: float) -> None:
+        d.arc([ox + (x - rx) * s, oy + (y - ry) * s, ox + (x + rx) * s, oy + (y + ry) * s], a0, a1, fill=fill,
+              width=max(1, int(round(w * s))))
+
+    skin = ident["skin"]
+    hair = ident["hair_rgb"]
+    fw = ident["face_w"] * (1.12 if attrs["Chubby"] else 1.0)
+    fhh = ident["face_h"] * (0.96 if attrs["Chubby"] else 1.0)
+    if attrs["Oval_Face"]:
+        fw *= 0.93
+        fhh *= 1.05
+    male = attrs["Male"]
+    bald = attrs["Bald"]
+    young = attrs["Young"]
+    cloth = ident["cloth"]
+
+    # long hair behind the head
+    if not bald and ident["hair_len"] > 0.5:
+        hl = 40 + 90 * ident["hair_len"]
+        if attrs["Wavy_Hair"]:
+            pts = []
+            for i in range(13):
+                t = i / 12
+                pts.append((-fw - 14 - 6 * math.sin(t * 9), -30 + hl * t))
+            for i in range(13):
+                t = 1 - i / 12
+                pts.append((fw + 14 + 6 * math.sin(t * 9), -30 + hl * t))
+            d.polygon([P(*p) for p in [(-fw - 8, -60)] + pts + [(fw + 8, -60)]], fill=hair)
+        else:
+            d.polygon([P(*p) for p in [(-fw - 10, -50), (fw + 10, -50), (fw + 12, -30 + hl), (-fw - 12, -30 + hl)]],
+                      fill=hair)
+    # neck + shoulders
+    d.rectangle([*P(-17, 30), *P(17, 80)], fill=shade(skin, 0.88))
+    d.polygon([P(*p) for p in [(-95, 130), (-70, 82), (-20, 70), (0, 78), (20, 70), (70, 82), (95, 130)]], fill=cloth)
+    d.polygon([P(*p) for p in [(-18, 70), (0, 92), (18, 70)]], fill=shade(skin, 0.88))
+    if attrs["Wearing_Necktie"]:
+        d.polygon([P(*p) for p in [(-12, 70), (0, 80), (12, 70)]], fill=(240, 240, 240))
+        tie = ident["tie"]
+        d.polygon([P(*p) for p in [(-5, 78), (5, 78), (9, 118), (0, 128), (-9, 118)]], fill=tie)
+    if attrs["Wearing_Necklace"]:
+        A(0, 62, 20, 22, 20, 160, ident["jewel"], 2.2)
+        E(0, 84, 3, 3, fill=ident["jewel"])
+    # ears + earrings
+    for sg in (-1, 1):
+        E(sg * (fw + 1), -2, 7, 12, fill=shade(skin, 0.93))
+        if attrs["Wearing_Earrings"]:
+            E(sg * (fw + 2), 13, 3.2, 3.2, fill=ident["jewel"])
+            if ident["earring_drop"]:
+                L([(sg * (fw + 2), 13), (sg * (fw + 2), 22)], ident["jewel"], 1.5)
+                E(sg * (fw + 2), 23, 2.5, 3.5, fill=ident["jewel"])
+    # face
+    if attrs["Double_Chin"]:
+        E(0, fhh - 2, fw * 0.55, 12, fill=shade(skin, 0.9))
+    E(0, 0, fw, fhh, fill=skin)
+    if attrs["Double_Chin"]:
+        A(0, fhh + 2, fw * 0.4, 8, 20, 160, shade(skin, 0.75), 1.3)
+    # stubble / beard
+    no_beard = attrs["No_Beard"]
+    stubble = shade(hair if not attrs["Gray_Hair"] else (150, 150, 150), 0.9)
+    if attrs["5_o_Clock_Shadow"] or (not no_beard and not attrs["Goatee"] and not attrs["Mustache"]):
+        full = not no_beard and not attrs["Goatee"] and not attrs["Mustache"]
+        col = stubble if full else mix(skin, stubble, 0.35)
+        jaw = [(-fw * 0.97, 5)]
+        for i in range(15):
+            ang = math.pi * (i / 14)
+            jaw.append((-fw * 0.97 * math.cos(ang), fhh * math.sin(ang) + (6 if full else 0)))
+        jaw += [(fw * 0.97, 5), (fw * 0.6, 18), (-fw * 0.6, 18)]
+        d.polygon([P(*p) for p in jaw], fill=col)
+        E(0, 30, 14, 8, fill=skin)  # mouth region
+    if attrs["Goatee"]:
+        d.polygon([P(*p) for p in [(-14, 36), (14, 36), (10, fhh + 3), (-10, fhh + 3)]], fill=stubble)
+    if attrs["Sideburns"] and not bald:
+        for sg in (-1, 1):
+            d.polygon([P(*p) for p in [(sg * fw, -25), (sg * (fw - 8), -25), (sg * (fw - 9), 12), (sg * fw, 10)]],
+                      fill=hair)
+    # cheeks
+    if attrs["Rosy_Cheeks"]:
+        for sg in (-1, 1):
+            E(sg * fw * 0.55, 14, 10, 7, fill=mix(skin, (235, 110, 120), 0.45))
+    if attrs["High_Cheekbones"]:
+        for sg in (-1, 1):
+            A(sg * fw * 0.62, 8, 12, 9, 60 if sg > 0 else 100, 120 if sg > 0 else 160, shade(skin, 0.8), 1.4)
+    # eyes
+    ey = -8
+    esp = ident["eye_sp"]
+    eh = 2.6 if attrs["Narrow_Eyes"] else 4.8
+    for sg in (-1, 1):
+        ex = sg * esp
+        if attrs["Heavy_Makeup"]:
+            E(ex, ey - 3, 11, eh + 4, fill=mix(skin, ident["shadow"], 0.55))
+        if attrs["Bags_Under_Eyes"]:
+            A(ex, ey + 4, 9, 5, 20, 160, shade(skin, 0.7), 1.6)
+        E(ex, ey, 9, eh, fill=(245, 245, 240))
+        E(ex, ey, 4, min(4, eh), fill=ident["iris"])
+        E(ex, ey, 1.8, min(1.8, eh * 0.5), fill=(15, 10, 10))
+        if attrs["Heavy_Makeup"]:
+            A(ex, ey, 9.5, eh + 0.5, 190, 350, (20, 15, 15), 1.8)
+    # brows
+    bw = 4.0 if attrs["Bushy_Eyebrows"] else 2.0
+    bcol = shade(hair if not (bald and not attrs["Gray_Hair"]) else (60, 45, 35), 0.85)
+    for sg in (-1, 1):
+        ex = sg * esp
+        if attrs["Arched_Eyebrows"]:
+            A(ex, ey - 7, 11, 7, 200, 340, bcol, bw)
+        else:
+            L([(ex - 10, ey - 11), (ex + 10, ey - 12 + sg * 0.5)], bcol, bw)
+    # nose
+    nl = 1.35 if attrs["Big_Nose"] else 1.0
+    nw = 1.4 if attrs["Big_Nose"] else (0.75 if attrs["Pointy_Nose"] else 1.0)
+    nose_c = shade(skin, 0.78)
+    L([(-2, -4), (-4 * nw, 13 * nl)], nose_c, 1.2)
+    if attrs["Pointy_Nose"]:
+        d.polygon([P(*p) for p in [(-5 * nw, 14 * nl), (0, 18 * nl), (5 * nw, 14 * nl)]], fill=nose_c)
+    else:
+        A(0, 13 * nl, 7 * nw, 4 * nl, 20, 160, nose_c, 1.6)
+        E(-4 * nw, 14 * nl, 1.8 * nw, 1.2, fill=shade(skin, 0.55))
+        E(4 * nw, 14 * nl, 1.8 * nw, 1.2, fill=shade(skin, 0.55))
+    # mouth
+    lips = ident["lips"]
+    if attrs["Wearing_Lipstick"]:
+        lips = ident["lipstick"]
+    lt = 1.6 if attrs["Big_Lips"] else 1.0
+    my = 30
+    mw = 15 if attrs["Smiling"] else 12
+    if attrs["Smiling"] and attrs["Mouth_Slightly_Open"]:
+        d.chord([*P(-mw, my - 7), *P(mw, my + 8 * lt)], 0, 180, fill=(60, 20, 25))
+        d.chord([*P(-mw + 3, my - 5), *P(mw - 3, my + 3)], 0, 180, fill=(245, 245, 240))
+        A(0, my, mw, 8 * lt, 0, 180, lips, 2.2 * lt)
+    elif attrs["Smiling"]:
+        A(0, my - 4, mw, 7, 15, 165, lips, 3.2 * lt)
+    elif attrs["Mouth_Slightly_Open"]:
+        E(0, my, mw * 0.75, 3 + 1.2 * lt, fill=(60, 20, 25))
+        A(0, my, mw * 0.8, 3 + 1.2 * lt, 180, 360, lips, 2.0 * lt)
+        A(0, my, mw * 0.8, 3.5 + 1.2 * lt, 0, 180, lips, 2.5 * lt)
+    else:
+        E(0, my, mw * 0.8, 2.5 * lt, fill=lips)
+        L([(-mw * 0.75, my), (mw * 0.75, my)], shade(lips, 0.6), 1.0)
+    if attrs["Mustache"]:
+        d.polygon([P(*p) for p in [(-15, my - 4), (-4, my - 10), (0, my - 8), (4, my - 10), (15, my - 4),
+                                   (0, my - 5)]], fill=stubble)
+    # wrinkles
+    if not young:
+        for sg in (-1, 1):
+            L([(sg * (esp + 11), ey - 1), (sg * (esp + 15), ey + 2)], shade(skin, 0.75), 1.0)
+            A(sg * 12, 26, 12, 14, 90 if sg > 0 else 50, 130 if sg > 0 else 90, shade(skin, 0.8), 1.0)
+        L([(-14, -35), (14, -35)], shade(skin, 0.85), 0.9)
+    # hair on top
+    if not bald:
+        hairline = -fhh * 0.55 - (10 if attrs["Receding_Hairline"] else 0)
+        top = -fhh - 10 - 8 * ident["volume"]
+        d.chord([*P(-fw - 6, top), *P(fw + 6, hairline + (hairline - top) + 6)], 180, 360, fill=hair)
+        for sg in (-1, 1):
+            d.polygon([P(*p) for p in [(sg * (fw + 6), hairline + 4), (sg * (fw - 6), hairline),
+                                       (sg * (fw - 3), -8), (sg * (fw + 4), -8)]], fill=hair)
+        if attrs["Receding_Hairline"]:
+            for sg in (-1, 1):
+                E(sg * 18, hairline + 2, 12, 9, fill=skin)
+        if attrs["Bangs"]:
+            d.polygon([P(*p) for p in [(-fw + 2, hairline - 4), (fw - 2, hairline - 4), (fw - 4, -24),
+                                       (fw * 0.3, -20), (-fw * 0.2, -23), (-fw + 4, -20)]], fill=hair)
+        if attrs["Wavy_Hair"]:
+            for i in range(-3, 4):
+                A(i * fw / 4, top + 12, 8, 5, 200, 340, shade(hair, 0.75), 1.2)
+        if attrs["Straight_Hair"]:
+            for i in range(-3, 4):
+                L([(i * fw / 4.5, top + 8), (i * fw / 4, hairline - 2)], shade(hair, 1.18), 0.8)
+    else:
+        if attrs["Gray_Hair"] or ident["bald_sides"]:
+            for sg in (-1, 1):
+                d.polygon([P(*p) for p in [(sg * (fw + 4), -30), (sg * (fw - 4), -30), (sg * (fw - 3), -5),
+                                           (sg * (fw + 4), -5)]], fill=hair)
+        A(-10, -fhh * 0.7, 12, 6, 200, 300, shade(skin, 1.15), 2.0)  # shine
+    # glasses
+    if attrs["Eyeglasses"]:
+        gc = ident["glasses_rgb"]
+        sun = ident["sunglasses"]
+        for sg in (-1, 1):
+            ex = sg * esp
+            if sun:
+                E(ex, ey, 12, 9, fill=(25, 25, 30))
+            if ident["glasses_round"]:
+                E(ex, ey, 12, 10, outline=gc, width=max(1, int(2 * s)))
+            else:
+                d.rounded_rectangle([*P(ex - 13, ey - 8), *P(ex + 13, ey + 8)], radius=int(3 * s), outline=gc,
+                                    width=max(1, int(2 * s)))
+            L([(sg * (esp + 13), ey - 2), (sg * (fw + 2), ey - 4)], gc, 2)
+        L([(-esp + 13, ey - 2), (esp - 13, ey - 2)], gc, 2)
+    # hat
+    if attrs["Wearing_Hat"]:
+        hc = ident["hat_rgb"]
+        top = -fhh - 22
+        if ident["hat_kind"] == 0:  # cap
+            d.chord([*P(-fw - 8, top), *P(fw + 8, -fhh * 0.3 + 30)], 180, 360, fill=hc)
+            d.polygon([P(*p) for p in [(-fw, -fhh * 0.45), (fw, -fhh * 0.45), (fw * 0.8, -fhh * 0.3),
+                                       (-fw * 0.8, -fhh * 0.3)]], fill=shade(hc, 0.75))
+        elif ident["hat_kind"] == 1:  # beanie
+            d.chord([*P(-fw - 8, top - 4), *P(fw + 8, -fhh * 0.35 + 40)], 180, 360, fill=hc)
+            d.rectangle([*P(-fw - 8, -fhh * 0.55), *P(fw + 8, -fhh * 0.42)], fill=shade(hc, 0.8))
+        else:  # brimmed
+            E(0, -fhh * 0.5, fw + 30, 9, fill=shade(hc, 0.8))
+            d.rectangle([*P(-fw * 0.8, top - 14), *P(fw * 0.8, -fhh * 0.5)], fill=hc)
+    if attrs["Pale_Skin"]:
+        pass  # pale skin is part of ``ident["skin"]``
+
+    ang = float(rng.uniform(-6, 6))
+    img = img.rotate(ang, resample=Image.BICUBIC, center=(ox, oy))
+    x0 = (cw - W * SS) // 2
+    y0 = (ch - H * SS) // 2
+    img = img.crop((x0, y0, x0 + W * SS, y0 + H * SS)).resize((W, H), Image.BOX)
+    blur = float(rng.uniform(1.6, 2.6)) if attrs["Blurry"] else 0.0
+    return photometric(img, rng, noise=(1.5, 6.0), blur_p=0.25, blur_radius=(0.3, 0.7), extra_blur=blur)

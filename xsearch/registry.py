@@ -1,0 +1,52 @@
+"""Name -> object registries (timm style): ``@METHODS.register("dual_encoder")``.
+
+A registry maps the names used in configs, the CLI and the results store to the
+class or function that implements them, so shared code never branches on a name.
+"""
+from __future__ import annotations
+
+from typing import Callable, Generic, Iterator, TypeVar
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A named collection of objects with a decorator to add to it."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator registering ``obj`` under ``name`` (names are unique)."""
+
+        def decorator(obj: T) -> T:
+            if name in self._items and self._items[name] is not obj:
+                raise KeyError(f"{self.kind} {name!r} is already registered to {self._items[name]!r}")
+            self._items[name] = obj
+            return obj
+
+        return decorator
+
+    def get(self, name: str) -> T:
+        try:
+            return self._items[name]
+        except KeyError:
+            known = ", ".join(sorted(self._items)) or "none"
+            raise KeyError(f"unknown {self.kind} {name!r}; registered: {known}") from None
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+
+METHODS: Registry[type] = Registry("method")
+"""Method LightningModules by name (``dual_encoder``, later ``irra``, ``cmsn``...)."""
+
+DATASETS: Registry[Callable] = Registry("dataset")
+"""Dataset parsers by name: ``parse(root, **options) -> DatasetIndex``."""
