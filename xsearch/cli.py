@@ -90,7 +90,7 @@ def _lightning_cli(args: list[str]) -> None:
             if not metrics:
                 log.warning("no test metrics to record")
                 return
-            dumped = json.loads(self.parser.dump(config, skip_none=False, format="json"))
+            dumped = json.loads(self._parser(self.subcommand).dump(config, skip_none=False, format="json"))
             experiment = {k: dumped.get(k) for k in HYPERPARAMETER_SECTIONS}
             method = next((n for n in METHODS.names() if METHODS.get(n) is type(self.model)), type(self.model).__name__)
             record = RunRecord(
@@ -111,10 +111,6 @@ def _lightning_cli(args: list[str]) -> None:
             print(f"[xsearch] appended run #{row} to {store.path}\n")
             print(render_store(store, dataset=record.dataset, fmt="md"))
 
-        @staticmethod
-        def _get(config: Any, key: str) -> Any:
-            return config.get(key) if hasattr(config, "get") else getattr(config, key, None)
-
         def _run_subcommand(self, subcommand: str) -> None:
             self._started = time.perf_counter()
             super()._run_subcommand(subcommand)
@@ -125,7 +121,7 @@ def _lightning_cli(args: list[str]) -> None:
         subclass_mode_model=True,
         save_config_callback=LoggedConfig,
         save_config_kwargs={"overwrite": True},
-        args=args,
+        args=None if args == sys.argv[1:] else args,  # LightningCLI warns when given argv twice
     )
 
 

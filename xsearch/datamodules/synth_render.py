@@ -486,7 +486,8 @@ def render_person(a: dict[str, Any], rng: np.random.Generator, size: tuple[int, 
                 f.poly([(hx - 0.05, hy - 0.01), (hx - 0.005, hy), (hx - 0.02, hair_end), (hx - 0.07, hair_end)],
                        hcol)
         else:
-            f.ell(hx, hy - 0.03, hrx + 0.005, 0.036, hcol)
+            f.chord(hx, hy - 0.008, hrx + 0.006, hry + 0.004, 180, 360, hcol)
+            f.ell(hx, hy - 0.04, hrx + 0.002, 0.028, hcol)
             if hair_long:
                 f.rect(hx - hrx - 0.006, hy - 0.03, hx - hrx + 0.01, hy + 0.05, hcol)
                 f.rect(hx + hrx - 0.01, hy - 0.03, hx + hrx + 0.006, hy + 0.05, hcol)
@@ -676,7 +677,7 @@ def render_face(attrs: dict[str, bool], ident: dict[str, Any], rng: np.random.Ge
     stubble = shade(hair if not attrs["Gray_Hair"] else (150, 150, 150), 0.9)
     if attrs["5_o_Clock_Shadow"] or (not no_beard and not attrs["Goatee"] and not attrs["Mustache"]):
         full = not no_beard and not attrs["Goatee"] and not attrs["Mustache"]
-        col = stubble if full else mix(skin, stubble, 0.35)
+        col = stubble if full else mix(skin, stubble, 0.22)
         jaw = [(-fw * 0.97, 5)]
         for i in range(15):
             ang = math.pi * (i / 14)
@@ -820,7 +821,7 @@ def render_face(attrs: dict[str, bool], ident: dict[str, Any], rng: np.random.Ge
         pass  # pale skin is part of ``ident["skin"]``
 
     ang = float(rng.uniform(-6, 6))
-    img = img.rotate(ang, resample=Image.BICUBIC, center=(ox, oy))
+    img = img.rotate(ang, resample=Image.BILINEAR, center=(ox, oy))
     x0 = (cw - W * SS) // 2
     y0 = (ch - H * SS) // 2
     img = img.crop((x0, y0, x0 + W * SS, y0 + H * SS)).resize((W, H), Image.BOX)

@@ -46,6 +46,11 @@ _TARGET_BLOCK_ELEMENTS = 1 << 21
 # Queries with more positives than this are ranked by a (chunked) stable sort: counting costs about
 # 2 comparison passes per positive, a stable sort about as much as 50-100 passes.
 _SORT_FALLBACK_POSITIVES = 32
+# Candidate counting costs about this many row-comparison passes per candidate and positive; it is used
+# when candidates x ratio < row length x positives (the full count needs ~2 passes per positive).
+_CANDIDATE_COST_RATIO = 4
+# Rows of a non-contiguous (e.g. transposed) or non-fp32 input are copied in blocks of this many bytes.
+_BLOCK_COPY_BYTES = 64 << 20
 _ON_MISSING = ("error", "skip")
 
 
@@ -154,8 +159,6 @@ def _validate(
             f"pids do not match similarity {tuple(similarity.shape)}: "
             f"{query_pids.numel()} query pids, {gallery_pids.numel()} gallery pids"
         )
-    if similarity.is_floating_point() and bool(torch.isnan(similarity).any()):
-        raise ValueError("similarity contains NaN")
     return similarity, query_pids, gallery_pids
 
 
@@ -173,6 +176,33 @@ def _positive_lists(
     start = torch.searchsorted(sorted_pids, query_pids, right=False)
     end = torch.searchsorted(sorted_pids, query_pids, right=True)
     return gallery_order, start, end - start
+
+
+def _candidate_ranks(
+    scores: torch.Tensor, positive_index: torch.Tensor, valid: torch.Tensor
+) -> torch.Tensor | None:
+    """Positions of the positives counted among the few items that score at least the worst positive.
+
+    Any item placed before a positive scores at least as much as it, hence at least the row's lowest
+    positive score; when such candidates are rare (a useful model), comparing them alone with every
+    positive is much cheaper than comparing the whole row. Returns None when candidates are too many.
+
+    Args / Returns: as :func:`_counted_ranks`.
+    """
+    thresholds = scores.gather(1, positive_index)  # (C, P)
+    lowest = thresholds.masked_fill(~valid, float("inf")).amin(dim=1, keepdim=True)  # (C, 1)
+    candidate_mask = scores >= lowest  # (C, G)
+    num_candidates = int(candidate_mask.sum())
+    if num_candidates * _CANDIDATE_COST_RATIO > scores.numel() * positive_index.shape[1]:
+        return None
+    row, column = candidate_mask.nonzero(as_tuple=True)  # (M,), (M,) sorted by row
+    candidate_scores = scores[row, column][:, None]  # (M, 1)
+    row_thresholds = thresholds[row]  # (M, P)
+    beats = (candidate_scores > row_thresholds) | (
+        (candidate_scores == row_thresholds) & (column[:, None] < positive_index[row])
+    )
+    counts = torch.zeros_like(positive_index).index_add_(0, row, beats.to(positive_index.dtype))
+    return counts + 1
 
 
 def _counted_ranks(
@@ -218,6 +248,25 @@ def _sorted_ranks(scores: torch.Tensor, positive_index: torch.Tensor) -> torch.T
     return position_of_item.gather(1, positive_index)
 
 
+def _padded_positives(
+    gallery_order: torch.Tensor, start: torch.Tensor, num_positives: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(C, P) gallery indices of each query's positives (ascending, padded with the first) and validity."""
+    slot = torch.arange(int(num_positives.max()), device=start.device)
+    valid = slot[None, :] < num_positives[:, None]
+    offsets = (start[:, None] + slot[None, :]).clamp_(max=gallery_order.numel() - 1)
+    positive_index = torch.where(valid, gallery_order[offsets], gallery_order[offsets[:, :1]])
+    return positive_index, valid
+
+
+def _positive_ranks(scores: torch.Tensor, positive_index: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(C, P) 1-based positions of the positives: sort for many positives, else count."""
+    if positive_index.shape[1] > _SORT_FALLBACK_POSITIVES:
+        return _sorted_ranks(scores, positive_index)
+    ranks = _candidate_ranks(scores, positive_index, valid)
+    return _counted_ranks(scores, positive_index, valid) if ranks is None else ranks
+
+
 def _summarize_ranks(
     ranks: torch.Tensor, valid: torch.Tensor, num_positives: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -232,24 +281,29 @@ def _summarize_ranks(
     return ranks[:, 0], last, average_precision, n / last.to(torch.float64)
 
 
-def _row_chunks(num_rows_total: int, counts: torch.Tensor, num_gallery: int, chunk_size: int | None):
-    """Yield contiguous slices over queries sorted by positive count, sized to the work budget."""
-    lo = 0
-    while lo < num_rows_total:
-        max_positives = int(counts[min(num_rows_total, lo + 1) - 1])  # refined below
+def _row_cost(num_positives: int, num_gallery: int) -> int:
+    """Working-set elements one query row needs (comparison tensor or sort buffers)."""
+    return num_gallery * max(1, min(num_positives, _SORT_FALLBACK_POSITIVES))
+
+
+def _row_chunks(
+    counts: list[int], num_gallery: int, chunk_size: int | None
+) -> Iterator[tuple[int, int]]:
+    """Yield (lo, hi) slices over queries sorted by ascending positive count.
+
+    With ``chunk_size=None`` a chunk holds as many rows as keep ``rows x positives x G`` (its largest
+    positive count, capped at the sort fallback) within the working-set target.
+    """
+    total, lo = len(counts), 0
+    while lo < total:
         if chunk_size is not None:
-            rows = chunk_size
+            hi = min(total, lo + chunk_size)
         else:
-            per_row = num_gallery * max(1, min(max_positives, _SORT_FALLBACK_POSITIVES))
-            rows = max(1, _TARGET_BLOCK_ELEMENTS // per_row)
-        hi = min(num_rows_total, lo + rows)
-        if chunk_size is None:
-            # counts are ascending: size the chunk by its largest positive count
-            while hi - lo > 1:
-                per_row = num_gallery * max(1, min(int(counts[hi - 1]), _SORT_FALLBACK_POSITIVES))
-                if (hi - lo) * per_row <= _TARGET_BLOCK_ELEMENTS:
-                    break
-                hi = lo + max(1, _TARGET_BLOCK_ELEMENTS // per_row)
+            budget = _TARGET_BLOCK_ELEMENTS
+            hi = min(total, lo + max(1, budget // _row_cost(counts[lo], num_gallery)))
+            # counts ascend, so the last row of a chunk is its most expensive one
+            while hi - lo > 1 and (hi - lo) * _row_cost(counts[hi - 1], num_gallery) > budget:
+                hi = lo + max(1, budget // _row_cost(counts[hi - 1], num_gallery))
         yield lo, hi
         lo = hi
 
@@ -285,25 +339,27 @@ def retrieval_metrics_per_query(
     average_precision = torch.full((num_queries,), float("nan"), dtype=torch.float64, device=device)
     inverse_negative_penalty = average_precision.clone()
 
-    # Visit queries by ascending positive count: padding is tight and heavy queries come last.
-    counts_sorted, query_order = torch.sort(count, stable=True)
-    skip = int((counts_sorted == 0).sum())
-    query_order, counts_sorted = query_order[skip:], counts_sorted[skip:]
-    for lo, hi in _row_chunks(len(query_order), counts_sorted, num_gallery, chunk_size):
-        rows = query_order[lo:hi]
-        n = counts_sorted[lo:hi]
-        max_positives = int(n[-1])
-        slot = torch.arange(max_positives, device=device)
-        valid = slot[None, :] < n[:, None]
-        offsets = (start[rows][:, None] + slot[None, :]).clamp_(max=num_gallery - 1)
-        positive_index = torch.where(valid, gallery_order[offsets], gallery_order[offsets[:, :1]])
-        scores = similarity.index_select(0, rows).to(dtype)
-        if max_positives > _SORT_FALLBACK_POSITIVES:
-            ranks = _sorted_ranks(scores, positive_index)
-        else:
-            ranks = _counted_ranks(scores, positive_index, valid)
-        results = _summarize_ranks(ranks, valid, n)
-        first[rows], last[rows], average_precision[rows], inverse_negative_penalty[rows] = results
+    dtype_bytes = torch.finfo(dtype).bits // 8
+    in_place = similarity.dtype == dtype and similarity.stride(1) == 1
+    block_rows = num_queries if in_place else max(1, _BLOCK_COPY_BYTES // (num_gallery * dtype_bytes))
+    for block_start in range(0, num_queries, block_rows):
+        # natural-order row block, made contiguous in the compute dtype (a view when already so)
+        block = similarity[block_start : block_start + block_rows].to(dtype).contiguous()
+        block_count = count[block_start : block_start + block_rows]
+        # visit queries by ascending positive count: padding is tight and heavy queries come last
+        counts_sorted, local_order = torch.sort(block_count, stable=True)
+        skip = int((counts_sorted == 0).sum())
+        local_order, counts_sorted = local_order[skip:], counts_sorted[skip:]
+        for lo, hi in _row_chunks(counts_sorted.tolist(), num_gallery, chunk_size):
+            local_rows = local_order[lo:hi]
+            rows = local_rows + block_start
+            n = counts_sorted[lo:hi]
+            positive_index, valid = _padded_positives(gallery_order, start[rows], n)
+            scores = block.index_select(0, local_rows)
+            if bool(torch.isnan(scores).any()):
+                raise ValueError("similarity contains NaN")
+            results = _summarize_ranks(_positive_ranks(scores, positive_index, valid), valid, n)
+            first[rows], last[rows], average_precision[rows], inverse_negative_penalty[rows] = results
     return PerQueryMetrics(count, first, last, average_precision, inverse_negative_penalty)
 
 

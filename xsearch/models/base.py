@@ -124,19 +124,19 @@ class RetrievalModule(L.LightningModule):
         if datamodule is None or not hasattr(datamodule, "test_gallery_paths"):
             return
         gathered = self.test_metric.gathered()
-        queries_total = len(gathered["query_pids"])
+        queries_total = len(gathered.query_pids)
         count = min(self.hparams.visualize_queries, queries_total)
         rows = [round(i * (queries_total - 1) / max(count - 1, 1)) for i in range(count)]
-        similarity = self.similarity(gathered["query_embeddings"][rows], gathered["gallery_embeddings"])
+        similarity = self.similarity(gathered.query_embeddings[rows], gathered.gallery_embeddings)
         top = topk_for_queries(similarity, k, list(range(count)))
-        gallery_pids = gathered["gallery_pids"].tolist()
-        query_pids = gathered["query_pids"][rows].tolist()
+        gallery_pids = gathered.gallery_pids.tolist()
+        query_pids = gathered.query_pids[rows].tolist()
         correct = [[gallery_pids[j] == pid for j in ranked] for ranked, pid in zip(top, query_pids)]
         texts = datamodule.eval_sets["test"][0].captions
         by_index = {c.index: c.text for c in texts}
-        queries = [by_index[int(i)] for i in gathered["query_indexes"][rows].tolist()]
+        queries = [by_index[int(i)] for i in gathered.query_indexes[rows].tolist()]
         paths = dict(zip([r.index for r in datamodule.eval_sets["test"][1].images], datamodule.test_gallery_paths()))
-        gallery = [paths[int(i)] for i in gathered["gallery_indexes"].tolist()]
+        gallery = [paths[int(i)] for i in gathered.gallery_indexes.tolist()]
         figure = ranked_grid(queries, gallery, top, correct)
         out = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "test_top5.png"
         out.parent.mkdir(parents=True, exist_ok=True)

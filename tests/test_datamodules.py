@@ -1,0 +1,142 @@
+"""CUHK-PEDES parser on an official-format fixture, the P x K sampler, transforms, the datamodule."""
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from xsearch.datamodules import GALLERY, QUERIES, RetrievalDataModule
+from xsearch.datamodules.cuhk_pedes import DatasetFormatError, parse
+from xsearch.datamodules.samplers import IdentityBatchSampler
+from xsearch.datamodules.transforms import AugmentConfig, build_train_augment, load_image
+
+FIXTURE = Path(__file__).parent / "fixtures" / "cuhk_pedes"
+
+
+def test_parse_fixture_counts_and_fields():
+    index = parse(FIXTURE)
+    assert index.summary() == {
+        "train": {"identities": 2, "images": 3, "captions": 6},
+        "val": {"identities": 1, "images": 1, "captions": 2},
+        "test": {"identities": 2, "images": 2, "captions": 5},  # "Test" is lower-cased; 3 captions kept
+    }
+    first = index.captions[0]
+    assert first.text.startswith("A man in a navy coat") and first.pid == 1 and first.image_index == 0
+    assert index.images[0].path == FIXTURE / "imgs" / "CUHK01" / "0363004.png"
+    assert [c.image_index for c in index.captions if c.pid == 4] == [4, 4, 4]
+
+
+def test_parse_max_captions_per_image():
+    index = parse(FIXTURE, max_captions_per_image=2)
+    assert index.summary()["test"]["captions"] == 4
+
+
+def _copy(tmp_path: Path) -> Path:
+    root = tmp_path / "copy"
+    shutil.copytree(FIXTURE, root)
+    return root
+
+
+def test_missing_annotation_file_names_it(tmp_path):
+    with pytest.raises(DatasetFormatError, match=r"reid_raw\.json: file not found"):
+        parse(tmp_path)
+
+
+def test_bad_record_names_record_and_field(tmp_path):
+    root = _copy(tmp_path)
+    records = json.loads((root / "reid_raw.json").read_text())
+    del records[3]["id"]
+    (root / "reid_raw.json").write_text(json.dumps(records))
+    with pytest.raises(DatasetFormatError, match=r"record 3: missing field 'id'"):
+        parse(root)
+    records[3]["id"] = "7"
+    (root / "reid_raw.json").write_text(json.dumps(records))
+    with pytest.raises(DatasetFormatError, match=r"record 3: field 'id' should be int, got str"):
+        parse(root)
+
+
+def test_invalid_json_names_line(tmp_path):
+    root = _copy(tmp_path)
+    (root / "reid_raw.json").write_text('[\n{"split": "train",\n oops}\n]')
+    with pytest.raises(DatasetFormatError, match=r"invalid JSON at line 3"):
+        parse(root)
+
+
+def test_missing_images_counted_up_front(tmp_path):
+    root = _copy(tmp_path)
+    shutil.rmtree(root / "imgs" / "Market")
+    with pytest.raises(DatasetFormatError, match=r"3 of 6 images listed in reid_raw.json are missing, e.g. Market/"):
+        parse(root)
+
+
+def test_identity_sampler_batches():
+    pids = [0] * 5 + [1] * 1 + [2] * 3 + [3] * 4 + [4] * 2
+    sampler = IdentityBatchSampler(pids, ids_per_batch=2, instances=3, seed=1)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == len(pids) // 6
+    for batch in batches:
+        counts = Counter(pids[i] for i in batch)
+        assert len(batch) == 6 and len(counts) == 2 and set(counts.values()) == {3}
+    sampler.set_epoch(1)
+    assert list(sampler) != batches  # a new order every epoch
+    sampler.set_epoch(0)
+    assert list(sampler) == batches  # reproducible
+
+
+def test_identity_sampler_ranks_are_disjoint():
+    pids = [i // 4 for i in range(400)]
+    ranks = [list(IdentityBatchSampler(pids, 4, 4, seed=3, num_replicas=2, rank=r)) for r in (0, 1)]
+    single = list(IdentityBatchSampler(pids, 4, 4, seed=3))
+    assert ranks[0] == single[0::2] and ranks[1] == single[1::2]
+
+
+def test_identity_sampler_rejects_too_many_ids():
+    with pytest.raises(ValueError, match="ids_per_batch=3 exceeds the 2 identities"):
+        IdentityBatchSampler([0, 0, 1], ids_per_batch=3)
+
+
+def test_load_image_and_augment_keep_uint8_size():
+    image = load_image(FIXTURE / "imgs" / "CUHK01" / "0363004.png", (48, 24))
+    assert image.shape == (3, 48, 24) and image.dtype == torch.uint8
+    out = build_train_augment((48, 24), AugmentConfig(erase=1.0))(image)
+    assert out.shape == (3, 48, 24) and out.dtype == torch.uint8
+
+
+def test_load_image_error_names_file(tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not a jpeg")
+    with pytest.raises(OSError, match="broken.jpg: cannot read image"):
+        load_image(bad, (8, 8))
+
+
+def test_datamodule_batches(tmp_path):
+    dm = RetrievalDataModule("cuhk_pedes", str(FIXTURE), image_size=(32, 16), batch_size=4, eval_batch_size=3,
+                             num_workers=0, cache_images=True)
+    assert dm.num_train_identities == 2
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (4, 3, 32, 16) and batch["image"].dtype == torch.uint8
+    assert isinstance(batch["text"], list) and all(isinstance(t, str) for t in batch["text"])
+    assert set(batch["pid"].tolist()) <= {0, 1}  # train ids remapped to labels
+    queries, gallery = dm.val_dataloader()
+    assert [len(queries.dataset), len(gallery.dataset)] == [2, 1]
+    assert (QUERIES, GALLERY) == (0, 1)
+    item = gallery.dataset[0]
+    assert item["pid"] == 3 and item["image"].shape == (3, 32, 16)
+
+
+def test_datamodule_without_val_split_falls_back_to_test(tmp_path, caplog):
+    root = _copy(tmp_path)
+    records = [r for r in json.loads((root / "reid_raw.json").read_text()) if r["split"] != "val"]
+    (root / "reid_raw.json").write_text(json.dumps(records))
+    dm = RetrievalDataModule("cuhk_pedes", str(root), image_size=(32, 16), num_workers=0)
+    dm.load_index()
+    assert dm.eval_split == "test"
+    assert "no 'val' split" in caplog.text and "TEST split" in caplog.text
+
+
+def test_unknown_dataset_name():
+    with pytest.raises(KeyError, match="unknown dataset 'nope'"):
+        RetrievalDataModule("nope", "x")
