@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -115,14 +116,19 @@ def _lightning_cli(args: list[str]) -> None:
             self._started = time.perf_counter()
             super()._run_subcommand(subcommand)
 
-    XSearchCLI(
+    warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")  # frozen towers, on purpose
+    cli = XSearchCLI(
         RetrievalModule,
         RetrievalDataModule,
         subclass_mode_model=True,
         save_config_callback=LoggedConfig,
         save_config_kwargs={"overwrite": True},
-        args=None if args == sys.argv[1:] else args,  # LightningCLI warns when given argv twice
+        args=args,
     )
+    for logger in cli.trainer.loggers:  # close W&B runs so a second in-process command starts its own
+        if type(logger).__name__ == "WandbLogger" and getattr(logger, "_experiment", None) is not None:
+            logger.experiment.finish()
 
 
 # --------------------------------------------------------------------------------------

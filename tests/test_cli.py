@@ -1,0 +1,61 @@
+"""The ``xsearch`` command line end to end: data synth/check, fit + test on a tiny config, leaderboard."""
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from xsearch.cli import main
+
+CONFIG = str(Path(__file__).parents[1] / "configs" / "tiny" / "dual_encoder.yaml")
+
+
+def test_data_synth_and_check(tmp_path, capsys):
+    out = tmp_path / "pedes"
+    assert main(["data", "synth", "pedes", "--out", str(out), "--identities", "10", "--seed", "3"]) == 0
+    assert (out / "reid_raw.json").is_file()
+    capsys.readouterr()
+    assert main(["data", "check", "synth_pedes", "--root", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["dataset"] == "synth_pedes" and report["warnings"] == []
+    assert [report["splits"][s]["identities"] for s in ("train", "val", "test")] == [8, 1, 1]
+    records = json.loads((out / "reid_raw.json").read_text())
+    assert report["splits"]["train"]["images"] == sum(r["split"] == "train" for r in records)
+
+
+def test_data_check_missing_file_is_one_line_error(tmp_path, capsys):
+    assert main(["data", "check", "cuhk_pedes", "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "reid_raw.json: file not found" in err[0]
+
+
+def test_data_check_unknown_dataset(tmp_path, capsys):
+    assert main(["data", "check", "nope", "--root", str(tmp_path)]) == 2
+    assert "unknown dataset 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_fit_then_test_records_results(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    started = time.perf_counter()
+    overrides = ["--data.root", str(tmp_path / "data"), "--results", str(tmp_path / "r.sqlite")]
+    assert main(["fit", "--config", CONFIG, "--test_after_fit", "true", *overrides]) == 0
+    output = capsys.readouterr().out
+    assert "dual_encoder on synth_pedes (test): R1" in output and "appended run #1" in output
+    checkpoints = sorted((tmp_path / "runs" / "tiny" / "checkpoints").glob("best-*.ckpt"))
+    assert len(checkpoints) == 1 and (tmp_path / "runs" / "tiny" / "test_top5.png").is_file()
+
+    assert main(["test", "--config", CONFIG, "--ckpt_path", str(checkpoints[0]), *overrides]) == 0
+    with sqlite3.connect(tmp_path / "r.sqlite") as db:
+        rows = db.execute("SELECT method, dataset, checkpoint, metrics, config_hash FROM runs ORDER BY id").fetchall()
+    assert len(rows) == 2 and rows[0][:2] == ("dual_encoder", "synth_pedes")
+    first, second = (json.loads(r[3]) for r in rows)
+    assert set(first) >= {"R1", "R5", "R10", "mAP", "mINP", "i2t_R1"}
+    assert first["R1"] == pytest.approx(second["R1"])  # same checkpoint, same numbers
+    assert rows[0][4] == rows[1][4]  # same experiment config hash
+    capsys.readouterr()
+    assert main(["leaderboard", "--results", str(tmp_path / "r.sqlite"), "--format", "json"]) == 0
+    table = json.loads(capsys.readouterr().out)
+    assert table[0]["method"] == "dual_encoder" and table[0]["n"] == 2
+    assert time.perf_counter() - started < 90
