@@ -59,3 +59,12 @@ def test_fit_then_test_records_results(tmp_path, capsys, monkeypatch):
     table = json.loads(capsys.readouterr().out)
     assert table[0]["method"] == "dual_encoder" and table[0]["n"] == 2
     assert time.perf_counter() - started < 90
+
+
+@pytest.mark.parametrize("config", sorted(str(p) for p in (Path(__file__).parents[1] / "configs").rglob("*.yaml")))
+def test_every_config_parses(config, capsys):
+    """Each shipped config is valid for its classes (parsed and type-checked, nothing instantiated)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", config, "--print_config"])
+    assert exit_info.value.code in (0, None)
+    assert "class_path" in capsys.readouterr().out
