@@ -494,10 +494,7 @@ def _one_caption(a: PersonAttributes, rng: np.random.Generator, details: dict[st
         owner = f"The {subj}'s" if rng.random() < 0.5 else f"This {subj}'s"
         sents = []
         items = [(f, getattr(a, f"{f}_colour", None)) for f in ("top", "bottom", "shoes", "bag") if f in chosen]
-        other_wear = [w for f, w in zip([f for f in ("top", "bottom", "scarf", "hat", "glasses", "shoes")
-                                         if f in chosen], [getattr(ph, f)() for f in ("top", "bottom", "scarf",
-                                                                                       "hat", "glasses", "shoes")
-                                                           if f in chosen]) if f in ("scarf", "hat", "glasses")]
+        other_wear = [getattr(ph, f)() for f in ("scarf", "hat", "glasses") if f in chosen]
         for j, (f, colour) in enumerate(items):
             who = owner if j == 0 else poss.capitalize()
             if f == "top":
@@ -517,9 +514,7 @@ def _one_caption(a: PersonAttributes, rng: np.random.Generator, details: dict[st
         if other_wear:
             sents.append(f"{pron.capitalize()} {_choice(rng, _WEAR_VERBS_S)} {_join(other_wear, rng)}")
         if detail:
-            sents.append(f"{pron.capitalize()} is {detail}" if not detail.startswith(("on ", "seen", "partly",
-                                                                                         "partially", "facing"))
-                         else f"{pron.capitalize()} is {detail}")
+            sents.append(f"{pron.capitalize()} is {detail}")
         if len(sents) > 1 and rng.random() < 0.5:
             return f"{sents[0]} and {sents[1][0].lower()}{sents[1][1:]}." + "".join(f" {x}." for x in sents[2:])
         return " ".join(x + "." for x in sents)

@@ -195,12 +195,12 @@ def _candidate_ranks(
     num_candidates = int(candidate_mask.sum())
     if num_candidates * _CANDIDATE_COST_RATIO > scores.numel() * positive_index.shape[1]:
         return None
-    row, column = candidate_mask.nonzero(as_tuple=True)  # (M,), (M,) sorted by row
-    candidate_scores = scores[row, column][:, None]  # (M, 1)
-    row_thresholds = thresholds[row]  # (M, P)
-    beats = (candidate_scores > row_thresholds) | (
-        (candidate_scores == row_thresholds) & (column[:, None] < positive_index[row])
-    )
+    flat = candidate_mask.view(-1).nonzero().squeeze(1)  # (M,) row-major positions
+    row, column = flat // scores.shape[1], flat % scores.shape[1]
+    candidate_scores = scores.view(-1).index_select(0, flat)[:, None]  # (M, 1)
+    row_thresholds = thresholds.index_select(0, row)  # (M, P)
+    earlier = column[:, None] < positive_index.index_select(0, row)  # (M, P)
+    beats = (candidate_scores > row_thresholds) | ((candidate_scores == row_thresholds) & earlier)
     counts = torch.zeros_like(positive_index).index_add_(0, row, beats.to(positive_index.dtype))
     return counts + 1
 
