@@ -93,7 +93,8 @@ def test_all_scores_equal_ranks_by_index() -> None:
 
 
 @pytest.mark.parametrize("name", ["counted", "candidate", "sorted"])
-def test_each_ranking_path_matches_reference(name: str) -> None:
+def test_each_ranking_path_matches_reference(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(retrieval_module, "_CANDIDATE_COST_RATIO", 1)  # candidates even if most items
     similarity, qp, gp = random_problem(7, 25, 40, 3, decimals=0)  # ~13 positives each, many ties
     gallery_order, start, count = retrieval_module._positive_lists(qp, gp)
     positive_index, valid = retrieval_module._padded_positives(gallery_order, start, count)
@@ -436,3 +437,10 @@ def test_metric_gloo_two_processes(tmp_path) -> None:
     expected = bidirectional_metrics(cosine_similarity(queries, gallery), qp, gp)
     assert gathered["metrics"] == pytest.approx(expected, abs=1e-12)
     assert gathered["query_indexes"].tolist() == list(range(len(qp)))
+
+
+def test_thread_count_restored() -> None:
+    before = torch.get_num_threads()
+    similarity, qp, gp = random_problem(2, 10, 12, 3)
+    retrieval_metrics(similarity, qp, gp)
+    assert torch.get_num_threads() == before

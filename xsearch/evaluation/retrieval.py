@@ -13,9 +13,19 @@ Protocol (the IRRA evaluator, see ``ANCHORS.md`` section 1):
 
 Instead of argsorting the (Q, G) matrix, the position of a positive ``j`` of query ``q`` is counted:
 ``r = 1 + #{k : s_qk > s_qj} + #{k < j : s_qk == s_qj}``, which equals its position under the stable
-descending sort. Queries are processed in small chunks, so extra memory is a few MB whatever Q is.
-Queries with many positives (more than ``_SORT_FALLBACK_POSITIVES``) are ranked by a chunked stable
-sort instead, which is cheaper than counting for them and gives the same positions.
+descending sort. Queries are processed in small chunks (ordered by positive count, so padding is
+tight), so extra memory is a few MB whatever Q and G are (26 MiB measured at 20,000 x 100,000). Per
+chunk, the cheapest exact method is used:
+
+* candidates: only items scoring at least the query's worst positive can precede a positive; when they
+  are few (a useful model), they alone are compared with each positive;
+* counting: otherwise two comparison passes over the row per positive (``>`` and ``>=``; exact ties,
+  rare in fp32, get one more pass);
+* sorting: queries with more than ``_SORT_FALLBACK_POSITIVES`` positives use a chunked stable sort.
+
+On CPU the loop runs with one intra-op thread (restored afterwards): its small ops stall on OpenMP
+barriers when the machine is shared. ``benchmarks/RESULTS.md`` has the timings (>10x the argsort
+evaluator at CUHK-PEDES size, identical numbers).
 
 Image-to-text retrieval is the same computation on the transposed matrix:
 ``retrieval_metrics(similarity.T, gallery_pids, query_pids)`` (see :func:`bidirectional_metrics`).
@@ -46,8 +56,8 @@ _TARGET_BLOCK_ELEMENTS = 1 << 21
 # Queries with more positives than this are ranked by a (chunked) stable sort: counting costs about
 # 2 comparison passes per positive, a stable sort about as much as 50-100 passes.
 _SORT_FALLBACK_POSITIVES = 32
-# Candidate counting costs about this many row-comparison passes per candidate and positive; it is used
-# when candidates x ratio < row length x positives (the full count needs ~2 passes per positive).
+# Per positive, a candidate costs about this many times a gallery item in the full count (gathers and
+# int64 work vs one comparison pass): candidates are used while they are fewer than 1/ratio of the chunk.
 _CANDIDATE_COST_RATIO = 4
 # Rows of a non-contiguous (e.g. transposed) or non-fp32 input are copied in blocks of this many bytes.
 _BLOCK_COPY_BYTES = 64 << 20
@@ -193,7 +203,7 @@ def _candidate_ranks(
     lowest = thresholds.masked_fill(~valid, float("inf")).amin(dim=1, keepdim=True)  # (C, 1)
     candidate_mask = scores >= lowest  # (C, G)
     num_candidates = int(candidate_mask.sum())
-    if num_candidates * _CANDIDATE_COST_RATIO > scores.numel() * positive_index.shape[1]:
+    if num_candidates * _CANDIDATE_COST_RATIO > scores.numel():
         return None
     flat = candidate_mask.view(-1).nonzero().squeeze(1)  # (M,) row-major positions
     row, column = flat // scores.shape[1], flat % scores.shape[1]
@@ -325,11 +335,14 @@ def retrieval_metrics_per_query(
 
     Returns:
         :class:`PerQueryMetrics`; queries without positives get positions 0 and NaN AP/INP.
+
+    Raises:
+        ValueError: on shape mismatches or NaN scores in an evaluated row.
     """
     similarity, query_pids, gallery_pids = _validate(similarity, query_pids, gallery_pids)
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    num_queries, num_gallery = similarity.shape
+    num_queries = similarity.shape[0]
     dtype = _full_float_dtype(similarity.dtype)
     device = similarity.device
     gallery_order, start, count = _positive_lists(query_pids, gallery_pids)
@@ -338,7 +351,43 @@ def retrieval_metrics_per_query(
     last = torch.zeros_like(first)
     average_precision = torch.full((num_queries,), float("nan"), dtype=torch.float64, device=device)
     inverse_negative_penalty = average_precision.clone()
+    results = (first, last, average_precision, inverse_negative_penalty)
+    with _single_cpu_thread(device):
+        _rank_all(similarity, dtype, gallery_order, start, count, chunk_size, results)
+    return PerQueryMetrics(count, *results)
 
+
+@contextlib.contextmanager
+def _single_cpu_thread(device: torch.device) -> Iterator[None]:
+    """Run CPU work with one intra-op thread, then restore the thread count.
+
+    The chunked loop issues many small ops; with several OpenMP threads each op ends in a barrier, and on
+    a shared machine a descheduled thread stalls every op (measured on 2 busy cores: 10-50x slower
+    ops, the evaluator 0.1 s -> 3.8 s). One thread loses little when the machine is idle.
+    """
+    previous = torch.get_num_threads()
+    if device.type != "cpu" or previous == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _rank_all(
+    similarity: torch.Tensor,
+    dtype: torch.dtype,
+    gallery_order: torch.Tensor,
+    start: torch.Tensor,
+    count: torch.Tensor,
+    chunk_size: int | None,
+    results: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+) -> None:
+    """Fill ``results`` (first, last, AP, INP; each (Q,)) for every query with a positive."""
+    first, last, average_precision, inverse_negative_penalty = results
+    num_queries, num_gallery = similarity.shape
     dtype_bytes = torch.finfo(dtype).bits // 8
     in_place = similarity.dtype == dtype and similarity.stride(1) == 1
     block_rows = num_queries if in_place else max(1, _BLOCK_COPY_BYTES // (num_gallery * dtype_bytes))
@@ -358,9 +407,8 @@ def retrieval_metrics_per_query(
             scores = block.index_select(0, local_rows)
             if bool(torch.isnan(scores).any()):
                 raise ValueError("similarity contains NaN")
-            results = _summarize_ranks(_positive_ranks(scores, positive_index, valid), valid, n)
-            first[rows], last[rows], average_precision[rows], inverse_negative_penalty[rows] = results
-    return PerQueryMetrics(count, first, last, average_precision, inverse_negative_penalty)
+            summary = _summarize_ranks(_positive_ranks(scores, positive_index, valid), valid, n)
+            first[rows], last[rows], average_precision[rows], inverse_negative_penalty[rows] = summary
 
 
 def summarize_per_query(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,6 +34,8 @@ class RetrievalModule(L.LightningModule):
         warmup_epochs: linear warm-up from ``0.1 x lr`` (fractions allowed), then ``schedule``.
         schedule: ``cosine`` (to 0 at the last step) or ``constant``.
         ks: the R@K cut-offs reported.
+        Throughput (``train/samples_per_s``) and the share of time spent waiting for data
+        (``train/data_wait_fraction``) are logged every epoch.
         visualize_queries: test queries drawn with their top-5 gallery images (0 = none).
     """
 
@@ -74,6 +77,32 @@ class RetrievalModule(L.LightningModule):
         return []
 
     # -- training ----------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        self._clock = {"last_end": None, "wait": 0.0, "busy": 0.0, "samples": 0}
+
+    def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
+        now = time.perf_counter()
+        clock = self._clock
+        if clock["last_end"] is not None:
+            clock["wait"] += now - clock["last_end"]  # time spent fetching this batch
+        clock["start"] = now
+
+    def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
+        now = time.perf_counter()
+        clock = self._clock
+        clock["busy"] += now - clock["start"]
+        clock["samples"] += len(batch["pid"])
+        clock["last_end"] = now
+
+    def on_train_epoch_end(self) -> None:
+        clock = self._clock
+        total = clock["wait"] + clock["busy"]
+        if total > 0:
+            self.log_dict({
+                "train/samples_per_s": clock["samples"] / total,
+                "train/data_wait_fraction": clock["wait"] / total,
+            })
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         terms = self.training_losses(batch)
         size = len(batch["pid"])
@@ -172,7 +201,8 @@ class RetrievalModule(L.LightningModule):
             optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=0.9)
         else:
             optimizer_class = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
-            optimizer = optimizer_class(groups, lr=hp.lr, betas=(0.9, 0.999), eps=1e-8)
+            fused = all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
+            optimizer = optimizer_class(groups, lr=hp.lr, betas=(0.9, 0.999), eps=1e-8, fused=fused)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         steps_per_epoch = total / max(1, self.trainer.max_epochs or 1)
         warmup = min(total - 1, int(hp.warmup_epochs * steps_per_epoch))
