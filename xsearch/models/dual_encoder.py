@@ -78,7 +78,7 @@ class DualEncoder(RetrievalModule):
 
     # -- encoders ------------------------------------------------------------------------
     def backbone_modules(self) -> list[nn.Module]:
-        return [self.image_encoder, self.text_encoder]
+        return [self.image_encoder.backbone, self.text_encoder.transformer]
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` uint8 -> ``(B, embed_dim)`` (not normalised)."""

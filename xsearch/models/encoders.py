@@ -7,6 +7,7 @@ package, so tests and the quickstart run with no network (see ``OFFLINE_WEIGHTS`
 from __future__ import annotations
 
 import importlib
+import json
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -69,6 +70,9 @@ class ImageEncoder(nn.Module):
         weights: a checkpoint file (or ``pkg:<module>``) loaded by name, or by position when the
             names do not match (same architecture, other library). Overrides ``pretrained``.
         frozen_stages: number of leading children (stem, first blocks) kept frozen in eval mode.
+        stripes: ``0`` uses the backbone's global pooling; ``n > 0`` average-pools the final
+            feature map into ``n`` horizontal stripes and concatenates them (PCB-style), so the
+            embedding keeps where on the body a colour is (``out_dim = n x channels``; CNNs only).
         model_kwargs: extra ``timm.create_model`` arguments (``img_size``, ``drop_path_rate``...).
     """
 
@@ -78,18 +82,23 @@ class ImageEncoder(nn.Module):
         pretrained: bool = False,
         weights: str | None = None,
         frozen_stages: int = 0,
+        stripes: int = 0,
         model_kwargs: dict | None = None,
     ) -> None:
         super().__init__()
         kwargs = dict(model_kwargs or {})
+        self.stripes = stripes
         self.backbone = timm.create_model(name, pretrained=pretrained and weights is None, **kwargs)
         if weights is not None:
             self._load(resolve_weights(weights))
-        self.backbone.reset_classifier(0)
+        if stripes:
+            self.backbone.reset_classifier(0, global_pool="")  # keep the (B, C, H, W) map
+        else:
+            self.backbone.reset_classifier(0)
         config = self.backbone.pretrained_cfg
         self.register_buffer("mean", torch.tensor(config.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(config.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1) * 255, persistent=False)
-        self.out_dim: int = self.backbone.num_features
+        self.out_dim: int = self.backbone.num_features * max(1, stripes)
         self.frozen = self._freeze(frozen_stages)
 
     def _load(self, path: str) -> None:
@@ -123,7 +132,12 @@ class ImageEncoder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` uint8 0-255 (or float 0-1) -> ``(B, C)`` pooled features."""
         x = images.float() if images.dtype == torch.uint8 else images * 255.0
-        return self.backbone((x - self.mean) / self.std)
+        features = self.backbone((x - self.mean) / self.std)
+        if not self.stripes:
+            return features
+        if features.ndim != 4:
+            raise ValueError(f"stripes need a (B, C, H, W) feature map, {type(self.backbone).__name__} gave {tuple(features.shape)}")
+        return nn.functional.adaptive_avg_pool2d(features, (self.stripes, 1)).flatten(1)  # (B, C x stripes)
 
 
 def mean_pool(token_embeddings: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -136,12 +150,17 @@ class TextEncoder(nn.Module):
     """A Hugging Face transformer (hub name, local folder, sentence-transformers folder or ``pkg:<module>``) -> ``(B, D)``.
 
     Args:
-        name: model name or path; sentence-transformers folders load through their
-            ``modules.json`` so the authors' pooling is kept.
+        name: model name or path; sentence-transformers folders keep the authors' pooling
+            (read from ``1_Pooling/config.json``).
         max_length: tokens per caption (longer captions are truncated).
         pooling: ``mean`` over real tokens or the ``cls`` token (plain transformers models).
         trainable_layers: ``None`` trains everything; ``k`` trains only the last ``k``
-            transformer layers (``0`` = frozen; frozen outputs are cached per caption text).
+            transformer layers; ``0`` freezes the transformer, whose outputs are then computed
+            once per distinct caption and cached.
+        token_head_layers: small trainable transformer layers (randomly initialised, pre-norm,
+            residual) applied to the token states before pooling; with a frozen transformer this
+            is a cheap way to learn which words bind to which (cached token states in, trainable
+            head on top).
     """
 
     def __init__(
@@ -150,6 +169,7 @@ class TextEncoder(nn.Module):
         max_length: int = 64,
         pooling: Literal["mean", "cls"] = "mean",
         trainable_layers: int | None = None,
+        token_head_layers: int = 0,
     ) -> None:
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
@@ -157,11 +177,9 @@ class TextEncoder(nn.Module):
         path = resolve_weights(name)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.transformer = AutoModel.from_pretrained(path)
-        if (Path(path) / "1_Pooling" / "config.json").is_file():
-            import json
-
-            pooling_config = json.loads((Path(path) / "1_Pooling" / "config.json").read_text())
-            pooling = "cls" if pooling_config.get("pooling_mode_cls_token") else "mean"
+        pooling_file = Path(path) / "1_Pooling" / "config.json"
+        if pooling_file.is_file():
+            pooling = "cls" if json.loads(pooling_file.read_text()).get("pooling_mode_cls_token") else "mean"
         self.pooling, self.max_length = pooling, max_length
         self.out_dim: int = self.transformer.config.hidden_size
         self.trainable_layers = trainable_layers
@@ -170,6 +188,12 @@ class TextEncoder(nn.Module):
             layers = self._layers()
             for layer in layers[len(layers) - trainable_layers :] if trainable_layers else []:
                 layer.requires_grad_(True)
+        self.token_head: nn.TransformerEncoder | None = None
+        if token_head_layers:
+            width = self.out_dim
+            heads = next(h for h in (8, 6, 4, 2, 1) if width % h == 0)
+            layer = nn.TransformerEncoderLayer(width, heads, width, dropout=0.0, batch_first=True, norm_first=True)
+            self.token_head = nn.TransformerEncoder(layer, token_head_layers, enable_nested_tensor=False)
         self._cache: dict[str, torch.Tensor] = {}
         self.register_load_state_dict_post_hook(lambda module, keys: module._cache.clear())
 
@@ -183,25 +207,41 @@ class TextEncoder(nn.Module):
     def frozen(self) -> bool:
         return self.trainable_layers == 0
 
-    def _encode(self, texts: list[str], device: torch.device) -> torch.Tensor:
+    def _tokens(self, texts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Captions -> transformer token states ``(B, L, D)`` and attention mask ``(B, L)``."""
         tokens = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt").to(device)
-        hidden = self.transformer(**tokens).last_hidden_state
-        return hidden[:, 0] if self.pooling == "cls" else mean_pool(hidden, tokens["attention_mask"])
+        return self.transformer(**tokens).last_hidden_state, tokens["attention_mask"]
+
+    def _pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``(B, L, D)`` token states -> ``(B, D)``, through the token head if there is one."""
+        if self.token_head is not None:
+            states = self.token_head(states, src_key_padding_mask=mask == 0)
+        return states[:, 0] if self.pooling == "cls" else mean_pool(states, mask)
+
+    def _cached_tokens(self, texts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frozen transformer: token states of each distinct caption computed once, padded per batch."""
+        todo = sorted({t for t in texts if t not in self._cache})
+        with torch.no_grad():
+            for start in range(0, len(todo), 256):
+                chunk = todo[start : start + 256]
+                states, mask = self._tokens(chunk, device)
+                for text, row, length in zip(chunk, states.float(), mask.sum(1).tolist()):
+                    self._cache[text] = row[:length].cpu()
+        rows = [self._cache[t] for t in texts]
+        lengths = torch.tensor([len(r) for r in rows])
+        states = nn.utils.rnn.pad_sequence(rows, batch_first=True).to(device)
+        mask = (torch.arange(states.shape[1])[None, :] < lengths[:, None]).long().to(device)
+        return states, mask
 
     def forward(self, texts: list[str]) -> torch.Tensor:
         """``B`` caption strings -> ``(B, D)`` pooled features (tokenised once per batch)."""
         device = next(self.transformer.parameters()).device
-        if not self.frozen:
-            return self._encode(texts, device)
-        self.transformer.eval()  # a frozen tower never uses dropout, so its outputs can be cached
-        todo = sorted({t for t in texts if t not in self._cache})
-        if todo:
-            with torch.no_grad():
-                for start in range(0, len(todo), 256):
-                    chunk = todo[start : start + 256]
-                    for text, row in zip(chunk, self._encode(chunk, device).float()):
-                        self._cache[text] = row
-        return torch.stack([self._cache[t] for t in texts]).to(device)
+        if self.frozen:
+            self.transformer.eval()  # a frozen tower never uses dropout, so its outputs can be cached
+            states, mask = self._cached_tokens(texts, device)
+        else:
+            states, mask = self._tokens(texts, device)
+        return self._pool(states, mask)
 
     def train(self, mode: bool = True) -> "TextEncoder":
         super().train(mode)
