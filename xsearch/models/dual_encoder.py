@@ -71,6 +71,12 @@ class DualEncoder(RetrievalModule):
         if stage == "fit" and datamodule is not None and hasattr(datamodule, "num_train_identities"):
             self._build_id_head(datamodule.num_train_identities)
 
+    def on_fit_start(self) -> None:
+        """A frozen text tower encodes every training caption once, up front, in large batches."""
+        train_set = getattr(self.trainer.datamodule, "train_set", None) if self.trainer.datamodule else None
+        if self.text_encoder.frozen and train_set is not None and hasattr(train_set, "captions"):
+            self.text_encoder.precompute([c.text for c in train_set.captions], progress=True)
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         weight = checkpoint["state_dict"].get("id_head.classifier.weight")
         if weight is not None:

@@ -218,15 +218,28 @@ class TextEncoder(nn.Module):
             states = self.token_head(states, src_key_padding_mask=mask == 0)
         return states[:, 0] if self.pooling == "cls" else mean_pool(states, mask)
 
+    @torch.no_grad()
+    def precompute(self, texts: list[str], progress: bool = False) -> None:
+        """Frozen transformer: fill the cache for ``texts`` in large length-sorted batches (little padding)."""
+        if not self.frozen:
+            return
+        self.transformer.eval()
+        device = next(self.transformer.parameters()).device
+        todo = sorted({t for t in texts if t not in self._cache}, key=lambda t: (len(t), t))
+        starts = range(0, len(todo), 256)
+        if progress and todo:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="caching caption token states", leave=False)
+        for start in starts:
+            chunk = todo[start : start + 256]
+            states, mask = self._tokens(chunk, device)
+            for text, row, length in zip(chunk, states.float(), mask.sum(1).tolist()):
+                self._cache[text] = row[:length].cpu()
+
     def _cached_tokens(self, texts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Frozen transformer: token states of each distinct caption computed once, padded per batch."""
-        todo = sorted({t for t in texts if t not in self._cache})
-        with torch.no_grad():
-            for start in range(0, len(todo), 256):
-                chunk = todo[start : start + 256]
-                states, mask = self._tokens(chunk, device)
-                for text, row, length in zip(chunk, states.float(), mask.sum(1).tolist()):
-                    self._cache[text] = row[:length].cpu()
+        self.precompute(texts)
         rows = [self._cache[t] for t in texts]
         lengths = torch.tensor([len(r) for r in rows])
         states = nn.utils.rnn.pad_sequence(rows, batch_first=True).to(device)
