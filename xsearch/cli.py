@@ -57,12 +57,8 @@ def _lightning_cli(args: list[str]) -> None:
             parser.add_argument("--test_after_fit", type=bool, default=False, help="after fit, test the best checkpoint and record it")
 
         def before_fit(self) -> None:
-            self._started = time.perf_counter()
-            datamodule = self.datamodule
-            datamodule.prepare_data()  # generate synthetic data before anything reads it
-            if getattr(datamodule, "hparams", {}).get("val_split") and datamodule.load_index() is not None:
-                if datamodule.eval_split != datamodule.hparams.val_split:
-                    log.warning("model selection uses the %s split (no %s split)", datamodule.eval_split, datamodule.hparams.val_split)
+            self.datamodule.prepare_data()  # generate synthetic data before anything reads it
+            self.datamodule.load_index()  # parse once up front; logs when selection falls back to test
 
         def after_fit(self) -> None:
             if self._get(self.config, "test_after_fit"):
@@ -72,7 +68,6 @@ def _lightning_cli(args: list[str]) -> None:
                 self._record(best or "(last weights)")
 
         def before_test(self) -> None:
-            self._started = time.perf_counter()
             self.datamodule.prepare_data()
 
         def after_test(self) -> None:
