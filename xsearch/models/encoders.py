@@ -161,6 +161,8 @@ class TextEncoder(nn.Module):
             residual) applied to the token states before pooling; with a frozen transformer this
             is a cheap way to learn which words bind to which (cached token states in, trainable
             head on top).
+        token_head_width: width of the token head (token states are linearly projected to it
+            first; ``None`` = the transformer's width). Also the encoder's output width.
     """
 
     def __init__(
@@ -170,6 +172,7 @@ class TextEncoder(nn.Module):
         pooling: Literal["mean", "cls"] = "mean",
         trainable_layers: int | None = None,
         token_head_layers: int = 0,
+        token_head_width: int | None = None,
     ) -> None:
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
@@ -189,8 +192,11 @@ class TextEncoder(nn.Module):
             for layer in layers[len(layers) - trainable_layers :] if trainable_layers else []:
                 layer.requires_grad_(True)
         self.token_head: nn.TransformerEncoder | None = None
+        self.token_input: nn.Module = nn.Identity()
         if token_head_layers:
-            width = self.out_dim
+            width = token_head_width or self.out_dim
+            if width != self.out_dim:
+                self.token_input, self.out_dim = nn.Linear(self.out_dim, width), width
             heads = next(h for h in (8, 6, 4, 2, 1) if width % h == 0)
             layer = nn.TransformerEncoderLayer(width, heads, width, dropout=0.0, batch_first=True, norm_first=True)
             self.token_head = nn.TransformerEncoder(layer, token_head_layers, enable_nested_tensor=False)
@@ -215,7 +221,7 @@ class TextEncoder(nn.Module):
     def _pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``(B, L, D)`` token states -> ``(B, D)``, through the token head if there is one."""
         if self.token_head is not None:
-            states = self.token_head(states, src_key_padding_mask=mask == 0)
+            states = self.token_head(self.token_input(states), src_key_padding_mask=mask == 0)
         return states[:, 0] if self.pooling == "cls" else mean_pool(states, mask)
 
     @torch.no_grad()
