@@ -741,7 +741,7 @@ def _atomic_dir(out: Path, overwrite: bool) -> Iterator[Path]:
             raise FileExistsError(f"{out} exists and is not a directory")
         if any(out.iterdir()) and not overwrite:
             raise FileExistsError(
-                f"{out} already exists and is not empty; choose another directory, delete it, or pass overwrite=True")
+                f"{out} already exists and is not empty; choose another directory, delete it, or pass overwrite=True (--overwrite on the command line)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
