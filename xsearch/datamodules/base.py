@@ -209,7 +209,3 @@ class RetrievalDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> list[DataLoader]:
         return self._eval_loaders("test")
-
-    def test_gallery_paths(self) -> list[Path]:
-        """Image paths of the test gallery, in gallery order (for ranked-list pictures)."""
-        return [r.path for r in self.eval_sets["test"][1].images]

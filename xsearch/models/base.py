@@ -34,9 +34,10 @@ class RetrievalModule(L.LightningModule):
         warmup_epochs: linear warm-up from ``0.1 x lr`` (fractions allowed), then ``schedule``.
         schedule: ``cosine`` (to 0 at the last step) or ``constant``.
         ks: the R@K cut-offs reported.
-        Throughput (``train/samples_per_s``) and the share of time spent waiting for data
-        (``train/data_wait_fraction``) are logged every epoch.
         visualize_queries: test queries drawn with their top-5 gallery images (0 = none).
+
+    Throughput (``train/samples_per_s``) and the share of time spent waiting for data
+    (``train/data_wait_fraction``) are logged every epoch.
     """
 
     def __init__(
@@ -150,7 +151,7 @@ class RetrievalModule(L.LightningModule):
         from xsearch.visualize import ranked_grid, topk_for_queries
 
         datamodule = self.trainer.datamodule
-        if datamodule is None or not hasattr(datamodule, "test_gallery_paths"):
+        if "test" not in getattr(datamodule, "eval_sets", {}):
             return
         gathered = self.test_metric.gathered()
         queries_total = len(gathered.query_pids)
@@ -161,10 +162,10 @@ class RetrievalModule(L.LightningModule):
         gallery_pids = gathered.gallery_pids.tolist()
         query_pids = gathered.query_pids[rows].tolist()
         correct = [[gallery_pids[j] == pid for j in ranked] for ranked, pid in zip(top, query_pids)]
-        texts = datamodule.eval_sets["test"][0].captions
-        by_index = {c.index: c.text for c in texts}
-        queries = [by_index[int(i)] for i in gathered.query_indexes[rows].tolist()]
-        paths = dict(zip([r.index for r in datamodule.eval_sets["test"][1].images], datamodule.test_gallery_paths()))
+        query_set, gallery_set = datamodule.eval_sets["test"]
+        texts = {c.index: c.text for c in query_set.captions}
+        queries = [texts[int(i)] for i in gathered.query_indexes[rows].tolist()]
+        paths = {r.index: r.path for r in gallery_set.images}
         gallery = [paths[int(i)] for i in gathered.gallery_indexes.tolist()]
         figure = ranked_grid(queries, gallery, top, correct)
         out = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "test_top5.png"
