@@ -138,9 +138,13 @@ def _data_command(argv: list[str]) -> int:
     synth.add_argument("--identities", type=int, default=None, help="number of identities (default: quickstart size)")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    check = sub.add_parser("check", help="parse a dataset and print per-split counts as JSON")
-    check.add_argument("name", help="registered dataset name, e.g. cuhk_pedes, synth_pedes")
+    check = sub.add_parser("check", help="parse a dataset and print per-split counts and warnings as JSON")
+    check.add_argument("name", help="registered dataset name, e.g. cuhk_pedes, icfg_pedes, rstpreid, celeba, lfw, coco_pfs, custom")
     check.add_argument("--root", required=True, help="dataset folder in its official layout")
+    check.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                       help="parser option (YAML value), e.g. --option max_captions_per_image=2; repeatable")
+    check.add_argument("--decode", action="store_true", help="also open every image to verify it decodes (slow)")
+    check.add_argument("--no-cache", action="store_true", help="re-parse even if the annotation files are unchanged")
     args = parser.parse_args(argv)
 
     if args.action == "synth":
@@ -154,12 +158,53 @@ def _data_command(argv: list[str]) -> int:
         print(f"wrote synthetic {args.kind} dataset to {out}")
         return 0
 
-    from xsearch.datamodules import RetrievalDataModule  # noqa: F401  (registers the parsers)
-    from xsearch.registry import DATASETS
+    return _check_dataset(args)
 
-    index = DATASETS.get(args.name)(Path(args.root))
-    print(json.dumps({"dataset": args.name, "splits": index.summary(), "warnings": index.warnings}, indent=2))
+
+def _check_dataset(args: argparse.Namespace) -> int:
+    import yaml
+
+    from xsearch.datamodules import DatasetFormatError, load_dataset
+    from xsearch.datamodules.loading import resolve_root
+
+    options = {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise DatasetFormatError(f"--option {item!r}: expected KEY=VALUE")
+        options[key.strip()] = yaml.safe_load(value)
+    root = Path(args.root) if Path(args.root).exists() else resolve_root(args.root)
+    index = load_dataset(args.name, root.absolute(), options, cache=not args.no_cache)
+    warnings = list(index.warnings)
+    if args.decode:
+        warnings.extend(_undecodable(index))
+    report = {
+        "dataset": args.name,
+        "root": str(root.absolute()),
+        "splits": index.summary(),
+        "warnings": warnings,
+    }
+    print(json.dumps(report, indent=2))
     return 0
+
+
+def _undecodable(index: Any) -> list[str]:
+    """A warning naming images that exist but do not decode."""
+    from PIL import Image
+
+    missing = set(index.missing_images)
+    broken = []
+    for record in index.images:
+        if record.path in missing:
+            continue
+        try:
+            with Image.open(record.path) as image:
+                image.verify()
+        except Exception:  # noqa: BLE001  PIL raises many types for a broken file
+            broken.append(str(record.path))
+    if not broken:
+        return []
+    return [f"{len(broken)} images do not decode, e.g. {', '.join(broken[:3])}"]
 
 
 def _leaderboard_command(argv: list[str]) -> int:

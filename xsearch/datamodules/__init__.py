@@ -1,13 +1,24 @@
-"""Datasets: parsers registered by name, synthetic generators, and the shared datamodule."""
-from xsearch.datamodules import cuhk_pedes  # noqa: F401  (registers cuhk_pedes, synth_pedes)
+"""Datasets: parsers registered by name, synthetic generators, and the shared datamodule.
+
+Every module of this package is imported here, so a parser registers itself (``@DATASETS.register``)
+just by living in ``xsearch/datamodules/``.
+"""
+import importlib
+import pkgutil
+
 from xsearch.datamodules.base import GALLERY, QUERIES, SYNTHESIZERS, RetrievalDataModule
+from xsearch.datamodules.files import DatasetFormatError
+from xsearch.datamodules.loading import load_dataset
 from xsearch.datamodules.records import CaptionRecord, DatasetIndex, ImageRecord
 from xsearch.datamodules.synthetic import generate_faces, generate_pedes
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 SYNTHESIZERS.register("synth_pedes")(generate_pedes)
 SYNTHESIZERS.register("synth_faces")(generate_faces)
 
 __all__ = [
-    "GALLERY", "QUERIES", "SYNTHESIZERS", "RetrievalDataModule", "CaptionRecord", "DatasetIndex", "ImageRecord",
-    "generate_faces", "generate_pedes",
+    "GALLERY", "QUERIES", "SYNTHESIZERS", "RetrievalDataModule", "CaptionRecord", "DatasetFormatError",
+    "DatasetIndex", "ImageRecord", "generate_faces", "generate_pedes", "load_dataset",
 ]

@@ -15,6 +15,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from xsearch.datamodules.files import DatasetFormatError
+from xsearch.datamodules.loading import load_dataset, resolve_root
 from xsearch.datamodules.records import CaptionRecord, DatasetIndex, ImageRecord
 from xsearch.datamodules.samplers import IdentityBatchSampler
 from xsearch.datamodules.transforms import AugmentConfig, build_train_augment, load_image
@@ -98,7 +100,8 @@ class RetrievalDataModule(L.LightningDataModule):
 
     Args:
         dataset: registered dataset name (``synth_pedes``, ``cuhk_pedes``...).
-        root: dataset folder in the dataset's official layout.
+        root: dataset folder in the dataset's official layout; a relative root lives under
+            ``$XSEARCH_DATA`` (default ``./data``), so configs name only the folder.
         image_size: ``(H, W)`` every image is resized to.
         batch_size: training pairs per batch (per device).
         sampler: ``random`` or ``identity`` (P x K batches, ``instances`` pairs per identity).
@@ -108,6 +111,10 @@ class RetrievalDataModule(L.LightningDataModule):
         generate: generator options (``{"identities": 1000, "seed": 0}``) for a synthetic dataset
             whose root does not exist yet; ``None`` never generates.
         dataset_options: keyword options of the dataset's parser.
+        drop_missing_images: train and evaluate without images listed in the annotations but
+            absent on disk (logged); by default their presence is checked up front and training
+            refuses to start, naming the count and the first paths.
+        cache_index: reuse the parsed annotations while their files are unchanged (size + mtime).
     """
 
     def __init__(
@@ -125,12 +132,14 @@ class RetrievalDataModule(L.LightningDataModule):
         augment: AugmentConfig | None = None,
         generate: dict[str, Any] | None = None,
         dataset_options: dict[str, Any] | None = None,
+        drop_missing_images: bool = False,
+        cache_index: bool = True,
         seed: int = 0,
     ) -> None:
         super().__init__()
         DATASETS.get(dataset)  # fail early on an unknown name
         self.save_hyperparameters()
-        self.dataset, self.root = dataset, Path(root)
+        self.dataset, self.root = dataset, resolve_root(root)
         self.image_size = tuple(image_size)
         self.augment_config = augment or AugmentConfig()
         self.index: DatasetIndex | None = None
@@ -150,9 +159,19 @@ class RetrievalDataModule(L.LightningDataModule):
             if not self.root.exists():
                 hint = " (set data.generate to create it)" if self.dataset in SYNTHESIZERS else ""
                 raise FileNotFoundError(f"{self.root}: dataset folder for {self.dataset!r} not found{hint}")
-            self.index = DATASETS.get(self.dataset)(self.root, **(self.hparams.dataset_options or {}))
-            for warning in self.index.warnings:
+            index = load_dataset(self.dataset, self.root, self.hparams.dataset_options, self.hparams.cache_index)
+            for warning in index.warnings:
                 log.warning("%s: %s", self.dataset, warning)
+            if index.missing_images:
+                if not self.hparams.drop_missing_images:
+                    first = ", ".join(str(p) for p in index.missing_images[:3])
+                    raise DatasetFormatError(
+                        f"{self.root}: {len(index.missing_images)} of {len(index.images)} images listed in the "
+                        f"annotations are missing, e.g. {first} (set data.drop_missing_images=true to go on without them)"
+                    )
+                index.drop_images(set(index.missing_images))
+                log.warning("%s: dropped %d missing images and their captions", self.dataset, len(index.missing_images))
+            self.index = index
             train_pids = sorted({r.pid for r in self.index.split_images("train")})
             self.labels = {pid: label for label, pid in enumerate(train_pids)}
             if not self.index.has_split(self.hparams.val_split):

@@ -1,100 +1,75 @@
-"""CUHK-PEDES layout parser: ``<root>/reid_raw.json`` + ``<root>/imgs/<source>/<file>``.
+"""CUHK-PEDES: ``<root>/reid_raw.json`` (or ``caption_all.json``) + ``<root>/imgs/<source folder>/<file>``.
 
-The synthetic pedestrian set (``synth_pedes``) is written in this layout and read by the
-same parser. The quirks of the real copies (``caption_all.json`` without a split field,
-missing source folders...) are handled in the real-dataset issue; here every record is
-validated field by field and a bad record is reported with its index.
+``file_path`` starts with one of seven source folders (cam_a, cam_b, CUHK01, CUHK03, Market,
+train_query, test_query) with mixed extensions. The synthetic pedestrian set (``synth_pedes``)
+is written in this layout and read by this parser.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from xsearch.datamodules.records import SPLITS, CaptionRecord, DatasetIndex, ImageRecord
+from xsearch.datamodules.files import DatasetFormatError, expect_field, find_existing, load_json_list
+from xsearch.datamodules.loading import compare_published
+from xsearch.datamodules.pedes import Normalize, normalize_caption, parse_pedes_records  # noqa: F401
+from xsearch.datamodules.records import DatasetIndex
 from xsearch.registry import DATASETS
 
-ANNOTATION_FILE = "reid_raw.json"
+ANNOTATION_FILES = ("reid_raw.json", "caption_all.json")
 IMAGE_DIR = "imgs"
+PUBLISHED = {"train": (11003, 34054, 68126), "val": (1000, 3078, 6158), "test": (1000, 3074, 6156)}
+"""(identities, images, captions) per split, all captions kept (IRRA's counting)."""
+ID_RANGES = {"train": (1, 11003), "val": (11004, 12003), "test": (12004, 13003)}
+"""The standard split as id ranges: the opt-in fallback for copies without a ``split`` field."""
 
 
-class DatasetFormatError(ValueError):
-    """A dataset file is missing or does not have the expected format."""
-
-
-def _expect(record: dict, key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    if key not in record:
-        raise DatasetFormatError(f"{where}: missing field {key!r}")
-    value = record[key]
-    if not isinstance(value, kind) or isinstance(value, bool):
-        expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise DatasetFormatError(f"{where}: field {key!r} should be {expected}, got {type(value).__name__}")
-    return value
-
-
-def load_json_list(path: Path) -> list[dict]:
-    """Read a JSON file whose top level is a list of objects, with errors naming the file."""
-    if not path.is_file():
-        raise DatasetFormatError(f"{path}: file not found")
-    try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise DatasetFormatError(f"{path}: invalid JSON at line {error.lineno} column {error.colno}: {error.msg}") from None
-    if not isinstance(records, list):
-        raise DatasetFormatError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
-    return records
-
-
-def parse_pedes_records(
-    records: list[dict],
-    source: Path,
-    image_root: Path,
-    name: str,
-    path_key: str = "file_path",
-    max_captions_per_image: int | None = None,
-    check_files: bool = True,
-) -> DatasetIndex:
-    """Turn CUHK-PEDES-style records (split, captions, <path_key>, id) into a DatasetIndex."""
-    images: list[ImageRecord] = []
-    captions: list[CaptionRecord] = []
-    missing: list[str] = []
+def _split_by_id_range(records: list, source: Path) -> dict[int, str]:
+    split_of = {}
     for number, record in enumerate(records):
-        where = f"{source}: record {number}"
-        if not isinstance(record, dict):
-            raise DatasetFormatError(f"{where}: expected an object, got {type(record).__name__}")
-        split = _expect(record, "split", str, where).lower()
-        if split not in SPLITS:
-            raise DatasetFormatError(f"{where}: field 'split' should be one of {SPLITS}, got {split!r}")
-        texts = _expect(record, "captions", list, where)
-        if not texts or not all(isinstance(t, str) for t in texts):
-            raise DatasetFormatError(f"{where}: field 'captions' should be a non-empty list of strings")
-        relative = _expect(record, path_key, str, where)
-        pid = _expect(record, "id", int, where)
-        path = image_root / relative
-        if check_files and not path.is_file():
-            missing.append(relative)
-        image = ImageRecord(index=len(images), path=path, pid=pid, split=split)
-        images.append(image)
-        for text in texts[:max_captions_per_image]:
-            captions.append(CaptionRecord(len(captions), image.index, text, pid, split))
-    if missing:
-        raise DatasetFormatError(
-            f"{image_root}: {len(missing)} of {len(records)} images listed in {source.name} are missing, "
-            f"e.g. {', '.join(missing[:3])}"
-        )
-    return DatasetIndex(name=name, root=source.parent, images=images, captions=captions)
+        pid = expect_field(record, "id", int, f"{source}: record {number}")
+        split = next((s for s, (lo, hi) in ID_RANGES.items() if lo <= pid <= hi), None)
+        if split is None:
+            raise DatasetFormatError(f"{source}: record {number}: id {pid} is outside the standard ranges 1..13003")
+        split_of[number] = split
+    return split_of
 
 
 @DATASETS.register("cuhk_pedes")
-def parse(root: str | Path, max_captions_per_image: int | None = None, check_files: bool = True) -> DatasetIndex:
-    """Parse a CUHK-PEDES copy: ``root/reid_raw.json`` and ``root/imgs/``."""
+def parse(
+    root: str | Path,
+    max_captions_per_image: int | None = None,
+    id_range_split: bool = False,
+    normalize_captions: Normalize = "off",
+    ascii_only: bool = False,
+) -> DatasetIndex:
+    """Parse a CUHK-PEDES copy.
+
+    Args:
+        max_captions_per_image: 2 = the paper's 80,412 sentences; None keeps all (IRRA, 6,156 test queries).
+        id_range_split: for copies that ship ``caption_all.json`` without a ``split`` field, derive
+            the standard split from the id ranges (flagged as derived in the warnings).
+        normalize_captions / ascii_only: see :func:`xsearch.datamodules.pedes.parse_pedes_records`.
+    """
     root = Path(root)
-    source = root / ANNOTATION_FILE
+    source = find_existing(root, ANNOTATION_FILES, "CUHK-PEDES annotation file")
     records = load_json_list(source)
-    return parse_pedes_records(
+    split_of = None
+    warnings = []
+    if records and isinstance(records[0], dict) and "split" not in records[0]:
+        if not id_range_split:
+            raise DatasetFormatError(
+                f"{source}: record 0: missing field 'split' (this copy has no split field; set "
+                "dataset_options.id_range_split=true to derive the standard split from the id ranges)"
+            )
+        split_of = _split_by_id_range(records, source)
+        warnings.append(f"split derived from the id ranges {ID_RANGES} ({source.name} has no split field)")
+    index = parse_pedes_records(
         records, source, root / IMAGE_DIR, "cuhk_pedes",
-        max_captions_per_image=max_captions_per_image, check_files=check_files,
+        max_captions_per_image=max_captions_per_image, normalize_captions=normalize_captions,
+        ascii_only=ascii_only, split_of=split_of,
     )
+    index.warnings = warnings + compare_published(index, PUBLISHED) if max_captions_per_image is None else warnings
+    return index
 
 
 @DATASETS.register("synth_pedes")
@@ -102,4 +77,5 @@ def parse_synth_pedes(root: str | Path, **options: Any) -> DatasetIndex:
     """The synthetic pedestrian set: CUHK-PEDES layout, generated by ``xsearch data synth pedes``."""
     index = parse(root, **options)
     index.name = "synth_pedes"
+    index.warnings = [w for w in index.warnings if "published" not in w]
     return index

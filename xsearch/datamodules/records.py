@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 SPLITS = ("train", "val", "test")
 
@@ -38,8 +39,13 @@ class CaptionRecord:
 class DatasetIndex:
     """Every image and caption of a dataset, in file order, with split tags.
 
-    ``pid`` values are the dataset's own identity ids (any integers); datamodules
-    remap train ids to ``0..n-1`` for classifiers.
+    ``pid`` values are the dataset's own identity ids (any integers; datasets that name people by
+    strings number them in sorted name order and keep the names in ``identity_names``);
+    datamodules remap train ids to ``0..n-1`` for classifiers and evaluate on these raw ids.
+
+    ``sources`` are the annotation files the parser read (their size and mtime key the parse
+    cache); ``extras`` holds dataset-specific side data (LFW verification pairs, COCO-PFS face
+    descriptors...); ``missing_images`` is filled by the folder-listing check after parsing.
     """
 
     name: str
@@ -47,6 +53,10 @@ class DatasetIndex:
     images: list[ImageRecord]
     captions: list[CaptionRecord]
     warnings: list[str] = field(default_factory=list)
+    sources: list[Path] = field(default_factory=list)
+    identity_names: dict[int, str] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+    missing_images: list[Path] = field(default_factory=list)
 
     def split_images(self, split: str) -> list[ImageRecord]:
         return [r for r in self.images if r.split == split]
@@ -56,6 +66,16 @@ class DatasetIndex:
 
     def has_split(self, split: str) -> bool:
         return any(r.split == split for r in self.images)
+
+    def drop_images(self, paths: set[Path]) -> None:
+        """Remove the images at ``paths`` and their captions, renumbering both lists."""
+        keep = [r for r in self.images if r.path not in paths]
+        new_index = {r.index: i for i, r in enumerate(keep)}
+        self.images = [ImageRecord(i, r.path, r.pid, r.split, r.camid) for i, r in enumerate(keep)]
+        kept_captions = [c for c in self.captions if c.image_index in new_index]
+        self.captions = [
+            CaptionRecord(i, new_index[c.image_index], c.text, c.pid, c.split) for i, c in enumerate(kept_captions)
+        ]
 
     def summary(self) -> dict:
         """Per-split counts: ``{"train": {"identities", "images", "captions"}, ...}``."""

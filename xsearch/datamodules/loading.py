@@ -1,0 +1,198 @@
+"""``load_dataset``: parse a registered dataset (cached), check its images, audit it.
+
+The one entry point used by the datamodule and by ``xsearch data check``:
+
+1. the root is resolved (relative roots live under ``$XSEARCH_DATA``, default ``./data``);
+2. the registered parser runs, or its result is read back from the parse cache, keyed by the
+   dataset name, root, options and the size + mtime of every annotation file it read;
+3. image existence is checked with one directory listing per folder (never one ``stat`` per
+   file, never a decode: decoding errors surface lazily, naming the file);
+4. generic warnings are added: missing images, empty captions, caption texts shared by several
+   identities, single-image identities, images without captions, counts vs the published ones.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import os
+import pickle
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from xsearch.datamodules.files import DatasetFormatError, FolderListing
+from xsearch.datamodules.records import SPLITS, DatasetIndex
+from xsearch.registry import DATASETS
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+"""Bump when the pickled ``DatasetIndex`` layout changes."""
+
+SHOWN = 3
+"""How many example paths/texts a warning quotes."""
+
+
+def data_dir() -> Path:
+    """Folder that relative dataset roots live in: ``$XSEARCH_DATA``, default ``./data``."""
+    return Path(os.environ.get("XSEARCH_DATA", "data"))
+
+
+def resolve_root(root: str | Path) -> Path:
+    """Absolute roots as given; relative roots under :func:`data_dir`."""
+    root = Path(root).expanduser()
+    return root if root.is_absolute() else data_dir() / root
+
+
+def cache_dir() -> Path:
+    """Parse cache folder: ``$XSEARCH_CACHE``, default ``~/.cache/xsearch/index``."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "xsearch" / "index"
+    return Path(os.environ.get("XSEARCH_CACHE", default))
+
+
+def _stamp(path: Path) -> tuple[str, int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return str(path), stat.st_size, stat.st_mtime_ns
+
+
+def _cache_file(name: str, root: Path, options: dict[str, Any]) -> Path:
+    parser = DATASETS.get(name)
+    code = Path(inspect.getsourcefile(parser) or "")
+    key = json.dumps([CACHE_VERSION, name, str(root.resolve()), options, _stamp(code)], sort_keys=True, default=str)
+    return cache_dir() / f"{name}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pkl"
+
+
+def _read_cache(path: Path) -> DatasetIndex | None:
+    try:
+        with open(path, "rb") as handle:
+            stamps, index = pickle.load(handle)
+    except FileNotFoundError:
+        return None
+    except Exception as error:  # a corrupt or incompatible cache entry is simply rebuilt
+        log.debug("ignoring parse cache %s (%s)", path, error)
+        return None
+    if not stamps or any(_stamp(Path(p)) != (p, size, mtime) for p, size, mtime in stamps):
+        return None
+    return index
+
+
+def _write_cache(path: Path, index: DatasetIndex) -> None:
+    stamps = [_stamp(p) for p in index.sources]
+    if not stamps or None in stamps:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as handle:
+            pickle.dump((stamps, index), handle, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(handle.name, path)
+    except OSError as error:  # read-only home etc.: caching is an optimisation only
+        log.debug("cannot write parse cache %s (%s)", path, error)
+
+
+def parse_dataset(name: str, root: Path, options: dict[str, Any] | None = None, cache: bool = True) -> tuple[DatasetIndex, bool]:
+    """Run (or read back from the cache) the parser of ``name``; returns ``(index, cache_hit)``."""
+    options = dict(options or {})
+    parser = DATASETS.get(name)
+    path = _cache_file(name, root, options)
+    if cache and (index := _read_cache(path)) is not None:
+        return index, True
+    try:
+        index = parser(root, **options)
+    except TypeError as error:
+        if "unexpected keyword argument" in str(error):
+            accepted = ", ".join(p for p in inspect.signature(parser).parameters if p != "root")
+            raise DatasetFormatError(f"dataset {name!r}: {error.args[0].split(') ', 1)[-1]}; options: {accepted}") from None
+        raise
+    if cache:
+        _write_cache(path, index)
+    return index, False
+
+
+def load_dataset(name: str, root: str | Path, options: dict[str, Any] | None = None, cache: bool = True) -> DatasetIndex:
+    """Parse, check and audit a dataset (see the module docstring). Bad input -> ``DatasetFormatError``."""
+    root = resolve_root(root)
+    if not root.is_dir():
+        state = "is not a folder" if root.exists() else "not found"
+        raise DatasetFormatError(f"{root}: dataset folder for {name!r} {state}")
+    index, hit = parse_dataset(name, root, options, cache)
+    index.extras["cache_hit"] = hit
+    index.missing_images = FolderListing().missing(r.path for r in index.images)
+    index.warnings = [*index.warnings, *audit(index)]
+    return index
+
+
+# --------------------------------------------------------------------------------------
+# generic audit
+# --------------------------------------------------------------------------------------
+def _examples(items: list[Any]) -> str:
+    shown = ", ".join(str(i) for i in items[:SHOWN])
+    return shown + (", ..." if len(items) > SHOWN else "")
+
+
+def audit(index: DatasetIndex) -> list[str]:
+    """Warnings every dataset gets (see the module docstring)."""
+    warnings = []
+    if index.missing_images:
+        rel = [_relative(p, index.root) for p in index.missing_images]
+        warnings.append(
+            f"{len(index.missing_images)} of {len(index.images)} images are missing, e.g. {_examples(rel)} "
+            "(training refuses to start unless data.drop_missing_images is true)"
+        )
+    empty = [c for c in index.captions if not c.text.strip()]
+    if empty:
+        paths = [_relative(index.images[c.image_index].path, index.root) for c in empty]
+        warnings.append(f"{len(empty)} empty captions, e.g. on {_examples(paths)}")
+    owners: dict[str, set[int]] = defaultdict(set)
+    for caption in index.captions:
+        if caption.text.strip():
+            owners[caption.text].add(caption.pid)
+    shared = [text for text, pids in owners.items() if len(pids) > 1]
+    if shared:
+        quoted = [repr(t[:60] + ("..." if len(t) > 60 else "")) for t in shared]
+        warnings.append(
+            f"{len(shared)} caption texts appear on images of different identities, e.g. {_examples(quoted)} "
+            "(kept: never deduplicated across identities)"
+        )
+    captioned = {c.image_index for c in index.captions}
+    for split in SPLITS:
+        images = index.split_images(split)
+        if not images:
+            continue
+        per_pid: dict[int, int] = defaultdict(int)
+        for image in images:
+            per_pid[image.pid] += 1
+        single = sum(1 for n in per_pid.values() if n == 1)
+        if single:
+            warnings.append(f"{split}: {single} of {len(per_pid)} identities have a single image")
+        uncaptioned = sum(1 for image in images if image.index not in captioned)
+        if uncaptioned:
+            warnings.append(f"{split}: {uncaptioned} of {len(images)} images have no caption (gallery only)")
+    return warnings
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def compare_published(index: DatasetIndex, published: dict[str, tuple[int, int, int]], hint: str = "") -> list[str]:
+    """Warnings for splits whose (identities, images, captions) differ from the published counts."""
+    summary = index.summary()
+    warnings = []
+    for split, expected in published.items():
+        got = summary[split]
+        counts = (got["identities"], got["images"], got["captions"])
+        if counts != tuple(expected):
+            warnings.append(
+                f"{split}: {counts[0]} identities / {counts[1]} images / {counts[2]} captions differ from the "
+                f"published {expected[0]} / {expected[1]} / {expected[2]}{hint}"
+            )
+    return warnings
