@@ -5,3 +5,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
+
+import tempfile  # noqa: E402
+
+os.environ["XSEARCH_CACHE"] = tempfile.mkdtemp(prefix="xsearch-test-cache-")  # never the user's ~/.cache

@@ -24,12 +24,6 @@ def test_data_synth_and_check(tmp_path, capsys):
     assert report["splits"]["train"]["images"] == sum(r["split"] == "train" for r in records)
 
 
-def test_data_check_missing_file_is_one_line_error(tmp_path, capsys):
-    assert main(["data", "check", "cuhk_pedes", "--root", str(tmp_path)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "reid_raw.json: file not found" in err[0]
-
-
 def test_data_check_unknown_dataset(tmp_path, capsys):
     assert main(["data", "check", "nope", "--root", str(tmp_path)]) == 2
     assert "unknown dataset 'nope'" in capsys.readouterr().err

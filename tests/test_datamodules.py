@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from xsearch.datamodules import GALLERY, QUERIES, RetrievalDataModule
-from xsearch.datamodules.cuhk_pedes import DatasetFormatError, parse
+from xsearch.datamodules.cuhk_pedes import parse
+from xsearch.datamodules.files import DatasetFormatError
 from xsearch.datamodules.samplers import IdentityBatchSampler
 from xsearch.datamodules.transforms import AugmentConfig, build_train_augment, load_image
 
@@ -39,36 +40,25 @@ def _copy(tmp_path: Path) -> Path:
     return root
 
 
-def test_missing_annotation_file_names_it(tmp_path):
-    with pytest.raises(DatasetFormatError, match=r"reid_raw\.json: file not found"):
-        parse(tmp_path)
-
-
-def test_bad_record_names_record_and_field(tmp_path):
+def test_missing_images_stop_training_up_front_unless_dropped(tmp_path):
     root = _copy(tmp_path)
-    records = json.loads((root / "reid_raw.json").read_text())
-    del records[3]["id"]
-    (root / "reid_raw.json").write_text(json.dumps(records))
-    with pytest.raises(DatasetFormatError, match=r"record 3: missing field 'id'"):
-        parse(root)
-    records[3]["id"] = "7"
-    (root / "reid_raw.json").write_text(json.dumps(records))
-    with pytest.raises(DatasetFormatError, match=r"record 3: field 'id' should be int, got str"):
-        parse(root)
+    shutil.rmtree(root / "imgs" / "Market")  # copies that lack a source folder (IRRA #49)
+    dm = RetrievalDataModule("cuhk_pedes", str(root), image_size=(32, 16), num_workers=0, cache_index=False)
+    with pytest.raises(DatasetFormatError, match=r"3 of 6 images listed in the annotations are missing, e\.g\. .*Market/"
+                                                 r".*set data\.drop_missing_images=true"):
+        dm.setup("fit")
+    dm = RetrievalDataModule("cuhk_pedes", str(root), image_size=(32, 16), num_workers=0, drop_missing_images=True)
+    dm.setup("fit")
+    assert dm.index.summary()["train"] == {"identities": 1, "images": 2, "captions": 4}
+    assert all(dm.index.images[c.image_index].pid == c.pid for c in dm.index.captions)
+    assert [r.index for r in dm.index.images] == list(range(3))
 
 
-def test_invalid_json_names_line(tmp_path):
-    root = _copy(tmp_path)
-    (root / "reid_raw.json").write_text('[\n{"split": "train",\n oops}\n]')
-    with pytest.raises(DatasetFormatError, match=r"invalid JSON at line 3"):
-        parse(root)
-
-
-def test_missing_images_counted_up_front(tmp_path):
-    root = _copy(tmp_path)
-    shutil.rmtree(root / "imgs" / "Market")
-    with pytest.raises(DatasetFormatError, match=r"3 of 6 images listed in reid_raw.json are missing, e.g. Market/"):
-        parse(root)
+def test_relative_root_lives_under_xsearch_data(tmp_path, monkeypatch):
+    shutil.copytree(FIXTURE, tmp_path / "CUHK-PEDES")
+    monkeypatch.setenv("XSEARCH_DATA", str(tmp_path))
+    dm = RetrievalDataModule("cuhk_pedes", "CUHK-PEDES", num_workers=0)
+    assert dm.root == tmp_path / "CUHK-PEDES" and dm.num_train_identities == 2
 
 
 def test_identity_sampler_batches():

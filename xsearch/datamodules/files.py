@@ -76,7 +76,8 @@ def load_json(path: Path, kind: type | tuple[type, ...] = (list, dict)) -> Any:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
-        truncated = " (the file looks truncated)" if error.pos >= len(text.rstrip()) else ""
+        at_end = error.pos >= len(text.rstrip()) or error.msg.startswith("Unterminated string")
+        truncated = " (the file looks truncated)" if at_end else ""
         raise DatasetFormatError(
             f"{path}: invalid JSON at line {error.lineno} column {error.colno}: {error.msg}{truncated}"
         ) from None
