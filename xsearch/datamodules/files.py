@@ -156,20 +156,27 @@ class FolderListing:
     """Existence checks by listing each folder once (``os.scandir``), not one ``stat`` per file."""
 
     def __init__(self) -> None:
-        self._names: dict[Path, set[str]] = {}
+        self._names: dict[str, set[str]] = {}
 
-    def names(self, folder: Path) -> set[str]:
-        if folder not in self._names:
+    def names(self, folder: str | os.PathLike) -> set[str]:
+        """File names in ``folder`` (empty if it does not exist), listed once."""
+        key = os.fspath(folder)
+        if key not in self._names:
             try:
-                with os.scandir(folder) as entries:
-                    self._names[folder] = {entry.name for entry in entries}
+                with os.scandir(key) as entries:
+                    self._names[key] = {entry.name for entry in entries}
             except (FileNotFoundError, NotADirectoryError):
-                self._names[folder] = set()
-        return self._names[folder]
+                self._names[key] = set()
+        return self._names[key]
 
-    def exists(self, path: Path) -> bool:
-        return path.name in self.names(path.parent)
+    def exists(self, path: str | os.PathLike) -> bool:
+        return not self.missing([path])
 
-    def missing(self, paths: Iterable[Path]) -> list[Path]:
+    def missing(self, paths: Iterable[str | os.PathLike]) -> list[Path]:
         """Paths (in order) whose file is absent."""
-        return [p for p in paths if not self.exists(p)]
+        out = []
+        for path in paths:
+            folder, name = os.path.split(os.fspath(path))
+            if name not in self.names(folder):
+                out.append(Path(path))
+        return out

@@ -61,10 +61,13 @@ def _stamp(path: Path) -> tuple[str, int, int] | None:
     return str(path), stat.st_size, stat.st_mtime_ns
 
 
+def _code_stamp() -> list:
+    """Size + mtime of the parser code: an edited parser never reads an old cache entry."""
+    return [_stamp(p) for p in sorted(Path(__file__).parent.glob("*.py"))]
+
+
 def _cache_file(name: str, root: Path, options: dict[str, Any]) -> Path:
-    parser = DATASETS.get(name)
-    code = Path(inspect.getsourcefile(parser) or "")
-    key = json.dumps([CACHE_VERSION, name, str(root.resolve()), options, _stamp(code)], sort_keys=True, default=str)
+    key = json.dumps([CACHE_VERSION, name, str(root.resolve()), options, _code_stamp()], sort_keys=True, default=str)
     return cache_dir() / f"{name}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pkl"
 
 
@@ -122,7 +125,7 @@ def load_dataset(name: str, root: str | Path, options: dict[str, Any] | None = N
         raise DatasetFormatError(f"{root}: dataset folder for {name!r} {state}")
     index, hit = parse_dataset(name, root, options, cache)
     index.extras["cache_hit"] = hit
-    index.missing_images = FolderListing().missing(r.path for r in index.images)
+    index.missing_images = FolderListing().missing(r.file for r in index.images)
     index.warnings = [*index.warnings, *audit(index)]
     return index
 
@@ -136,7 +139,7 @@ def _examples(items: list[Any]) -> str:
 
 
 def audit(index: DatasetIndex) -> list[str]:
-    """Warnings every dataset gets (see the module docstring)."""
+    """Warnings every dataset gets (see the module docstring). One pass over captions and images."""
     warnings = []
     if index.missing_images:
         rel = [_relative(p, index.root) for p in index.missing_images]
@@ -144,43 +147,46 @@ def audit(index: DatasetIndex) -> list[str]:
             f"{len(index.missing_images)} of {len(index.images)} images are missing, e.g. {_examples(rel)} "
             "(training refuses to start unless data.drop_missing_images is true)"
         )
-    empty = [c for c in index.captions if not c.text.strip()]
-    if empty:
-        paths = [_relative(index.images[c.image_index].path, index.root) for c in empty]
-        warnings.append(f"{len(empty)} empty captions, e.g. on {_examples(paths)}")
-    owners: dict[str, set[int]] = defaultdict(set)
+    empty: list[int] = []
+    first_owner: dict[str, int] = {}
+    shared: dict[str, None] = {}  # ordered set
+    captioned = set()
     for caption in index.captions:
-        if caption.text.strip():
-            owners[caption.text].add(caption.pid)
-    shared = [text for text, pids in owners.items() if len(pids) > 1]
+        captioned.add(caption.image_index)
+        if not caption.text.strip():
+            empty.append(caption.image_index)
+        elif first_owner.setdefault(caption.text, caption.pid) != caption.pid:
+            shared[caption.text] = None
+    if empty:
+        paths = [_relative(index.images[i].file, index.root) for i in empty]
+        warnings.append(f"{len(empty)} empty captions, e.g. on {_examples(paths)}")
     if shared:
         quoted = [repr(t[:60] + ("..." if len(t) > 60 else "")) for t in shared]
         warnings.append(
             f"{len(shared)} caption texts appear on images of different identities, e.g. {_examples(quoted)} "
             "(kept: never deduplicated across identities)"
         )
-    captioned = {c.image_index for c in index.captions}
+    per_split: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    uncaptioned: dict[str, int] = defaultdict(int)
+    for image in index.images:
+        per_split[image.split][image.pid] += 1
+        uncaptioned[image.split] += image.index not in captioned
     for split in SPLITS:
-        images = index.split_images(split)
-        if not images:
+        if split not in per_split:
             continue
-        per_pid: dict[int, int] = defaultdict(int)
-        for image in images:
-            per_pid[image.pid] += 1
-        single = sum(1 for n in per_pid.values() if n == 1)
-        if single:
-            warnings.append(f"{split}: {single} of {len(per_pid)} identities have a single image")
-        uncaptioned = sum(1 for image in images if image.index not in captioned)
-        if uncaptioned:
-            warnings.append(f"{split}: {uncaptioned} of {len(images)} images have no caption (gallery only)")
+        counts = per_split[split]
+        if single := sum(1 for n in counts.values() if n == 1):
+            warnings.append(f"{split}: {single} of {len(counts)} identities have a single image")
+        if uncaptioned[split]:
+            total = sum(counts.values())
+            warnings.append(f"{split}: {uncaptioned[split]} of {total} images have no caption (gallery only)")
     return warnings
 
 
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return str(path.relative_to(root))
-    except ValueError:
-        return str(path)
+def _relative(path: str | os.PathLike, root: Path) -> str:
+    """``path`` relative to ``root`` when inside it (for short messages)."""
+    path, prefix = os.fspath(path), os.fspath(root) + os.sep
+    return path[len(prefix):] if path.startswith(prefix) else path
 
 
 def compare_published(index: DatasetIndex, published: dict[str, tuple[int, int, int]], hint: str = "") -> list[str]:

@@ -7,6 +7,7 @@ one caption per sentence.
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Literal
@@ -55,6 +56,7 @@ def parse_pedes_records(
         raise DatasetFormatError(f"normalize_captions should be off, train or all, got {normalize_captions!r}")
     images: list[ImageRecord] = []
     captions: list[CaptionRecord] = []
+    root_dir = os.fspath(image_root)
     for number, record in enumerate(records):
         where = f"{source}: record {number}"
         if split_of is not None:
@@ -67,7 +69,7 @@ def parse_pedes_records(
         texts = expect_str_list(record, "captions", where)
         relative = expect_field(record, path_key, str, where)
         pid = expect_field(record, "id", int, where)
-        image = ImageRecord(index=len(images), path=image_root / relative, pid=pid, split=split)
+        image = ImageRecord(len(images), os.path.join(root_dir, relative), pid, split)
         images.append(image)
         clean = normalize_captions == "all" or (normalize_captions == "train" and split == "train")
         for text in texts[:max_captions_per_image]:

@@ -6,6 +6,7 @@ split. Nothing here reads pixels or tokenises text.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,18 +14,40 @@ from typing import Any
 SPLITS = ("train", "val", "test")
 
 
-@dataclass(frozen=True)
+_set = object.__setattr__
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class ImageRecord:
-    """One image file. ``index`` is its position in ``DatasetIndex.images``."""
+    """One image file. ``index`` is its position in ``DatasetIndex.images``.
+
+    The location is stored as a plain string (``file``): a 200,000-image index then builds,
+    pickles and unpickles in a fraction of the time ``pathlib.Path`` objects take; ``path``
+    gives the ``Path`` when needed. The constructor accepts either.
+    """
 
     index: int
-    path: Path
+    file: str
     pid: int
     split: str
-    camid: int = -1
+    camid: int
+
+    def __init__(self, index: int, path: str | os.PathLike, pid: int, split: str, camid: int = -1) -> None:
+        _set(self, "index", index)
+        _set(self, "file", path if isinstance(path, str) else os.fspath(path))
+        _set(self, "pid", pid)
+        _set(self, "split", split)
+        _set(self, "camid", camid)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.file)
+
+    def __reduce__(self) -> tuple:
+        return ImageRecord, (self.index, self.file, self.pid, self.split, self.camid)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CaptionRecord:
     """One caption of one image. ``image_index`` points into ``DatasetIndex.images``."""
 
@@ -58,6 +81,21 @@ class DatasetIndex:
     extras: dict[str, Any] = field(default_factory=dict)
     missing_images: list[Path] = field(default_factory=list)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Records as columns: pickling 200,000 records as tuples of lists is several times faster."""
+        state = dict(self.__dict__)
+        state["images"] = tuple(map(list, zip(*((r.index, r.file, r.pid, r.split, r.camid) for r in self.images))))
+        state["captions"] = tuple(
+            map(list, zip(*((c.index, c.image_index, c.text, c.pid, c.split) for c in self.captions)))
+        )
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        state["images"] = [ImageRecord(*row) for row in zip(*state["images"])]
+        state["captions"] = [CaptionRecord(*row) for row in zip(*state["captions"])]
+        self.__dict__.update(state)
+
     def split_images(self, split: str) -> list[ImageRecord]:
         return [r for r in self.images if r.split == split]
 
@@ -67,11 +105,12 @@ class DatasetIndex:
     def has_split(self, split: str) -> bool:
         return any(r.split == split for r in self.images)
 
-    def drop_images(self, paths: set[Path]) -> None:
+    def drop_images(self, paths: set[str | os.PathLike]) -> None:
         """Remove the images at ``paths`` and their captions, renumbering both lists."""
-        keep = [r for r in self.images if r.path not in paths]
+        files = {os.fspath(p) for p in paths}
+        keep = [r for r in self.images if r.file not in files]
         new_index = {r.index: i for i, r in enumerate(keep)}
-        self.images = [ImageRecord(i, r.path, r.pid, r.split, r.camid) for i, r in enumerate(keep)]
+        self.images = [ImageRecord(i, r.file, r.pid, r.split, r.camid) for i, r in enumerate(keep)]
         kept_captions = [c for c in self.captions if c.image_index in new_index]
         self.captions = [
             CaptionRecord(i, new_index[c.image_index], c.text, c.pid, c.split) for i, c in enumerate(kept_captions)
