@@ -161,3 +161,17 @@ def test_folder_listing_lists_each_folder_once(tmp_path, monkeypatch):
 def test_unknown_parser_option_is_one_line(tmp_path):
     with pytest.raises(DatasetFormatError, match=r"dataset 'rstpreid': .*'max_captions'; options: normalize_captions, ascii_only"):
         _load("rstpreid", write_rstp(tmp_path / "r"), max_captions=2)
+
+
+def test_train_labels_are_contiguous_and_evaluation_keeps_raw_ids(tmp_path):
+    root = write_cuhk(tmp_path / "c")
+    records = json.loads((root / "reid_raw.json").read_text())
+    records[2]["id"] = records[3]["id"] = 7  # a gap: train ids 1, 7, 3
+    (root / "reid_raw.json").write_text(json.dumps(records))
+    dm = RetrievalDataModule("cuhk_pedes", str(root), image_size=(16, 8), num_workers=0, cache_index=False)
+    dm.setup("fit")
+    assert dm.labels == {1: 0, 3: 1, 7: 2}
+    assert sorted({dm.train_set[i]["pid"] for i in range(len(dm.train_set))}) == [0, 1, 2]
+    queries, gallery = dm.eval_sets["val"]
+    assert {queries[i]["pid"] for i in range(len(queries))} == {11004, 11005}
+    assert [gallery[i]["pid"] for i in range(len(gallery))] == [11004, 11004, 11005]
