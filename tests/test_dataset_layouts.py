@@ -113,7 +113,7 @@ def test_fit_a_few_steps_and_test(name, tmp_path, capsys, monkeypatch):
         "fit", "--config", CONFIG, "--test_after_fit", "true", "--results", str(tmp_path / "r.sqlite"),
         "--data.dataset", layout.dataset, "--data.root", str(layout.root), "--data.generate", "null",
         "--data.dataset_options", json.dumps(layout.options), "--data.sampler", "random", "--data.batch_size", "4",
-        "--trainer.max_steps", "3",
+        "--trainer.limit_train_batches", "3", "--trainer.max_epochs", "1",
     ]
     assert main(args) == 0
     output = capsys.readouterr().out
