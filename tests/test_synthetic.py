@@ -170,6 +170,14 @@ def test_faces_celeba_layout(faces: Path) -> None:
     assert all(len(p) == 1 for p in parts_of_id.values())  # identities disjoint across partitions
     assert sorted(sum(1 for p in parts_of_id.values() if p == {s}) for s in "012") == [1, 1, 8]
     assert [part[f] for f in files] == sorted(part[f] for f in files)  # train, then val, then test
+    # Multi-Modal-CelebA-HQ layout: every image is an "HQ" image numbered 0..n-1 in a shuffled order
+    mapping_lines = (faces / "CelebA-HQ-to-CelebA-mapping.txt").read_text().splitlines()
+    assert mapping_lines[0].split() == ["idx", "orig_idx", "orig_file"]
+    mapping = [line.split() for line in mapping_lines[1:]]
+    assert [int(r[0]) for r in mapping] == list(range(n))
+    assert sorted(r[2] for r in mapping) == files and all(int(r[1]) == int(r[2][:6]) - 1 for r in mapping)
+    assert [r[2] for r in mapping] != files  # the HQ numbering is not the CelebA order
+    hq_of = {r[2]: r[0] for r in mapping}
     for f in files:
         with Image.open(faces / "Img" / "img_align_celeba" / f) as im:
             assert im.format == "JPEG" and im.size == (178, 218)
@@ -178,7 +186,7 @@ def test_faces_celeba_layout(faces: Path) -> None:
         assert not (a["Bald"] and a["Bangs"])
         assert not (a["No_Beard"] and (a["Goatee"] or a["Mustache"]))
         assert a["No_Beard"] or a["Male"]
-        caps = (faces / "celeba-caption" / f.replace(".jpg", ".txt")).read_text().splitlines()
+        caps = (faces / "text" / f"{hq_of[f]}.txt").read_text().splitlines()
         assert len(caps) == 4 and all(c.strip() for c in caps)
         for c in caps:
             low = c.lower()
@@ -188,7 +196,7 @@ def test_faces_celeba_layout(faces: Path) -> None:
             assert (" hat" in low) <= a["Wearing_Hat"], c
             assert re.search(r"\b(he|man)\b", low) is None or a["Male"], c
             assert re.search(r"\b(she|woman)\b", low) is None or not a["Male"], c
-    assert len(list((faces / "celeba-caption").iterdir())) == n
+    assert len(list((faces / "text").iterdir())) == n
 
 
 def test_celeba_caption_shapes() -> None:

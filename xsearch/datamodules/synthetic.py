@@ -10,8 +10,10 @@ downloading anything.
   lighting, noise, blur and occasional occlusion; its two captions mention random subsets of the identity's
   attributes with varied templates and synonyms.
 * :func:`generate_faces` writes ``Img/img_align_celeba``, ``Anno/identity_CelebA.txt``,
-  ``Anno/list_attr_celeba.txt``, ``Eval/list_eval_partition.txt`` and ``celeba-caption/<stem>.txt``
-  (MM-CelebA-HQ-style captions from the positive attributes).
+  ``Anno/list_attr_celeba.txt``, ``Eval/list_eval_partition.txt`` and, as if every image were in
+  CelebA-HQ, the Multi-Modal-CelebA-HQ captions ``text/<hq>.txt`` with ``CelebA-HQ-to-CelebA-mapping.txt``
+  (captions from the positive attributes, :mod:`xsearch.datamodules.face_captions`); the ``celeba``
+  parser reads it (registered as ``synth_faces``).
 
 Both are deterministic (same arguments -> same bytes) and write atomically (temporary sibling directory
 renamed at the end). Command line: ``python -m xsearch.datamodules.synthetic {pedes,faces} OUT``.
@@ -31,6 +33,8 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+
+from .face_captions import CELEBA_ATTRIBUTES, celeba_caption
 
 __all__ = [
     "COLOURS", "HAIR_COLOURS", "COLOUR_WORDS", "CELEBA_ATTRIBUTES", "PEDES_SOURCES",
@@ -90,24 +94,6 @@ SUBJECTS = {
     "neutral": ["person", "pedestrian", "individual"],
 }
 PRONOUNS = {"male": ("he", "his"), "female": ("she", "her"), "neutral": ("the person", "their")}
-
-CELEBA_ATTRIBUTES: tuple[str, ...] = (
-    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs", "Big_Lips",
-    "Big_Nose", "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows", "Chubby", "Double_Chin",
-    "Eyeglasses", "Goatee", "Gray_Hair", "Heavy_Makeup", "High_Cheekbones", "Male", "Mouth_Slightly_Open",
-    "Mustache", "Narrow_Eyes", "No_Beard", "Oval_Face", "Pale_Skin", "Pointy_Nose", "Receding_Hairline",
-    "Rosy_Cheeks", "Sideburns", "Smiling", "Straight_Hair", "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat",
-    "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young",
-)
-_IS_GROUP = ("Attractive", "Bald", "Chubby", "Young", "Smiling")
-_HAS_GROUP = (
-    "Eyeglasses", "Arched_Eyebrows", "Bags_Under_Eyes", "Bangs", "Big_Lips", "Big_Nose", "Black_Hair",
-    "Blond_Hair", "Brown_Hair", "Bushy_Eyebrows", "Double_Chin", "Goatee", "Gray_Hair", "Straight_Hair",
-    "Sideburns", "Rosy_Cheeks", "Receding_Hairline", "Pointy_Nose", "Pale_Skin", "Oval_Face", "Narrow_Eyes",
-    "Mustache", "Mouth_Slightly_Open", "High_Cheekbones", "Wavy_Hair",
-)
-_WEAR_GROUP = ("Wearing_Necktie", "Wearing_Necklace", "Wearing_Lipstick", "Wearing_Hat", "Wearing_Earrings",
-               "Heavy_Makeup")
 
 _SKIN_TONES = [(250, 222, 198), (238, 200, 168), (222, 178, 140), (196, 150, 112), (160, 112, 78), (112, 78, 54)]
 
@@ -679,56 +665,6 @@ def face_attributes(identities: int = 200, seed: int = 0) -> list[dict[str, bool
     return [_face_identity(i, seed)[0] for i in range(1, identities + 1)]
 
 
-def _phrase(attr: str) -> str:
-    return attr.replace("Wearing_", "").replace("_", " ").lower()
-
-
-def celeba_caption(attrs: dict[str, bool], rng: np.random.Generator) -> str:
-    """One MM-CelebA-HQ-style caption from the positive attributes (DATASETS.md 4.5)."""
-    male = attrs.get("Male", False)
-    subjects = ["He", "This man", "The man", "The person", "This person"] if male else \
-        ["She", "This woman", "The woman", "The person", "This person"]
-
-    def subset(group: Sequence[str]) -> list[str]:
-        pos = [g for g in group if attrs.get(g)]
-        if not pos:
-            return []
-        k = int(rng.integers(1, len(pos) + 1))
-        idx = rng.permutation(len(pos))[:k]
-        return [_phrase(pos[i]) for i in idx]
-
-    IS, HAS, WEAR = subset(_IS_GROUP), subset(_HAS_GROUP), subset(_WEAR_GROUP)
-    if not (IS or HAS or WEAR):
-        return f"This is a photo of a {'man' if male else 'woman'}."
-    S = lambda: _choice(rng, subjects)  # noqa: E731
-    is_v = lambda: _choice(rng, ["is", "looks", "appears to be"])  # noqa: E731
-    has_v = lambda: _choice(rng, ["has", "is with"])  # noqa: E731
-    wear_v = lambda: _choice(rng, ["wears", "is wearing"])  # noqa: E731
-    is_s, has_s, wear_s = ", ".join(IS), ", ".join(HAS), ", ".join(WEAR)
-    shape = int(rng.integers(3))
-    sents: list[str] = []
-    if shape == 0:
-        if IS:
-            sents.append(f"{S()} {is_v()} {is_s}.")
-        clauses = ([f"{has_v()} {has_s}"] if HAS else []) + ([f"{wear_v()} {wear_s}"] if WEAR else [])
-        if clauses:
-            sents.append(f"{S()} {' and '.join(clauses)}.")
-    elif shape == 1:
-        clauses = ([f"{is_v()} {is_s}"] if IS else []) + ([f"{has_v()} {has_s}"] if HAS else [])
-        if clauses:
-            sents.append(f"{S()} {' and '.join(clauses)}.")
-        if WEAR:
-            sents.append(f"{S()} {wear_v()} {wear_s}.")
-    else:
-        if IS:
-            sents.append(f"This is {_article(is_s)} person.")
-        if HAS:
-            sents.append(f"{S()} {has_v()} {has_s}.")
-        if WEAR:
-            sents.append(f"{S()} {wear_v()} {wear_s}.")
-    return " ".join(sents)
-
-
 # ----------------------------------------------------------------------------------------------
 # writing
 # ----------------------------------------------------------------------------------------------
@@ -823,12 +759,14 @@ def generate_faces(out: str | Path, identities: int = 200, seed: int = 0,
                    images_per_identity: tuple[int, int] = (4, 10), captions_per_image: int = 10,
                    progress: bool = True, overwrite: bool = False,
                    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), jpeg_quality: int = 92) -> Path:
-    """Write a synthetic face dataset in the official CelebA layout (+ MM-CelebA-HQ-style captions).
+    """Write a synthetic face dataset in the official CelebA layout + Multi-Modal-CelebA-HQ captions.
 
     Files: ``Img/img_align_celeba/NNNNNN.jpg`` (178x218), ``Anno/identity_CelebA.txt``,
     ``Anno/list_attr_celeba.txt``, ``Eval/list_eval_partition.txt`` (identities disjoint across partitions;
-    images numbered train first, then val, then test, like CelebA) and ``celeba-caption/NNNNNN.txt``
-    (``captions_per_image`` lines). Identity numbers are a seeded permutation of ``1..identities``.
+    images numbered train first, then val, then test, like CelebA). Every image is also an "HQ" image:
+    ``text/<hq>.txt`` holds its ``captions_per_image`` lines and ``CelebA-HQ-to-CelebA-mapping.txt``
+    (header ``idx orig_idx orig_file``) maps the seeded-random HQ number ``0..n-1`` to ``NNNNNN.jpg``.
+    Identity numbers are a seeded permutation of ``1..identities``.
     """
     from .synth_render import render_face
 
@@ -848,13 +786,14 @@ def generate_faces(out: str | Path, identities: int = 200, seed: int = 0,
             block += [(i, k, part) for k in range(cnt)]
         order = lay.permutation(len(block))
         items += [block[j] for j in order]
+    hq_of = _rng(seed, _T_FLAYOUT, 0).permutation(len(items)).tolist()  # HQ number of image n at [n - 1]
     idents = {}
     out = Path(out)
     bar = _progress(len(items), "synthetic faces", progress)
     try:
         with _atomic_dir(out, overwrite) as tmp:
             img_dir = tmp / "Img" / "img_align_celeba"
-            cap_dir = tmp / "celeba-caption"
+            cap_dir = tmp / "text"
             for p in (img_dir, cap_dir, tmp / "Anno", tmp / "Eval"):
                 p.mkdir(parents=True)
             id_lines, part_lines, attr_lines = [], [], []
@@ -870,7 +809,7 @@ def generate_faces(out: str | Path, identities: int = 200, seed: int = 0,
                 _save_jpeg(img, img_dir / fname, jpeg_quality)
                 crng = _rng(seed, _T_FCAP, n)
                 caps = [celeba_caption(attrs, crng) for _ in range(captions_per_image)]
-                (cap_dir / f"{n:06d}.txt").write_text("\n".join(caps) + "\n", encoding="utf-8", newline="\n")
+                (cap_dir / f"{hq_of[n - 1]}.txt").write_text("\n".join(caps) + "\n", encoding="utf-8", newline="\n")
                 id_lines.append(f"{fname} {label}\n")
                 part_lines.append(f"{fname} {part}\n")
                 attr_lines.append(fname + " " + " ".join(f"{1 if attrs[a] else -1:2d}" for a in CELEBA_ATTRIBUTES)
@@ -881,6 +820,9 @@ def generate_faces(out: str | Path, identities: int = 200, seed: int = 0,
             (tmp / "Anno" / "list_attr_celeba.txt").write_text(
                 f"{len(items)}\n" + " ".join(CELEBA_ATTRIBUTES) + " \n" + "".join(attr_lines), encoding="utf-8",
                 newline="\n")
+            rows = [f"{hq:<12}{n - 1:<12}{n:06d}.jpg\n" for hq, n in sorted((hq, n) for n, hq in enumerate(hq_of, 1))]
+            (tmp / "CelebA-HQ-to-CelebA-mapping.txt").write_text(
+                f"{'idx':<12}{'orig_idx':<12}orig_file\n" + "".join(rows), encoding="utf-8", newline="\n")
     finally:
         bar.close()
     return out
