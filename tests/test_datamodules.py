@@ -133,16 +133,17 @@ def test_unknown_dataset_name():
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_pad_crop_equals_crop_of_zero_padded_image(seed):
+@pytest.mark.parametrize(("height", "width", "pad"), [(12, 7, 3), (5, 4, 9)])  # also a pad wider than the image
+def test_pad_crop_equals_crop_of_zero_padded_image(seed, height, width, pad):
     from xsearch.datamodules.transforms import FlipPadCropErase
 
-    image = torch.randint(0, 256, (3, 12, 7), dtype=torch.uint8)
+    image = torch.randint(1, 256, (3, height, width), dtype=torch.uint8)
     torch.manual_seed(seed)
-    out = FlipPadCropErase(flip=0.0, pad=3, erase=0.0)(image)
+    out = FlipPadCropErase(flip=0.0, pad=pad, erase=0.0)(image)
     torch.manual_seed(seed)
-    dy, dx = (torch.randint(0, 7, (2,)) - 3).tolist()
-    padded = torch.nn.functional.pad(image, (3, 3, 3, 3))
-    assert torch.equal(out, padded[:, 3 + dy : 3 + dy + 12, 3 + dx : 3 + dx + 7])
+    dy, dx = (torch.randint(0, 2 * pad + 1, (2,)) - pad).tolist()
+    padded = torch.nn.functional.pad(image, (pad, pad, pad, pad))
+    assert torch.equal(out, padded[:, pad + dy : pad + dy + height, pad + dx : pad + dx + width])
 
 
 def test_erase_changes_a_rectangle_only():

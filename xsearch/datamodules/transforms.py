@@ -59,6 +59,7 @@ class FlipPadCropErase:
         if self.pad:
             # the crop of the zero-padded image at offset (dy, dx) is the image shifted by (-dy, -dx)
             dy, dx = (torch.randint(0, 2 * self.pad + 1, (2,)) - self.pad).tolist()
+            dy, dx = max(-height, min(height, dy)), max(-width, min(width, dx))  # pad wider than the image
             shifted = torch.zeros_like(image)
             shifted[:, max(0, -dy) : height - max(0, dy), max(0, -dx) : width - max(0, dx)] = image[
                 :, max(0, dy) : height - max(0, -dy), max(0, dx) : width - max(0, -dx)
