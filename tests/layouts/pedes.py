@@ -68,7 +68,7 @@ def write_cuhk(root: Path, annotation: str = "reid_raw.json", with_split: bool =
     BadInput("caption_all.json without split", lambda r: (
         (r / "reid_raw.json").unlink(), write_cuhk(r, "caption_all.json", with_split=False)),
         r"caption_all\.json: record 0: missing field 'split' \(this copy has no split field; set "
-        r"dataset_options\.id_range_split=true"),
+        r"data\.dataset_options\.id_range_split=true, or --option id_range_split=true for data check"),
 ])
 def cuhk(tmp: Path) -> Layout:
     return Layout("cuhk_pedes", write_cuhk(tmp / "CUHK-PEDES"), {

@@ -59,7 +59,8 @@ def parse(
         if not id_range_split:
             raise DatasetFormatError(
                 f"{source}: record 0: missing field 'split' (this copy has no split field; set "
-                "dataset_options.id_range_split=true to derive the standard split from the id ranges)"
+                "data.dataset_options.id_range_split=true, or --option id_range_split=true for data check, "
+                "to derive the standard split from the id ranges)"
             )
         split_of = _split_by_id_range(records, source)
         warnings.append(f"split derived from the id ranges {ID_RANGES} ({source.name} has no split field)")
