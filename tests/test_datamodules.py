@@ -54,6 +54,15 @@ def test_missing_images_stop_training_up_front_unless_dropped(tmp_path):
     assert [r.index for r in dm.index.images] == list(range(3))
 
 
+def test_relative_root_defaults_to_data_folder_and_generates_there(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("XSEARCH_DATA", raising=False)
+    dm = RetrievalDataModule("synth_pedes", "tiny", num_workers=0, generate={"identities": 6, "progress": False})
+    dm.prepare_data()
+    assert (tmp_path / "data" / "tiny" / "reid_raw.json").is_file()
+    assert dm.num_train_identities == 4
+
+
 def test_relative_root_lives_under_xsearch_data(tmp_path, monkeypatch):
     shutil.copytree(FIXTURE, tmp_path / "CUHK-PEDES")
     monkeypatch.setenv("XSEARCH_DATA", str(tmp_path))

@@ -139,7 +139,7 @@ class RetrievalDataModule(L.LightningDataModule):
         super().__init__()
         DATASETS.get(dataset)  # fail early on an unknown name
         self.save_hyperparameters()
-        self.dataset, self.root = dataset, resolve_root(root)
+        self.dataset, self.root = dataset, resolve_root(root).absolute()
         self.image_size = tuple(image_size)
         self.augment_config = augment or AugmentConfig()
         self.index: DatasetIndex | None = None
