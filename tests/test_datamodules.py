@@ -166,3 +166,15 @@ def test_erase_changes_a_rectangle_only():
     box = changed[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     assert 0.02 * 800 * 0.5 <= box.numel() <= 0.2 * 800 * 1.5 and box.float().mean() > 0.9
     assert torch.equal(image, torch.full((3, 40, 20), 7, dtype=torch.uint8))  # input untouched
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_erase_with_a_fill_value_and_scale(seed):
+    from xsearch.datamodules.transforms import FlipPadCropErase
+
+    image = torch.full((3, 40, 20), 7, dtype=torch.uint8)
+    torch.manual_seed(seed)
+    out = FlipPadCropErase(flip=0.0, pad=0, erase=1.0, erase_scale=(0.3, 0.4), erase_value=(123, 117, 104))(image)
+    changed = (out != 7).any(0)
+    assert 0.3 * 800 * 0.8 <= changed.sum() <= 0.4 * 800 * 1.2  # rounding of the box sides
+    assert out[:, changed].unique(dim=1).tolist() == [[123], [117], [104]]

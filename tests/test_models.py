@@ -167,16 +167,19 @@ def test_id_head_rebuilt_from_checkpoint(text_encoder):
     fresh = DualEncoder(ImageEncoder("test_efficientnet"), text_encoder, embed_dim=16, id_weight=1.0)
     assert fresh.id_head is None
     checkpoint = {"state_dict": model.state_dict()}
+    model.on_save_checkpoint(checkpoint)
+    assert checkpoint["num_train_identities"] == 3
     fresh.on_load_checkpoint(checkpoint)
     fresh.load_state_dict(checkpoint["state_dict"])
     assert fresh.id_head.classifier.weight.shape == (3, 16)
 
 
 def test_parameter_groups_split_backbone_new_and_no_decay(text_encoder):
-    model = _model(text_encoder, lr=1e-4, new_module_lr_factor=5.0, weight_decay=0.1)
+    model = _model(text_encoder, lr=1e-4, new_module_lr_factor=5.0, weight_decay=0.1, bias_lr_factor=2.0)
     groups = {g["name"]: g for g in model.parameter_groups()}
     assert set(groups) == {"backbone", "backbone_no_decay", "new", "new_no_decay"}
     assert groups["backbone"]["lr"] == 1e-4 and groups["new"]["lr"] == pytest.approx(5e-4)
+    assert groups["backbone_no_decay"]["lr"] == pytest.approx(2e-4) and groups["new_no_decay"]["lr"] == pytest.approx(1e-3)
     assert groups["new_no_decay"]["weight_decay"] == 0.0 and groups["new"]["weight_decay"] == 0.1
     in_groups = {id(p) for g in groups.values() for p in g["params"]}
     trainable = {id(p) for p in model.parameters() if p.requires_grad}

@@ -1,14 +1,24 @@
 """Shared loss functions (pure functions; ``nn.Module`` only where a loss owns parameters)."""
 
 from xsearch.losses.contrastive import LossOutput, clamp_logit_scale, info_nce, sdm_loss, weighted_sum
+from xsearch.losses.cria import IdentityCenters, cosine_logits, cria_center_loss, cria_loss
 from xsearch.losses.identity import IdentityClassifier, id_loss
+from xsearch.losses.mlm import mask_tokens, mlm_loss
+from xsearch.losses.triplet import spt_loss
 
 __all__ = [
+    "IdentityCenters",
     "IdentityClassifier",
     "LossOutput",
     "clamp_logit_scale",
+    "cosine_logits",
+    "cria_center_loss",
+    "cria_loss",
     "id_loss",
     "info_nce",
+    "mask_tokens",
+    "mlm_loss",
     "sdm_loss",
+    "spt_loss",
     "weighted_sum",
 ]

@@ -1,7 +1,8 @@
 """Methods (registered LightningModules) and the encoders they share."""
-from xsearch.models import dual_encoder  # noqa: F401  (registers dual_encoder)
 from xsearch.models.base import RetrievalModule
+from xsearch.models.clip import CLIPTowers
 from xsearch.models.dual_encoder import DualEncoder
 from xsearch.models.encoders import ImageEncoder, Projection, TextEncoder
+from xsearch.models.irra import IRRA
 
-__all__ = ["RetrievalModule", "DualEncoder", "ImageEncoder", "Projection", "TextEncoder"]
+__all__ = ["CLIPTowers", "DualEncoder", "IRRA", "ImageEncoder", "Projection", "RetrievalModule", "TextEncoder"]

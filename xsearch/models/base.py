@@ -31,6 +31,8 @@ class RetrievalModule(L.LightningModule):
         new_module_lr_factor: multiplier of ``lr`` for modules the method adds (heads...).
         weight_decay: decoupled weight decay (biases and norms get none).
         optimizer: ``adamw``, ``adam`` or ``sgd``.
+        adam_eps: Adam(W) epsilon (IRRA uses an unusually large 1e-3).
+        bias_lr_factor: extra multiplier of the learning rate of biases and norm weights (IRRA: 2).
         warmup_epochs: linear warm-up from ``0.1 x lr`` (fractions allowed), then ``schedule``.
         schedule: ``cosine`` (to 0 at the last step) or ``constant``.
         ks: the R@K cut-offs reported.
@@ -46,6 +48,8 @@ class RetrievalModule(L.LightningModule):
         new_module_lr_factor: float = 5.0,
         weight_decay: float = 4e-5,
         optimizer: Literal["adamw", "adam", "sgd"] = "adam",
+        adam_eps: float = 1e-8,
+        bias_lr_factor: float = 1.0,
         warmup_epochs: float = 5.0,
         schedule: Literal["cosine", "constant"] = "cosine",
         ks: tuple[int, ...] = (1, 5, 10),
@@ -76,6 +80,31 @@ class RetrievalModule(L.LightningModule):
     def backbone_modules(self) -> list[nn.Module]:
         """Pretrained modules trained at ``lr``; every other parameter gets ``lr x new_module_lr_factor``."""
         return []
+
+    def build_identity_modules(self, num_classes: int) -> None:
+        """Create the modules sized by the number of training identities (ID classifier, centres...).
+
+        Called once, with the datamodule's ``num_train_identities`` at fit time, or with the number
+        stored in a checkpoint before its weights are loaded. Methods without such modules ignore it.
+        """
+
+    # -- identity-sized modules ----------------------------------------------------------
+    def _ensure_identity_modules(self, num_classes: int) -> None:
+        if getattr(self, "num_train_identities", None) is None:
+            self.num_train_identities = int(num_classes)
+            self.build_identity_modules(int(num_classes))
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if stage == "fit" and datamodule is not None and hasattr(datamodule, "num_train_identities"):
+            self._ensure_identity_modules(datamodule.num_train_identities)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["num_train_identities"] = getattr(self, "num_train_identities", None)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if checkpoint.get("num_train_identities") is not None:
+            self._ensure_identity_modules(checkpoint["num_train_identities"])
 
     # -- training ----------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
@@ -188,7 +217,7 @@ class RetrievalModule(L.LightningModule):
             is_backbone, no_decay = id(param) in backbone, param.ndim <= 1
             group = groups.setdefault((is_backbone, no_decay), {
                 "params": [],
-                "lr": hp.lr * (1.0 if is_backbone else hp.new_module_lr_factor),
+                "lr": hp.lr * (1.0 if is_backbone else hp.new_module_lr_factor) * (hp.bias_lr_factor if no_decay else 1.0),
                 "weight_decay": 0.0 if no_decay else hp.weight_decay,
                 "name": f"{'backbone' if is_backbone else 'new'}{'_no_decay' if no_decay else ''}",
             })
@@ -203,7 +232,7 @@ class RetrievalModule(L.LightningModule):
         else:
             optimizer_class = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
             fused = all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
-            optimizer = optimizer_class(groups, lr=hp.lr, betas=(0.9, 0.999), eps=1e-8, fused=fused)
+            optimizer = optimizer_class(groups, lr=hp.lr, betas=(0.9, 0.999), eps=hp.adam_eps, fused=fused)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         steps_per_epoch = total / max(1, self.trainer.max_epochs or 1)
         warmup = min(total - 1, int(hp.warmup_epochs * steps_per_epoch))

@@ -59,28 +59,17 @@ class DualEncoder(RetrievalModule):
         self.loss_weights = {"itc": itc_weight, "sdm": sdm_weight, "id": id_weight}
         self.id_head: IdentityClassifier | None = None
         if num_classes is not None:
-            self._build_id_head(num_classes)
+            self._ensure_identity_modules(num_classes)
 
-    # -- identity head (sized by the data) ------------------------------------------------
-    def _build_id_head(self, num_classes: int) -> None:
+    def build_identity_modules(self, num_classes: int) -> None:
         if self.loss_weights["id"] > 0 and self.id_head is None:
             self.id_head = IdentityClassifier(self.hparams.embed_dim, num_classes)
-
-    def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if stage == "fit" and datamodule is not None and hasattr(datamodule, "num_train_identities"):
-            self._build_id_head(datamodule.num_train_identities)
 
     def on_fit_start(self) -> None:
         """A frozen text tower encodes every training caption once, up front, in large batches."""
         train_set = getattr(self.trainer.datamodule, "train_set", None) if self.trainer.datamodule else None
         if self.text_encoder.frozen and train_set is not None and hasattr(train_set, "captions"):
             self.text_encoder.precompute([c.text for c in train_set.captions], progress=True)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        weight = checkpoint["state_dict"].get("id_head.classifier.weight")
-        if weight is not None:
-            self._build_id_head(weight.shape[0])
 
     # -- encoders ------------------------------------------------------------------------
     def backbone_modules(self) -> list[nn.Module]:

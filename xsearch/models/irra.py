@@ -1,0 +1,112 @@
+"""``irra``: IRRA (Jiang & Ye, CVPR 2023), the reference baseline of text-based person search.
+
+CLIP towers (:class:`~xsearch.models.clip.CLIPTowers`, ViT-B/16 at 384x128); the global features are
+the image CLS token and the text EOT token in the 512-d joint space. Training losses (METHODS.md 2.2):
+
+* SDM on the global features (tau 0.02, both directions summed, same-identity pairs are positives);
+* ID: one linear classifier shared by both modalities;
+* IRR / MLM, training only: 15% of the caption's word tokens are masked (80/10/10), the masked caption
+  goes through the same text tower, its tokens attend to the image tokens (one cross-attention layer +
+  a 4-layer transformer) and an MLM head predicts the original tokens.
+
+At test time only the two towers run: text global vs image global, cosine.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from xsearch.losses import IdentityClassifier, sdm_loss, weighted_sum
+from xsearch.losses.mlm import mask_tokens, mlm_loss
+from xsearch.models.base import RetrievalModule
+from xsearch.models.blocks import CrossModalTransformer, MLMHead
+from xsearch.models.clip import EOT_ID, MASK_ID, CLIPTowers, TowerOutput
+from xsearch.registry import METHODS
+
+
+@METHODS.register("irra")
+class IRRA(RetrievalModule):
+    """IRRA on :class:`CLIPTowers`.
+
+    Args:
+        towers: the CLIP image and text towers.
+        sdm_weight / id_weight / mlm_weight: loss weights (0 switches a term and its modules off).
+        sdm_scale: SDM logit scale (50 = tau 0.02, fixed).
+        mlm_probability: share of word tokens masked for the IRR branch.
+        cross_layers: self-attention layers of the cross-modal transformer after the cross-attention.
+        num_classes: training identities; ``None`` = read from the datamodule.
+        **kwargs: :class:`RetrievalModule` options (IRRA's recipe: ``lr`` 1e-5, ``new_module_lr_factor``
+            5, ``optimizer`` adam, ``adam_eps`` 1e-3, ``bias_lr_factor`` 2, ``weight_decay`` 4e-5,
+            ``warmup_epochs`` 5, cosine).
+    """
+
+    def __init__(
+        self,
+        towers: CLIPTowers,
+        sdm_weight: float = 1.0,
+        id_weight: float = 1.0,
+        mlm_weight: float = 1.0,
+        sdm_scale: float = 50.0,
+        mlm_probability: float = 0.15,
+        cross_layers: int = 4,
+        num_classes: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.towers = towers
+        self.loss_weights = {"sdm": sdm_weight, "id": id_weight, "mlm": mlm_weight}
+        width = towers.embed_dim
+        if mlm_weight > 0:
+            self.cross_former = CrossModalTransformer(width, max(1, width // 64), cross_layers)
+            self.mlm_head = MLMHead(width, EOT_ID + 1)
+        self.id_head: IdentityClassifier | None = None
+        if num_classes is not None:
+            self._ensure_identity_modules(num_classes)
+
+    def build_identity_modules(self, num_classes: int) -> None:
+        if self.loss_weights["id"] > 0:
+            self.id_head = IdentityClassifier(self.towers.embed_dim, num_classes)
+
+    def backbone_modules(self) -> list[nn.Module]:
+        return [self.towers]
+
+    # -- encoders ------------------------------------------------------------------------
+    def encode_queries(self, batch: dict[str, Any]) -> Tensor:
+        return self.towers.encode_text(self.towers.tokenize(batch["text"])).global_features
+
+    def encode_gallery(self, batch: dict[str, Any]) -> Tensor:
+        return self.towers.encode_image(batch["image"]).global_features
+
+    # -- losses --------------------------------------------------------------------------
+    def global_losses(self, image: TowerOutput, text: TowerOutput, labels: Tensor) -> dict[str, Tensor]:
+        """SDM and ID on the (B, D) global features; ``labels`` are the contiguous train ids (B,)."""
+        terms = {}
+        if self.loss_weights["sdm"] > 0:
+            terms["sdm"] = sdm_loss(image.global_features, text.global_features, labels, self.hparams.sdm_scale)
+        if self.loss_weights["id"] > 0:
+            if self.id_head is None:
+                raise RuntimeError("id_weight > 0 needs num_classes (or a datamodule with num_train_identities)")
+            terms["id"] = self.id_head.loss(image.global_features.float(), text.global_features.float(), labels)
+        return terms
+
+    def mlm_terms(self, input_ids: Tensor, image: TowerOutput) -> dict[str, Tensor]:
+        """IRR branch: mask ``input_ids`` (B, L), encode, attend to the image tokens, predict the originals."""
+        masked, labels = mask_tokens(input_ids, self.hparams.mlm_probability, mask_token_id=MASK_ID)
+        masked_text = self.towers.encode_text(masked)
+        logits = self.mlm_head(self.cross_former(masked_text.tokens, image.tokens))  # (B, L, vocab)
+        picked = labels != 0
+        accuracy = (logits[picked].argmax(-1) == labels[picked]).float().mean() if picked.any() else logits.new_zeros(())
+        return {"mlm": mlm_loss(logits.float(), labels), "mlm_accuracy": accuracy.detach()}
+
+    def training_losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        input_ids = self.towers.tokenize(batch["text"])
+        image = self.towers.encode_image(batch["image"])
+        text = self.towers.encode_text(input_ids)
+        terms = self.global_losses(image, text, batch["pid"])
+        extras: dict[str, Tensor] = {}
+        if self.loss_weights["mlm"] > 0:
+            mlm = self.mlm_terms(input_ids, image)
+            terms["mlm"] = mlm.pop("mlm")
+            extras.update(mlm)
+        return {**weighted_sum(terms, self.loss_weights), **extras}
