@@ -1,8 +1,9 @@
 """Methods (registered LightningModules) and the encoders they share."""
 from xsearch.models.base import RetrievalModule
 from xsearch.models.clip import CLIPTowers
+from xsearch.models.cmsn import CMSN
 from xsearch.models.dual_encoder import DualEncoder
 from xsearch.models.encoders import ImageEncoder, Projection, TextEncoder
 from xsearch.models.irra import IRRA
 
-__all__ = ["CLIPTowers", "DualEncoder", "IRRA", "ImageEncoder", "Projection", "RetrievalModule", "TextEncoder"]
+__all__ = ["CLIPTowers", "CMSN", "DualEncoder", "IRRA", "ImageEncoder", "Projection", "RetrievalModule", "TextEncoder"]

@@ -72,11 +72,19 @@ class IRRA(RetrievalModule):
         return [self.towers]
 
     # -- encoders ------------------------------------------------------------------------
+    def image_features(self, images: Tensor) -> TowerOutput:
+        """``uint8`` (B, 3, H, W) -> image tokens and the (B, D) global feature used for ranking."""
+        return self.towers.encode_image(images)
+
+    def text_features(self, input_ids: Tensor) -> TowerOutput:
+        """(B, L) CLIP ids -> text tokens and the (B, D) global feature used for ranking."""
+        return self.towers.encode_text(input_ids)
+
     def encode_queries(self, batch: dict[str, Any]) -> Tensor:
-        return self.towers.encode_text(self.towers.tokenize(batch["text"])).global_features
+        return self.text_features(self.towers.tokenize(batch["text"])).global_features
 
     def encode_gallery(self, batch: dict[str, Any]) -> Tensor:
-        return self.towers.encode_image(batch["image"]).global_features
+        return self.image_features(batch["image"]).global_features
 
     # -- losses --------------------------------------------------------------------------
     def global_losses(self, image: TowerOutput, text: TowerOutput, labels: Tensor) -> dict[str, Tensor]:
@@ -99,14 +107,19 @@ class IRRA(RetrievalModule):
         accuracy = (logits[picked].argmax(-1) == labels[picked]).float().mean() if picked.any() else logits.new_zeros(())
         return {"mlm": mlm_loss(logits.float(), labels), "mlm_accuracy": accuracy.detach()}
 
+    def extra_terms(self, image: TowerOutput, text: TowerOutput, labels: Tensor) -> dict[str, Tensor]:
+        """Loss terms a method adds on top of IRRA's (named as in ``loss_weights``); none here."""
+        return {}
+
     def training_losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         input_ids = self.towers.tokenize(batch["text"])
-        image = self.towers.encode_image(batch["image"])
-        text = self.towers.encode_text(input_ids)
-        terms = self.global_losses(image, text, batch["pid"])
-        extras: dict[str, Tensor] = {}
+        image = self.image_features(batch["image"])
+        text = self.text_features(input_ids)
+        labels = batch["pid"]
+        terms = {**self.global_losses(image, text, labels), **self.extra_terms(image, text, labels)}
+        logged: dict[str, Tensor] = {}
         if self.loss_weights["mlm"] > 0:
             mlm = self.mlm_terms(input_ids, image)
             terms["mlm"] = mlm.pop("mlm")
-            extras.update(mlm)
-        return {**weighted_sum(terms, self.loss_weights), **extras}
+            logged.update(mlm)
+        return {**weighted_sum(terms, self.loss_weights), **logged}
