@@ -55,6 +55,7 @@ def _lightning_cli(args: list[str]) -> None:
             })
             parser.add_argument("--results", default="results/xsearch.sqlite", help="SQLite results store that test runs append to")
             parser.add_argument("--test_after_fit", type=bool, default=False, help="after fit, test the best checkpoint and record it")
+            parser.add_argument("--tag", type=str | None, default=None, help="label stored with the results row (e.g. an ablation name)")
 
         def before_fit(self) -> None:
             self.datamodule.prepare_data()  # generate synthetic data before anything reads it
@@ -99,6 +100,7 @@ def _lightning_cli(args: list[str]) -> None:
                 seed=dumped.get("seed_everything") if isinstance(dumped.get("seed_everything"), int) else None,
                 wall_time_s=time.perf_counter() - self._started,
                 git_commit=git_commit(),
+                extra={"tag": config["tag"]} if config.get("tag") else None,
             )
             store = ResultsStore(config["results"])
             row = store.append(record)

@@ -102,10 +102,12 @@ class IRRA(RetrievalModule):
         """IRR branch: mask ``input_ids`` (B, L), encode, attend to the image tokens, predict the originals."""
         masked, labels = mask_tokens(input_ids, self.hparams.mlm_probability, mask_token_id=MASK_ID)
         masked_text = self.towers.encode_text(masked)
-        logits = self.mlm_head(self.cross_former(masked_text.tokens, image.tokens))  # (B, L, vocab)
         picked = labels != 0
-        accuracy = (logits[picked].argmax(-1) == labels[picked]).float().mean() if picked.any() else logits.new_zeros(())
-        return {"mlm": mlm_loss(logits.float(), labels), "mlm_accuracy": accuracy.detach()}
+        # the vocabulary head only at the masked positions: the same loss as over all (B, L), ~7x less work
+        logits = self.mlm_head(self.cross_former(masked_text.tokens, image.tokens)[picked])  # (N, vocab)
+        targets = labels[picked]
+        accuracy = (logits.argmax(-1) == targets).float().mean() if len(targets) else logits.new_zeros(())
+        return {"mlm": mlm_loss(logits.float(), targets), "mlm_accuracy": accuracy.detach()}
 
     def extra_terms(self, image: TowerOutput, text: TowerOutput, labels: Tensor) -> dict[str, Tensor]:
         """Loss terms a method adds on top of IRRA's (named as in ``loss_weights``); none here."""
