@@ -95,3 +95,14 @@ def test_invalid_combinations_are_explained():
         CMSN(_towers(), crl=False, **{k: v for k, v in SMALL.items() if k != "crl_layers"})
     with pytest.raises(ValueError, match=r"imfi_layers should increase and end at the towers' last layer \(2, 2\)"):
         CMSN(_towers(), **{**SMALL, "imfi_layers": (1, 3)})
+
+
+@pytest.mark.parametrize("method", ["irra", "cmsn"])
+def test_bf16_autocast_training_step_is_finite(method):
+    irra, cmsn = _pair()
+    model = {"irra": irra, "cmsn": cmsn}[method]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output = model.training_losses(_batch())
+    assert output["loss"].dtype == torch.float32 and torch.isfinite(output["loss"])
+    output["loss"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

@@ -30,9 +30,11 @@ def test_tiny_config_fits_tests_and_records(name, tmp_path, capsys, monkeypatch)
     monkeypatch.chdir(tmp_path)
     results = tmp_path / "r.sqlite"
     args = ["fit", "--config", str(CONFIGS / "tiny" / f"{name}.yaml"), "--test_after_fit", "true",
-            "--results", str(results), "--data.root", str(tmp_path / "data"), "--trainer.limit_train_batches", "4"]
+            "--results", str(results), "--data.root", str(tmp_path / "data"), "--trainer.limit_train_batches", "4",
+            "--tag", "smoke"]
     assert main(args) == 0
     assert f"{name} on synth_pedes (test): R1" in capsys.readouterr().out
     with sqlite3.connect(results) as db:
-        method, metrics = db.execute("SELECT method, metrics FROM runs").fetchone()
+        method, metrics, extra = db.execute("SELECT method, metrics, extra FROM runs").fetchone()
     assert method == name and set(json.loads(metrics)) >= {"R1", "R5", "R10", "mAP", "mINP"}
+    assert json.loads(extra) == {"tag": "smoke"}

@@ -241,3 +241,13 @@ def test_unknown_format(tmp_path: Path) -> None:
         render([], "xlsx")
     with pytest.raises(ValueError, match="xlsx"):
         render_store(tmp_path / "x.sqlite", fmt="xlsx")
+
+
+def test_tagged_runs_are_labelled_in_the_table(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path / "r.sqlite")
+    store.append(_record(extra={"tag": "cmsn-spt"}))
+    store.append(_record(method="irra"))
+    text = render(leaderboard_table(store.rows()), "md")
+    tagged = next(line for line in text.splitlines() if line.startswith("| cmsn"))
+    plain = next(line for line in text.splitlines() if line.startswith("| irra"))
+    assert re.match(r"\| cmsn \| cmsn-spt \([0-9a-f]+\) \|", tagged) and "(" not in plain.split("|")[2]

@@ -43,6 +43,7 @@ def _group_row(key: tuple[str, str, str], runs: list[RunRecord], metrics: Sequen
     row["latest_run"] = latest.created_at
     row["checkpoint"] = latest.checkpoint
     row["git_commit"] = latest.git_commit
+    row["tag"] = (latest.extra or {}).get("tag")
     return row
 
 
@@ -92,7 +93,8 @@ def _by_dataset(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 
 
 def _display_cells(row: dict[str, Any], names: list[str]) -> list[str]:
-    return [str(row["method"]), str(row["config_hash"]), str(row["n"])] + [_cell(row, n) for n in names]
+    config = f'{row["tag"]} ({row["config_hash"]})' if row.get("tag") else str(row["config_hash"])
+    return [str(row["method"]), config, str(row["n"])] + [_cell(row, n) for n in names]
 
 
 def _empty_message(source: str | Path | None) -> str:

@@ -56,14 +56,17 @@ class CrossModalTransformer(nn.Module):
 
 
 class MLMHead(nn.Module):
-    """``Linear(W, W) -> QuickGELU -> LayerNorm -> Linear(W, vocab)``: (B, L, W) -> (B, L, vocab) logits."""
+    """``Linear(W, W) -> QuickGELU -> LayerNorm -> Linear(W, vocab)``: (..., W) -> (..., vocab) logits.
 
-    def __init__(self, width: int, vocab_size: int) -> None:
+    ``layers``: depth of the cross-modal transformer it follows (sets the init std as in IRRA).
+    """
+
+    def __init__(self, width: int, vocab_size: int, layers: int = 4) -> None:
         super().__init__()
         self.dense, self.act, self.norm = nn.Linear(width, width), QuickGELU(), nn.LayerNorm(width)
         self.decoder = nn.Linear(width, vocab_size)
-        nn.init.normal_(self.dense.weight, std=(2 * width) ** -0.5)
-        nn.init.normal_(self.decoder.weight, std=width ** -0.5)
+        nn.init.normal_(self.dense.weight, std=(2 * width) ** -0.5)  # IRRA: fc std, proj std of the cross-former
+        nn.init.normal_(self.decoder.weight, std=width ** -0.5 * (2 * max(layers, 1)) ** -0.5)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.decoder(self.norm(self.act(self.dense(x))))

@@ -59,7 +59,7 @@ class IRRA(RetrievalModule):
         width = towers.embed_dim
         if mlm_weight > 0:
             self.cross_former = CrossModalTransformer(width, max(1, width // 64), cross_layers)
-            self.mlm_head = MLMHead(width, EOT_ID + 1)
+            self.mlm_head = MLMHead(width, EOT_ID + 1, cross_layers)
         self.id_head: IdentityClassifier | None = None
         if num_classes is not None:
             self._ensure_identity_modules(num_classes)
