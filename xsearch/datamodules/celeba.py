@@ -627,12 +627,13 @@ def build_index(root: Path, table: CelebATable, captions: Captions, split_of: di
     """Images in ``identity_CelebA.txt`` order that have a split (and a caption unless ``keep_uncaptioned``)."""
     images: list[ImageRecord] = []
     records: list[CaptionRecord] = []
+    folder = os.fspath(table.files.images)  # string joins: 200k Path objects would cost seconds
     for file, pid in table.identity.items():
         split = split_of.get(file)
         texts = captions.texts.get(file, [])[:per_image]
         if split is None or not (texts or keep_uncaptioned):
             continue
-        image = ImageRecord(len(images), table.files.images / file, pid, split)
+        image = ImageRecord(len(images), os.path.join(folder, file), pid, split)
         images.append(image)
         records += [CaptionRecord(len(records) + k, image.index, text, pid, split) for k, text in enumerate(texts)]
     sources = [table.files.identity, table.files.attributes, table.files.partition, *captions.files]
@@ -676,7 +677,7 @@ def parse(
         *_coverage_warnings(table, found, split_of, source, keep_uncaptioned),
         *_shared_identities(index.images), *published_warnings(table.partition, table.identity),
     ]
-    indexed = [image.path.name for image in index.images]
+    indexed = [os.path.basename(image.file) for image in index.images]
     index.extras.update(found.extras, caption_source=source, caption_folder=str(folder),
                         attributes=table.attributes.select(indexed))
     return index
