@@ -106,3 +106,10 @@ def test_bf16_autocast_training_step_is_finite(method):
     assert output["loss"].dtype == torch.float32 and torch.isfinite(output["loss"])
     output["loss"].backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_light_combined_representation_trains():
+    _, cmsn = _pair(crl_light=True)
+    output = cmsn.training_losses(_batch())
+    output["loss"].backward()
+    assert torch.isfinite(output["cria"]) and cmsn.crl.mlp[0].weight.grad.abs().sum() > 0
