@@ -1,9 +1,17 @@
 """Shared loss functions (pure functions; ``nn.Module`` only where a loss owns parameters)."""
 
-from xsearch.losses.contrastive import LossOutput, clamp_logit_scale, info_nce, sdm_loss, weighted_sum
+from xsearch.losses.contrastive import (
+    LossOutput,
+    clamp_logit_scale,
+    info_nce,
+    sdm_from_similarity,
+    sdm_loss,
+    weighted_sum,
+)
 from xsearch.losses.cria import IdentityCenters, cosine_logits, cria_center_loss, cria_loss
 from xsearch.losses.identity import IdentityClassifier, id_loss
 from xsearch.losses.mlm import mask_tokens, mlm_loss
+from xsearch.losses.parts import cmr_loss, part_commonality, part_diversity, part_sdm_loss, part_similarities
 from xsearch.losses.triplet import spt_loss
 
 __all__ = [
@@ -11,6 +19,7 @@ __all__ = [
     "IdentityClassifier",
     "LossOutput",
     "clamp_logit_scale",
+    "cmr_loss",
     "cosine_logits",
     "cria_center_loss",
     "cria_loss",
@@ -18,6 +27,11 @@ __all__ = [
     "info_nce",
     "mask_tokens",
     "mlm_loss",
+    "part_commonality",
+    "part_diversity",
+    "part_sdm_loss",
+    "part_similarities",
+    "sdm_from_similarity",
     "sdm_loss",
     "spt_loss",
     "weighted_sum",

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["LossOutput", "clamp_logit_scale", "info_nce", "sdm_loss", "weighted_sum"]
+__all__ = ["LossOutput", "clamp_logit_scale", "info_nce", "sdm_from_similarity", "sdm_loss", "weighted_sum"]
 
 LossOutput = dict[str, Tensor]
 """Convention for every method's loss: named terms plus key ``"loss"`` (their weighted sum)."""
@@ -113,15 +113,39 @@ def sdm_loss(
     """
     _check_pair(image_embeddings, text_embeddings)
     _check_pids(pids, image_embeddings.shape[0])
-    logits = logit_scale * _cosine_similarity(image_embeddings, text_embeddings)  # (B, B) image -> text
+    return sdm_from_similarity(_cosine_similarity(image_embeddings, text_embeddings), pids, logit_scale, epsilon)
+
+
+def sdm_from_similarity(
+    similarity: Tensor,
+    pids: Tensor,
+    logit_scale: Tensor | float = 50.0,
+    epsilon: float = 1e-8,
+) -> Tensor:
+    """SDM (see :func:`sdm_loss`) on a precomputed image -> text similarity matrix.
+
+    Args:
+        similarity: (..., B, B), ``similarity[..., i, j]`` = similarity of image i and text j (e.g. a cosine,
+            or a mean of per-part cosines). Leading dimensions are independent problems sharing ``pids``.
+        pids: (B,) identities.
+        logit_scale: ``s = 1 / tau``; the logits are ``s * similarity``.
+        epsilon: added to q inside the log.
+
+    Returns:
+        Tensor of shape ``similarity.shape[:-2]`` (a scalar for a (B, B) input): ``L_i2t + L_t2i`` per problem.
+    """
+    if similarity.dim() < 2 or similarity.shape[-1] != similarity.shape[-2]:
+        raise ValueError(f"expected a similarity of shape (..., B, B), got {tuple(similarity.shape)}")
+    _check_pids(pids, similarity.shape[-1])
+    logits = logit_scale * similarity  # (..., B, B) image -> text
     labels = (pids.view(-1, 1) == pids.view(1, -1)).to(logits.dtype)  # symmetric
     log_target = torch.log(labels / labels.sum(dim=1, keepdim=True) + epsilon)
 
     def _direction(direction_logits: Tensor) -> Tensor:
-        log_prob = F.log_softmax(direction_logits, dim=1)
-        return (log_prob.exp() * (log_prob - log_target)).sum(dim=1).mean()
+        log_prob = F.log_softmax(direction_logits, dim=-1)
+        return (log_prob.exp() * (log_prob - log_target)).sum(dim=-1).mean(dim=-1)
 
-    return _direction(logits) + _direction(logits.t())
+    return _direction(logits) + _direction(logits.transpose(-1, -2))
 
 
 def weighted_sum(terms: dict[str, Tensor], weights: dict[str, float]) -> LossOutput:

@@ -5,5 +5,6 @@ from xsearch.models.cmsn import CMSN
 from xsearch.models.dual_encoder import DualEncoder
 from xsearch.models.encoders import ImageEncoder, Projection, TextEncoder
 from xsearch.models.irra import IRRA
+from xsearch.models.partlevel import PartLevel
 
-__all__ = ["CLIPTowers", "CMSN", "DualEncoder", "IRRA", "ImageEncoder", "Projection", "RetrievalModule", "TextEncoder"]
+__all__ = ["CLIPTowers", "CMSN", "DualEncoder", "IRRA", "ImageEncoder", "PartLevel", "Projection", "RetrievalModule", "TextEncoder"]

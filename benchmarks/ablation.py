@@ -1,7 +1,10 @@
-"""CMSN (all parts) vs IRRA vs each CMSN ablation on the synthetic pedestrian set, several seeds.
+"""Method vs IRRA vs its ablations on the synthetic pedestrian set, several seeds.
 
-Usage: ``python benchmarks/cmsn_ablation.py [--seeds 0 1 2] [--results results/cmsn_ablation.sqlite]
+Usage: ``python benchmarks/ablation.py --grid cmsn|partlevel [--seeds 0 1 2] [--results results/ablations.sqlite]
 [--only irra cmsn ...] [--dry-run] [-- extra xsearch overrides]``
+
+Grids: ``cmsn`` = IRRA, CMSN with all parts, CMSN without each part; ``partlevel`` = IRRA (= part-level
+without parts), part-level, part-level with a plain margin instead of the commonality margin.
 
 Each cell (variant x seed) is one ``xsearch fit --test_after_fit true`` in its own process, tagged with the
 variant name in the results store; cells already in the store are skipped, so an interrupted grid resumes.
@@ -24,14 +27,23 @@ from xsearch.results import ResultsStore  # noqa: E402
 
 IRRA = ["--config", "configs/irra/synth_pedes.yaml"]
 CMSN = ["--config", "configs/cmsn/synth_pedes.yaml"]
-VARIANTS: dict[str, list[str]] = {
-    "irra": IRRA,
-    "cmsn": CMSN,
-    "cmsn-imfi": [*CMSN, "--model.init_args.imfi", "false"],
-    "cmsn-crl-cria": [*CMSN, "--model.init_args.crl", "false", "--model.init_args.cria_weight", "0"],
-    "cmsn-spt": [*CMSN, "--model.init_args.spt_weight", "0"],
+PARTS = ["--config", "configs/partlevel/synth_pedes.yaml"]
+GRIDS: dict[str, dict[str, list[str]]] = {
+    "cmsn": {
+        "irra": IRRA,
+        "cmsn": CMSN,
+        "cmsn-imfi": [*CMSN, "--model.init_args.imfi", "false"],
+        "cmsn-crl-cria": [*CMSN, "--model.init_args.crl", "false", "--model.init_args.cria_weight", "0"],
+        "cmsn-spt": [*CMSN, "--model.init_args.spt_weight", "0"],
+    },
+    "partlevel": {
+        "irra": IRRA,  # part-level without parts (no part losses, global ranking) is exactly IRRA
+        "partlevel": PARTS,
+        "partlevel-plain-margin": [*PARTS, "--model.init_args.commonality", "false"],
+    },
 }
-"""Variant name -> xsearch arguments. ``cmsn-x`` = full CMSN without part x."""
+"""Grid -> variant name -> xsearch arguments. ``cmsn-x`` = full CMSN without part x."""
+VARIANTS = {name: args for grid in GRIDS.values() for name, args in grid.items()}
 METRICS = ("R1", "R5", "R10", "mAP", "mINP")
 
 
@@ -46,7 +58,7 @@ def finished(store: ResultsStore) -> dict[tuple[str, int], dict[str, float]]:
 
 
 def run_cell(variant: str, seed: int, results: Path, extra: list[str]) -> float:
-    out = ROOT / "runs" / "cmsn_ablation" / f"{variant}-seed{seed}"
+    out = ROOT / "runs" / "ablation" / f"{variant}-seed{seed}"
     command = [
         sys.executable, "-m", "xsearch.cli", "fit", *VARIANTS[variant], "--seed_everything", str(seed),
         "--tag", variant, "--results", str(results), "--test_after_fit", "true", "--trainer.logger", "false",
@@ -57,10 +69,10 @@ def run_cell(variant: str, seed: int, results: Path, extra: list[str]) -> float:
     return time.perf_counter() - started
 
 
-def table(done: dict[tuple[str, int], dict[str, float]]) -> str:
+def table(done: dict[tuple[str, int], dict[str, float]], variants: list[str]) -> str:
     lines = ["| variant | seeds | " + " | ".join(METRICS) + " |", "|---|---:|" + "---:|" * len(METRICS)]
     means = {}
-    for variant in VARIANTS:
+    for variant in variants:
         runs = [metrics for (name, _), metrics in sorted(done.items()) if name == variant]
         if not runs:
             continue
@@ -71,7 +83,7 @@ def table(done: dict[tuple[str, int], dict[str, float]]) -> str:
             cells.append(f"{statistics.fmean(values):.2f} ± {std:.2f}")
         means[variant] = {m: statistics.fmean(r[m] for r in runs) for m in METRICS}
         lines.append(f"| {variant} | {len(runs)} | " + " | ".join(cells) + " |")
-    for reference in ("irra", "cmsn"):
+    for reference in dict.fromkeys(["irra", variants[1]]):
         if reference in means:
             gaps = ", ".join(f"{v} {means[v]['R1'] - means[reference]['R1']:+.2f}" for v in means if v != reference)
             lines.append(f"\nR1 vs {reference}: {gaps}")
@@ -80,23 +92,25 @@ def table(done: dict[tuple[str, int], dict[str, float]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--grid", choices=list(GRIDS), required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--results", type=Path, default=ROOT / "results" / "cmsn_ablation.sqlite")
-    parser.add_argument("--only", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--results", type=Path, default=ROOT / "results" / "ablations.sqlite")
+    parser.add_argument("--only", nargs="+", choices=list(VARIANTS), default=None, help="a subset of the grid's variants")
     parser.add_argument("--dry-run", action="store_true", help="print the table of what is stored and stop")
     args, extra = parser.parse_known_args()
+    variants = args.only or list(GRIDS[args.grid])
     store = ResultsStore(args.results)
     done = finished(store) if args.results.exists() else {}
     if not args.dry_run:
         for seed in args.seeds:  # seed-major: every variant gets seed 0 before any gets seed 1
-            for variant in args.only:
+            for variant in variants:
                 if (variant, seed) in done:
-                    print(f"[cmsn_ablation] {variant} seed {seed}: in the store, skipped")
+                    print(f"[ablation] {variant} seed {seed}: in the store, skipped")
                     continue
                 seconds = run_cell(variant, seed, args.results, [a for a in extra if a != "--"])
-                print(f"[cmsn_ablation] {variant} seed {seed}: {seconds / 60:.1f} min")
+                print(f"[ablation] {variant} seed {seed}: {seconds / 60:.1f} min")
                 done = finished(store)
-    print(table(done))
+    print(table(done, variants))
 
 
 if __name__ == "__main__":

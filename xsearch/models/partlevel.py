@@ -1,0 +1,154 @@
+"""``partlevel``: part-level cross-modal correspondence (Park, Jeong, Kim, Kwak, arXiv 2501.00318).
+
+Re-implementation from the abstract and the authors' sibling PLOT code (METHODS.md 7); unknown choices are
+options. IRRA (:class:`~xsearch.models.irra.IRRA`) gives the coarse (global) embeddings and their losses;
+a **shared-token decoder** gives K part embeddings per image and per caption: the same K learnable tokens
+read the patch tokens of an image or the word tokens of a caption (one cross-attention with a norm per
+modality, then a small shared transformer), so slot k of an image and slot k of a caption correspond by
+construction, without part labels. Part losses (:mod:`xsearch.losses.parts`): per-slot and aggregated
+SDM, and the commonality-based margin ranking loss (CMR: parts common across identities get a small
+margin, distinctive ones the full margin), switched on after ``part_start_epoch``.
+
+Ranking: ``S(q, g) = cos(global) + part_weight * mean_k cos(P_t[q, k], P_v[g, k])`` over the full gallery,
+gallery parts encoded once; ``global_only`` ranks by the global cosine alone.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from xsearch.evaluation import cosine_similarity
+from xsearch.losses import cmr_loss, part_diversity, part_sdm_loss
+from xsearch.models.blocks import ResidualAttentionBlock, clip_init
+from xsearch.models.clip import CLIPTowers, TowerOutput
+from xsearch.models.irra import IRRA
+from xsearch.registry import METHODS
+
+
+class SharedTokenDecoder(nn.Module):
+    """K learnable query tokens shared by both modalities -> (B, K, D) part embeddings.
+
+    ``queries`` (K, D), orthogonal init scaled by ``D^-0.5``; one cross-attention whose keys/values are
+    the modality's tokens after that modality's LayerNorm (padding masked); ``layers`` self-attention
+    blocks over the K tokens and a final LayerNorm, all shared.
+    """
+
+    def __init__(self, dim: int, heads: int, num_parts: int, layers: int = 2) -> None:
+        super().__init__()
+        queries = torch.empty(num_parts, dim)
+        nn.init.orthogonal_(queries)
+        self.queries = nn.Parameter(queries * dim ** -0.5)
+        self.ln_query, self.ln_post = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.ln_memory = nn.ModuleDict({"image": nn.LayerNorm(dim), "text": nn.LayerNorm(dim)})
+        self.cross_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.blocks = nn.ModuleList(ResidualAttentionBlock(dim, heads) for _ in range(layers))
+        clip_init(self, dim, max(layers, 1))
+
+    def forward(self, tokens: Tensor, modality: Literal["image", "text"], padding: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(B, N, D) tokens, (B, N) True at ignored tokens -> parts (B, K, D), attention (B, K, N)."""
+        memory = self.ln_memory[modality](tokens)
+        queries = self.ln_query(self.queries).unsqueeze(0).expand(tokens.shape[0], -1, -1)
+        x, attention = self.cross_attn(queries, memory, memory, key_padding_mask=padding, need_weights=True)
+        for block in self.blocks:
+            x = block(x)
+        return self.ln_post(x), attention
+
+
+def word_padding(text: TowerOutput) -> Tensor:
+    """(B, L) True at the tokens parts must not read: SOT, EOT and padding."""
+    positions = torch.arange(text.padding.shape[1], device=text.padding.device)
+    eot = text.padding.logical_not().sum(1, keepdim=True) - 1
+    return text.padding | (positions[None] == 0) | (positions[None] == eot)
+
+
+@METHODS.register("partlevel")
+class PartLevel(IRRA):
+    """Part-level correspondence on IRRA (see the module docstring).
+
+    Args:
+        towers: the CLIP image and text towers.
+        num_parts: K shared tokens (fine parts; PLOT: 8).
+        decoder_layers / decoder_heads: the decoder's self-attention depth / heads (``None``: width // 64).
+        part_weight: weight of the part SDM losses (per-slot mean + aggregated similarity).
+        cmr_weight / cmr_base_margin / cmr_min_margin / cmr_negative: CMR loss weight, margin
+            ``max(min, base * (1 - commonality))``, negative choice.
+        commonality: scale margins by part commonality; ``False`` is the plain-margin ablation.
+        diversity_weight: weight of the mean off-diagonal cosine among a sample's parts (0 = off).
+        part_start_epoch: part losses are added from this epoch on (0-based).
+        part_similarity_weight: ``w`` of the part term in the ranking score.
+        global_only: rank by the global cosine only (ablation / fast mode).
+        **kwargs: :class:`IRRA` options and the optimiser.
+    """
+
+    def __init__(
+        self,
+        towers: CLIPTowers,
+        num_parts: int = 8,
+        decoder_layers: int = 2,
+        decoder_heads: int | None = None,
+        part_weight: float = 1.0,
+        cmr_weight: float = 1.0,
+        cmr_base_margin: float = 0.2,
+        cmr_min_margin: float = 0.05,
+        cmr_negative: Literal["hardest", "semi_hard"] = "hardest",
+        commonality: bool = True,
+        diversity_weight: float = 0.0,
+        part_start_epoch: int = 5,
+        part_similarity_weight: float = 1.0,
+        global_only: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(towers, **kwargs)
+        dim = towers.embed_dim
+        self.decoder = SharedTokenDecoder(dim, decoder_heads or max(1, dim // 64), num_parts, decoder_layers)
+        self.loss_weights.update({"part": part_weight, "cmr": cmr_weight, "diversity": diversity_weight})
+
+    # -- parts ---------------------------------------------------------------------------
+    def image_parts(self, image: TowerOutput) -> tuple[Tensor, Tensor]:
+        """Parts (B, K, D) and attention (B, K, patches) from the image's patch tokens (CLS excluded)."""
+        return self.decoder(image.tokens[:, 1:], "image")
+
+    def text_parts(self, text: TowerOutput) -> tuple[Tensor, Tensor]:
+        """Parts (B, K, D) and attention (B, K, L) from the caption's word tokens."""
+        return self.decoder(text.tokens, "text", word_padding(text))
+
+    def encode_queries(self, batch: dict[str, Any]) -> Tensor:
+        """(B, D + K*D): the global text feature followed by the flattened parts (split in ``similarity``)."""
+        text = self.text_features(self.towers.tokenize(batch["text"]))
+        return torch.cat([text.global_features, self.text_parts(text)[0].flatten(1)], dim=1)
+
+    def encode_gallery(self, batch: dict[str, Any]) -> Tensor:
+        image = self.image_features(batch["image"])
+        return torch.cat([image.global_features, self.image_parts(image)[0].flatten(1)], dim=1)
+
+    def similarity(self, query_embeddings: Tensor, gallery_embeddings: Tensor) -> Tensor:
+        """(Q, D + K*D), (G, D + K*D) -> (Q, G): global cosine + w * mean over parts of the part cosines."""
+        dim, parts = self.towers.embed_dim, self.hparams.num_parts
+        scores = cosine_similarity(query_embeddings[:, :dim], gallery_embeddings[:, :dim])
+        if self.hparams.global_only or self.hparams.part_similarity_weight == 0:
+            return scores
+        query_parts = F.normalize(query_embeddings[:, dim:].float().view(-1, parts, dim), dim=-1).flatten(1)
+        gallery_parts = F.normalize(gallery_embeddings[:, dim:].float().view(-1, parts, dim), dim=-1).flatten(1)
+        # the flattened unit parts have norm sqrt(K), so their cosine is mean_k cos(P_t[q, k], P_v[g, k])
+        return scores + self.hparams.part_similarity_weight * cosine_similarity(query_parts, gallery_parts)
+
+    # -- losses --------------------------------------------------------------------------
+    def extra_terms(self, image: TowerOutput, text: TowerOutput, labels: Tensor) -> dict[str, Tensor]:
+        if self._trainer is not None and self.current_epoch < self.hparams.part_start_epoch:
+            return {}
+        image_parts, _ = self.image_parts(image)
+        text_parts, _ = self.text_parts(text)
+        terms: dict[str, Tensor] = {}
+        if self.loss_weights["part"] > 0:
+            part = part_sdm_loss(image_parts, text_parts, labels, self.hparams.sdm_scale)
+            terms["part"] = part["per_part"] + part["aggregated"]
+        if self.loss_weights["cmr"] > 0:
+            common = None if self.hparams.commonality else image_parts.new_zeros(image_parts.shape[:2])
+            terms["cmr"] = cmr_loss(image_parts, text_parts, labels, self.hparams.cmr_base_margin,
+                                    self.hparams.cmr_min_margin, self.hparams.cmr_negative, common)
+        if self.loss_weights["diversity"] > 0:
+            terms["diversity"] = 0.5 * (part_diversity(image_parts) + part_diversity(text_parts))
+        return terms
