@@ -34,6 +34,9 @@ def test_tiny_config_fits_tests_and_records(name, tmp_path, capsys, monkeypatch)
             "--tag", "smoke"]
     assert main(args) == 0
     assert f"{name} on synth_pedes (test): R1" in capsys.readouterr().out
+    assert (tmp_path / "runs" / "tiny" / "test_top5.png").is_file()
+    if name == "partlevel":  # what each shared part token reads
+        assert (tmp_path / "runs" / "tiny" / "test_parts.png").is_file()
     with sqlite3.connect(results) as db:
         method, metrics, extra = db.execute("SELECT method, metrics, extra FROM runs").fetchone()
     assert method == name and set(json.loads(metrics)) >= {"R1", "R5", "R10", "mAP", "mINP"}

@@ -81,3 +81,21 @@ def test_topk_ties_large_row() -> None:
     similarity = torch.zeros(2, 5000)
     similarity[1, 4321] = 1.0
     assert topk_for_queries(similarity, 3, [1, 0]) == [[4321, 0, 1], [0, 1, 2]]
+
+
+def test_part_attention_grid_marks_the_attended_patch_and_lists_top_words():
+    from PIL import Image
+
+    from xsearch.visualize import part_attention_grid
+
+    image = Image.new("RGB", (64, 128), (0, 0, 255))
+    attention = torch.zeros(1, 2, 4, 2)
+    attention[0, 0, 0, 0] = 1.0  # token 0 reads the top-left patch
+    attention[0, 1, 3, 1] = 1.0  # token 1 the bottom-right one
+    words = [["<start_of_text>", "red", "coat", "<end_of_text>"]]
+    word_attention = torch.tensor([[[0.0, 0.9, 0.1, 0.0], [0.0, 0.2, 0.8, 0.0]]])
+    figure = part_attention_grid([image], attention, words, word_attention, thumb_size=(128, 64))
+    first, second = (figure.getpixel((8 + k * (64 + 8) + x, 8 + y)) for k, (x, y) in enumerate([(8, 8), (8, 8)]))
+    assert first[0] > 150 and first[2] < 100  # red overlay where token 0 attends
+    assert second == (0, 0, 255)  # token 1 does not attend there: the image shows through
+    assert figure.size[0] == 8 * 2 + 2 * (64 + 8)

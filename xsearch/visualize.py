@@ -186,3 +186,45 @@ def topk_for_queries(similarity: torch.Tensor, k: int, query_rows: list[int]) ->
     rows = similarity[torch.as_tensor(query_rows, dtype=torch.long)].detach().float().cpu()
     order = torch.sort(rows, dim=1, descending=True, stable=True).indices
     return order[:, : max(0, min(k, rows.shape[1]))].tolist()
+
+
+def part_attention_grid(
+    images: Sequence[ImageLike],
+    image_attention: torch.Tensor,
+    words: Sequence[Sequence[str]],
+    word_attention: torch.Tensor,
+    thumb_size: tuple[int, int] = (128, 64),
+    top_words: int = 3,
+) -> Image.Image:
+    """What each shared part token reads: one row per (image, caption) pair, one column per token.
+
+    Args:
+        images: N images (or paths).
+        image_attention: (N, K, rows, cols) attention of each token over the patch grid.
+        words: N lists of L word pieces (the caption's tokens, special ones included).
+        word_attention: (N, K, L) attention of each token over the caption's tokens.
+
+    Each cell is the image with the token's patch attention as a red overlay (normalised per cell)
+    and, below it, the ``top_words`` word pieces the same token attends to most in the caption.
+    """
+    count, parts = image_attention.shape[:2]
+    height, width = thumb_size
+    font = _font()
+    label = 3 * (FONT_SIZE + LINE_SPACING)
+    cell_w, cell_h = width + GAP, height + label + GAP
+    canvas = Image.new("RGB", (MARGIN * 2 + parts * cell_w, MARGIN * 2 + count * cell_h), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    for row in range(count):
+        thumb = _load_thumb(images[row], thumb_size)
+        for k in range(parts):
+            heat = image_attention[row, k].float()
+            heat = (heat - heat.min()) / (heat.max() - heat.min()).clamp(min=1e-12)
+            mask = Image.fromarray((heat * 180).byte().numpy(), "L").resize((width, height), Image.Resampling.BILINEAR)
+            cell = Image.composite(Image.new("RGB", (width, height), RED), thumb, mask)
+            left, top = MARGIN + k * cell_w, MARGIN + row * cell_h
+            canvas.paste(cell, (left, top))
+            order = torch.argsort(word_attention[row, k].float(), descending=True)[:top_words].tolist()
+            for line, index in enumerate(order):
+                text = f"{words[row][index]} {float(word_attention[row, k, index]):.2f}"
+                draw.text((left, top + height + 2 + line * (FONT_SIZE + LINE_SPACING)), text, fill=TEXT_COLOR, font=font)
+    return canvas

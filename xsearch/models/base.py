@@ -197,13 +197,18 @@ class RetrievalModule(L.LightningModule):
         paths = {r.index: r.path for r in gallery_set.images}
         gallery = [paths[int(i)] for i in gathered.gallery_indexes.tolist()]
         figure = ranked_grid(queries, gallery, top, correct)
-        out = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "test_top5.png"
+        out = self.save_figure(figure, "test_top5.png", "test/top5", "green = correct identity")
+        log.info("ranked lists of %d test queries: %s", count, out)
+
+    def save_figure(self, figure: Any, filename: str, key: str, caption: str) -> Path:
+        """Save a PIL figure in the run folder and log it to every logger that takes images."""
+        out = Path(self.trainer.log_dir or self.trainer.default_root_dir) / filename
         out.parent.mkdir(parents=True, exist_ok=True)
         figure.save(out)
-        log.info("ranked lists of %d test queries: %s", count, out)
         for logger in self.loggers:
             if hasattr(logger, "log_image"):
-                logger.log_image(key="test/top5", images=[figure], caption=["green = correct identity"])
+                logger.log_image(key=key, images=[figure], caption=[caption])
+        return out
 
     # -- optimisation --------------------------------------------------------------------
     def parameter_groups(self) -> list[dict[str, Any]]:

@@ -46,6 +46,10 @@ class ClipTokenizer:
     def __call__(self, texts: Sequence[str]) -> Tensor:
         return self._bpe(list(texts), context_length=self.context_length)
 
+    def pieces(self, ids: Sequence[int]) -> list[str]:
+        """The text of each token id (``<start_of_text>``, word pieces, ``<end_of_text>``, ``!`` for 0)."""
+        return [self._bpe.decode([int(i)]).strip() or "_" for i in ids]
+
 
 @dataclass
 class TowerOutput:

@@ -152,3 +152,34 @@ class PartLevel(IRRA):
         if self.loss_weights["diversity"] > 0:
             terms["diversity"] = 0.5 * (part_diversity(image_parts) + part_diversity(text_parts))
         return terms
+
+    # -- what each part token reads ------------------------------------------------------
+    def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
+        if self.hparams.visualize_queries and self.trainer.is_global_zero:
+            self.draw_part_attention(min(4, self.hparams.visualize_queries))
+
+    @torch.no_grad()
+    def draw_part_attention(self, count: int) -> None:
+        """Save ``test_parts.png`` (and log ``test/parts``): each token's attention over a few test
+        queries' own images and captions (:func:`xsearch.visualize.part_attention_grid`)."""
+        from xsearch.visualize import part_attention_grid
+
+        datamodule = self.trainer.datamodule
+        if "test" not in getattr(datamodule, "eval_sets", {}):
+            return
+        query_set, gallery_set = datamodule.eval_sets["test"]
+        rows = [round(i * (len(query_set) - 1) / max(count - 1, 1)) for i in range(min(count, len(query_set)))]
+        items = [query_set[row] for row in rows]
+        images = torch.stack([gallery_set.store(item["image_index"]) for item in items]).to(self.device)
+        ids = self.towers.tokenize([item["text"] for item in items])
+        _, image_attention = self.image_parts(self.image_features(images))
+        _, word_attention = self.text_parts(self.text_features(ids))
+        paths = {r.index: r.path for r in gallery_set.images}
+        figure = part_attention_grid(
+            [paths[item["image_index"]] for item in items],
+            image_attention.float().cpu().view(len(items), -1, *self.towers.vision.embeddings.grid),
+            [self.towers.tokenizer.pieces(row) for row in ids.tolist()],
+            word_attention.float().cpu(),
+        )
+        self.save_figure(figure, "test_parts.png", "test/parts", "red = patches each part token reads; its top words below")
