@@ -95,7 +95,7 @@ def test_part_attention_grid_marks_the_attended_patch_and_lists_top_words():
     words = [["<start_of_text>", "red", "coat", "<end_of_text>"]]
     word_attention = torch.tensor([[[0.0, 0.9, 0.1, 0.0], [0.0, 0.2, 0.8, 0.0]]])
     figure = part_attention_grid([image], attention, words, word_attention, thumb_size=(128, 64))
-    first, second = (figure.getpixel((8 + k * (64 + 8) + x, 8 + y)) for k, (x, y) in enumerate([(8, 8), (8, 8)]))
+    first, second = (figure.getpixel((8 + k * (110 + 8) + 8, 8 + 8)) for k in range(2))
     assert first[0] > 150 and first[2] < 100  # red overlay where token 0 attends
     assert second == (0, 0, 255)  # token 1 does not attend there: the image shows through
-    assert figure.size[0] == 8 * 2 + 2 * (64 + 8)
+    assert figure.size[0] == 8 * 2 + 2 * (110 + 8)

@@ -31,6 +31,8 @@ RED = (220, 0, 0)
 PAD_COLOR = (200, 200, 200)
 
 ImageLike = Image.Image | str | Path
+PART_LABEL_WIDTH = 110
+"""Minimum column width of :func:`part_attention_grid` (room for ``word 0.00`` under narrow images)."""
 
 
 def _font(size: int = FONT_SIZE) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -211,7 +213,7 @@ def part_attention_grid(
     height, width = thumb_size
     font = _font()
     label = 3 * (FONT_SIZE + LINE_SPACING)
-    cell_w, cell_h = width + GAP, height + label + GAP
+    cell_w, cell_h = max(width, PART_LABEL_WIDTH) + GAP, height + label + GAP
     canvas = Image.new("RGB", (MARGIN * 2 + parts * cell_w, MARGIN * 2 + count * cell_h), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     for row in range(count):
