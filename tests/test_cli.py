@@ -52,6 +52,11 @@ def test_fit_then_test_records_results(tmp_path, capsys, monkeypatch):
     assert main(["leaderboard", "--results", str(tmp_path / "r.sqlite"), "--format", "json"]) == 0
     table = json.loads(capsys.readouterr().out)
     assert table[0]["method"] == "dual_encoder" and table[0]["n"] == 2
+    # an evaluation-time override wins over the hyperparameters stored in the checkpoint
+    assert main(["test", "--config", CONFIG, "--ckpt_path", str(checkpoints[0]), "--model.init_args.ks", "[1, 3]", *overrides]) == 0
+    with sqlite3.connect(tmp_path / "r.sqlite") as db:
+        third = json.loads(db.execute("SELECT metrics FROM runs ORDER BY id DESC").fetchone()[0])
+    assert "R3" in third and "R5" not in third and third["R1"] == pytest.approx(first["R1"])
     assert time.perf_counter() - started < 90
 
 

@@ -109,6 +109,11 @@ def _lightning_cli(args: list[str]) -> None:
             print(f"[xsearch] appended run #{row} to {store.path}\n")
             print(render_store(store, dataset=record.dataset, fmt="md"))
 
+        def _parse_ckpt_path(self) -> None:
+            """Keep the config as given: Lightning would overwrite it (command-line overrides included) with
+            the hyperparameters stored in ``--ckpt_path``, silently ignoring e.g. ``--model.init_args.global_only
+            true`` at test time. The config builds the model; the checkpoint only provides the weights."""
+
         def _run_subcommand(self, subcommand: str) -> None:
             self._started = time.perf_counter()
             super()._run_subcommand(subcommand)
