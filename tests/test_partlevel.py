@@ -90,3 +90,19 @@ def test_plain_margin_ablation_changes_only_the_cmr_term():
     for name in ("sdm", "id", "mlm", "part"):
         assert torch.equal(common[name], plain[name]), name
     assert plain["cmr"] >= common["cmr"]  # margins are largest without commonality
+
+
+def test_coarse_group_is_scored_with_its_own_weight():
+    model = _model(coarse_parts=2, coarse_similarity_weight=0.25, part_similarity_weight=0.5).eval()
+    batch = _batch()
+    with torch.no_grad():
+        queries, gallery = model.encode_queries(batch), model.encode_gallery(batch)
+    assert queries.shape == (4, 64 * (1 + 2 + 3))
+
+    def unit(x, k):
+        return F.normalize(x[:, 64 * (k + 1): 64 * (k + 2)], dim=-1)
+
+    expected = unit(queries, -1) @ unit(gallery, -1).T  # the global feature
+    expected += 0.25 * sum(unit(queries, k) @ unit(gallery, k).T for k in (0, 1)) / 2
+    expected += 0.5 * sum(unit(queries, k) @ unit(gallery, k).T for k in (2, 3, 4)) / 3
+    assert torch.allclose(model.similarity(queries, gallery), expected, atol=1e-5)

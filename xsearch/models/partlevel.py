@@ -71,6 +71,8 @@ class PartLevel(IRRA):
     Args:
         towers: the CLIP image and text towers.
         num_parts: K shared tokens (fine parts; PLOT: 8).
+        coarse_parts: extra shared tokens forming a coarse group (e.g. 2: upper / lower body), decoded
+            and trained like the others but weighted separately in the ranking score (0 = none).
         decoder_layers / decoder_heads: the decoder's self-attention depth / heads (``None``: width // 64).
         part_weight: weight of the part SDM losses (per-slot mean + aggregated similarity).
         cmr_weight / cmr_base_margin / cmr_min_margin / cmr_negative: CMR loss weight, margin
@@ -78,7 +80,8 @@ class PartLevel(IRRA):
         commonality: scale margins by part commonality; ``False`` is the plain-margin ablation.
         diversity_weight: weight of the mean off-diagonal cosine among a sample's parts (0 = off).
         part_start_epoch: part losses are added from this epoch on (0-based).
-        part_similarity_weight: ``w`` of the part term in the ranking score.
+        part_similarity_weight: ``w`` of the (fine) part term in the ranking score.
+        coarse_similarity_weight: weight of the coarse group's mean cosine in the ranking score.
         global_only: rank by the global cosine only (ablation / fast mode).
         **kwargs: :class:`IRRA` options and the optimiser.
     """
@@ -87,6 +90,7 @@ class PartLevel(IRRA):
         self,
         towers: CLIPTowers,
         num_parts: int = 8,
+        coarse_parts: int = 0,
         decoder_layers: int = 2,
         decoder_heads: int | None = None,
         part_weight: float = 1.0,
@@ -98,12 +102,13 @@ class PartLevel(IRRA):
         diversity_weight: float = 0.0,
         part_start_epoch: int = 5,
         part_similarity_weight: float = 1.0,
+        coarse_similarity_weight: float = 1.0,
         global_only: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(towers, **kwargs)
         dim = towers.embed_dim
-        self.decoder = SharedTokenDecoder(dim, decoder_heads or max(1, dim // 64), num_parts, decoder_layers)
+        self.decoder = SharedTokenDecoder(dim, decoder_heads or max(1, dim // 64), coarse_parts + num_parts, decoder_layers)
         self.loss_weights.update({"part": part_weight, "cmr": cmr_weight, "diversity": diversity_weight})
 
     # -- parts ---------------------------------------------------------------------------
@@ -125,15 +130,20 @@ class PartLevel(IRRA):
         return torch.cat([image.global_features, self.image_parts(image)[0].flatten(1)], dim=1)
 
     def similarity(self, query_embeddings: Tensor, gallery_embeddings: Tensor) -> Tensor:
-        """(Q, D + K*D), (G, D + K*D) -> (Q, G): global cosine + w * mean over parts of the part cosines."""
-        dim, parts = self.towers.embed_dim, self.hparams.num_parts
+        """(Q, D + K*D), (G, D + K*D) -> (Q, G): global cosine + per group (coarse, fine) its weight x the
+        mean over the group's tokens of the part cosines."""
+        hp, dim = self.hparams, self.towers.embed_dim
         scores = cosine_similarity(query_embeddings[:, :dim], gallery_embeddings[:, :dim])
-        if self.hparams.global_only or self.hparams.part_similarity_weight == 0:
+        if hp.global_only:
             return scores
-        query_parts = F.normalize(query_embeddings[:, dim:].float().view(-1, parts, dim), dim=-1).flatten(1)
-        gallery_parts = F.normalize(gallery_embeddings[:, dim:].float().view(-1, parts, dim), dim=-1).flatten(1)
-        # the flattened unit parts have norm sqrt(K), so their cosine is mean_k cos(P_t[q, k], P_v[g, k])
-        return scores + self.hparams.part_similarity_weight * cosine_similarity(query_parts, gallery_parts)
+        groups = ((0, hp.coarse_parts, hp.coarse_similarity_weight), (hp.coarse_parts, hp.coarse_parts + hp.num_parts, hp.part_similarity_weight))
+        for first, last, weight in groups:
+            if last > first and weight != 0:
+                # the flattened unit parts have norm sqrt(n), so their cosine is the mean part cosine
+                query_parts = F.normalize(query_embeddings[:, dim * (1 + first): dim * (1 + last)].float().view(-1, last - first, dim), dim=-1)
+                gallery_parts = F.normalize(gallery_embeddings[:, dim * (1 + first): dim * (1 + last)].float().view(-1, last - first, dim), dim=-1)
+                scores = scores + weight * cosine_similarity(query_parts.flatten(1), gallery_parts.flatten(1))
+        return scores
 
     # -- losses --------------------------------------------------------------------------
     def extra_terms(self, image: TowerOutput, text: TowerOutput, labels: Tensor) -> dict[str, Tensor]:
