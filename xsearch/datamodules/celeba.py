@@ -52,7 +52,7 @@ import numpy as np
 
 from xsearch.datamodules.face_captions import CELEBA_ATTRIBUTES, template_captions
 from xsearch.datamodules.files import (
-    DatasetFormatError, expect_field, load_json, load_jsonl, parse_int, read_table, read_text,
+    DatasetFormatError, examples, expect_field, load_json, load_jsonl, parse_int, read_table, read_text,
 )
 from xsearch.datamodules.records import CaptionRecord, DatasetIndex, ImageRecord
 from xsearch.registry import DATASETS
@@ -282,10 +282,6 @@ class CaptionSource:
     read: Callable[[SourceInput], Captions]
 
 
-def _examples(items: list[Any], shown: int = 3) -> str:
-    return ", ".join(str(i) for i in items[:shown]) + (", ..." if len(items) > shown else "")
-
-
 # -- CelebA-HQ numbering ----------------------------------------------------------------
 _NUMBERED_TXT = re.compile(r"(\d+)\.txt")
 MM_TEXT_DIRS = ("text", "celeba-caption")
@@ -331,10 +327,10 @@ def _to_celeba(by_hq: dict[int, Any], mapping: dict[int, str], mapping_path: Pat
     warnings = []
     if unmapped:
         warnings.append(
-            f"{len(unmapped)} HQ images have no row in {mapping_path.name}, e.g. {_examples(unmapped)} (left out)")
+            f"{len(unmapped)} HQ images have no row in {mapping_path.name}, e.g. {examples(unmapped)} (left out)")
     if unknown:
         warnings.append(f"{len(unknown)} HQ images map to files not in {table.files.identity.name}, "
-                        f"e.g. {_examples(unknown)} (left out)")
+                        f"e.g. {examples(unknown)} (left out)")
     return out, hq_of, warnings
 
 
@@ -458,7 +454,7 @@ def read_celeba_dialog(given: SourceInput) -> Captions:
     found, hq_of, warnings = _to_celeba(by_hq, mapping, mapping_path, given.table)
     absent = [f"{hq}.jpg" for hq, name in sorted(mapping.items()) if hq not in by_hq and name in given.table.identity]
     if absent:
-        warnings.append(f"{path.name} has no entry for {len(absent)} mapped HQ images, e.g. {_examples(absent)} "
+        warnings.append(f"{path.name} has no entry for {len(absent)} mapped HQ images, e.g. {examples(absent)} "
                         "(the release lacks 5380.jpg; these images have no caption)")
     texts = {name: overall for name, (overall, _) in found.items()}
     attribute_wise = {name: per_attribute for name, (_, per_attribute) in found.items() if per_attribute}
@@ -513,7 +509,7 @@ def read_face2text(given: SourceInput) -> Captions:
     warnings = [f"{empty} empty Face2Text descriptions skipped"] if empty else []
     if unknown:
         warnings.append(f"{len(unknown)} Face2Text descriptions name files not in {given.table.files.identity.name}, "
-                        f"e.g. {_examples(unknown)} (left out)")
+                        f"e.g. {examples(unknown)} (left out)")
     return Captions(dict(texts), paths, warnings, split if splits else None)
 
 
@@ -590,7 +586,7 @@ def _shared_identities(images: list[ImageRecord]) -> list[str]:
     shared = sorted(pid for pid, names in splits.items() if len(names) > 1)
     if not shared:
         return []
-    return [f"{len(shared)} identities appear in more than one split, e.g. {_examples(shared)} "
+    return [f"{len(shared)} identities appear in more than one split, e.g. {examples(shared)} "
             "(the split is not identity-disjoint)"]
 
 

@@ -36,7 +36,9 @@ from typing import Any, Iterable, Literal
 import numpy as np
 
 from xsearch.datamodules.entity_captions import entity_caption, fill_entity
-from xsearch.datamodules.files import DatasetFormatError, FolderListing, expect_field, find_existing, load_json, read_csv
+from xsearch.datamodules.files import (
+    DatasetFormatError, FolderListing, examples, expect_field, find_existing, load_json, read_csv,
+)
 from xsearch.datamodules.records import SPLITS, CaptionRecord, DatasetIndex, ImageRecord
 from xsearch.registry import DATASETS
 
@@ -197,16 +199,12 @@ def crop_dirs(folder: Path, pids: dict[str, int]) -> dict[int, Path]:
     return {pid: folder / c for c, pid in pids.items() if c in listed and (folder / c).is_dir()}
 
 
-def _examples(values: list[str], shown: int = 3) -> str:
-    return ", ".join(values[:shown]) + (", ..." if len(values) > shown else "")
-
-
 def identity_warnings(items: list[Item], pids: dict[str, int], names: dict[str, str], meta: Path) -> list[str]:
     """Identities missing from the csv, test identities also in train."""
     warnings = []
     missing = sorted(c for c in pids if c not in names)
     if missing:
-        warnings.append(f"{len(missing)} identities are not in {meta} (e.g. {_examples(missing)}): their class id is used as the name")
+        warnings.append(f"{len(missing)} identities are not in {meta} (e.g. {examples(missing)}): their class id is used as the name")
     train = {i.class_id for i in items if i.split == "train"}
     test = {i.class_id for i in items if i.split == "test"}
     if train & test:
@@ -219,7 +217,7 @@ def numbering_warning(numbers: dict[str, int] | None, pids: dict[str, int]) -> l
     if numbers is not None:
         return []
     odd = sorted(c for c in pids if not _CLASS_ID.fullmatch(c)) or sorted(pids)
-    return [f"class ids are not all distinct VGGFace2 ids 'n<digits>' (e.g. {_examples(odd)}): "
+    return [f"class ids are not all distinct VGGFace2 ids 'n<digits>' (e.g. {examples(odd)}): "
             "identities are numbered in sorted class-id order"]
 
 

@@ -18,6 +18,11 @@ class DatasetFormatError(ValueError):
     """A dataset file is missing or does not have the expected format (message names file + place)."""
 
 
+def examples(items: Sequence[Any], shown: int = 3) -> str:
+    """The first ``shown`` items joined by commas, ``, ...`` when there are more (for one-line messages)."""
+    return ", ".join(str(i) for i in items[:shown]) + (", ..." if len(items) > shown else "")
+
+
 def type_name(kind: type | tuple[type, ...]) -> str:
     return kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
 

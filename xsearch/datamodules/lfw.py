@@ -28,7 +28,7 @@ from typing import Callable, Literal
 import numpy as np
 
 from xsearch.datamodules.files import (
-    DatasetFormatError, expect_field, find_existing, load_json_list, parse_float, parse_int, read_table, require_dir,
+    DatasetFormatError, examples, expect_field, find_existing, load_json_list, parse_float, parse_int, read_table, require_dir,
 )
 from xsearch.datamodules.lfw_captions import attribute_captions
 from xsearch.datamodules.records import CaptionRecord, DatasetIndex, ImageRecord
@@ -50,7 +50,6 @@ PUBLISHED = (5749, 13233)
 """People and images in the full LFW."""
 PAIR_FIELDS = {3: (0, 1, 0, 2), 4: (0, 1, 2, 3)}
 """Fields per pair line -> positions of (name 1, image 1, name 2, image 2): 3 = same person, 4 = different."""
-SHOWN = 3
 
 
 @dataclass(frozen=True)
@@ -370,7 +369,7 @@ def _attribute_texts(path: Path, keys: dict[str, int]) -> tuple[dict[int, list[s
     missing = [key for key in keys if key not in scores]
     if missing:
         warnings.append(
-            f"{path.name} has no row for {len(missing)} of {len(keys)} images, e.g. {_examples(missing)} "
+            f"{path.name} has no row for {len(missing)} of {len(keys)} images, e.g. {examples(missing)} "
             "(they get Face2Text captions where it has them, else they are gallery-only)"
         )
     return texts, warnings
@@ -414,14 +413,10 @@ def _face2text_texts(path: Path, keys: dict[str, int]) -> tuple[dict[int, list[s
     texts = read_face2text(path)
     outside = [key for key in texts if key not in keys]
     warnings = [
-        f"{path.name}: {len(outside)} of {len(texts)} described images are not in the index, e.g. {_examples(outside)} "
+        f"{path.name}: {len(outside)} of {len(texts)} described images are not in the index, e.g. {examples(outside)} "
         "(not in the people list, or single-image evaluation identities)"
     ] if outside else []
     return {keys[key]: lines for key, lines in texts.items() if key in keys}, warnings
-
-
-def _examples(items: list[str]) -> str:
-    return ", ".join(items[:SHOWN]) + (", ..." if len(items) > SHOWN else "")
 
 
 def _texts(

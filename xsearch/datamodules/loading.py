@@ -23,7 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from xsearch.datamodules.files import DatasetFormatError, FolderListing
+from xsearch.datamodules.files import DatasetFormatError, FolderListing, examples
 from xsearch.datamodules.records import SPLITS, DatasetIndex
 from xsearch.registry import DATASETS
 
@@ -31,10 +31,6 @@ log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 """Bump when the pickled ``DatasetIndex`` layout changes."""
-
-SHOWN = 3
-"""How many example paths/texts a warning quotes."""
-
 
 def data_dir() -> Path:
     """Folder that relative dataset roots live in: ``$XSEARCH_DATA``, default ``./data``."""
@@ -133,18 +129,13 @@ def load_dataset(name: str, root: str | Path, options: dict[str, Any] | None = N
 # --------------------------------------------------------------------------------------
 # generic audit
 # --------------------------------------------------------------------------------------
-def _examples(items: list[Any]) -> str:
-    shown = ", ".join(str(i) for i in items[:SHOWN])
-    return shown + (", ..." if len(items) > SHOWN else "")
-
-
 def audit(index: DatasetIndex) -> list[str]:
     """Warnings every dataset gets (see the module docstring). One pass over captions and images."""
     warnings = []
     if index.missing_images:
         rel = [_relative(p, index.root) for p in index.missing_images]
         warnings.append(
-            f"{len(index.missing_images)} of {len(index.images)} images are missing, e.g. {_examples(rel)} "
+            f"{len(index.missing_images)} of {len(index.images)} images are missing, e.g. {examples(rel)} "
             "(training refuses to start unless data.drop_missing_images is true)"
         )
     empty: list[int] = []
@@ -159,11 +150,11 @@ def audit(index: DatasetIndex) -> list[str]:
             shared[caption.text] = None
     if empty:
         paths = [_relative(index.images[i].file, index.root) for i in empty]
-        warnings.append(f"{len(empty)} empty captions, e.g. on {_examples(paths)}")
+        warnings.append(f"{len(empty)} empty captions, e.g. on {examples(paths)}")
     if shared:
         quoted = [repr(t[:60] + ("..." if len(t) > 60 else "")) for t in shared]
         warnings.append(
-            f"{len(shared)} caption texts appear on images of different identities, e.g. {_examples(quoted)} "
+            f"{len(shared)} caption texts appear on images of different identities, e.g. {examples(quoted)} "
             "(kept: never deduplicated across identities)"
         )
     per_split: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
