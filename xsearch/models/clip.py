@@ -58,13 +58,14 @@ class TowerOutput:
     ``tokens``: (B, L, D) tokens projected into the joint space (L = 1 + patches for images, the
     context length for text). ``global_features``: (B, D) the CLS / EOT token. ``hidden``: layer number
     (1-based) -> (B, L, W) hidden states of that transformer layer, before any final norm.
-    ``padding``: (B, L) True at positions after EOT (text only).
+    ``padding``: (B, L) True at positions after EOT; ``eot``: (B,) position of the EOT token (text only).
     """
 
     tokens: Tensor
     global_features: Tensor
     hidden: dict[int, Tensor] = field(default_factory=dict)
     padding: Tensor | None = None
+    eot: Tensor | None = None
 
 
 class GridPositionEmbeddings(nn.Module):
@@ -159,7 +160,8 @@ class CLIPTowers(nn.Module):
         eot = (input_ids == EOT_ID).int().argmax(dim=-1)
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         hidden = {layer: out.hidden_states[layer] for layer in layers}
-        return TowerOutput(tokens, tokens[torch.arange(len(eot), device=eot.device), eot], hidden, positions[None] > eot[:, None])
+        global_features = tokens[torch.arange(len(eot), device=eot.device), eot]
+        return TowerOutput(tokens, global_features, hidden, positions[None] > eot[:, None], eot)
 
 
 def tiny_clip_config(width: int = 64, layers: int = 2, heads: int = 2, embed_dim: int = 64, patch: int = 16) -> dict[str, Any]:

@@ -124,13 +124,13 @@ class CombinedRepresentation(nn.Module):
             self.cross = CrossModalTransformer(dim, heads, layers)
             self.head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim))
 
-    def forward(self, image: TowerOutput, text: TowerOutput, eot: Tensor) -> Tensor:
-        """Image and text outputs (global features already fused), (B,) EOT positions -> (B, D)."""
+    def forward(self, image: TowerOutput, text: TowerOutput) -> Tensor:
+        """Image and text outputs (global features already fused) -> (B, D)."""
         if self.light:
             v, t = image.global_features, text.global_features
             return self.mlp(torch.cat([v, t, v * t], dim=-1))
         x = self.cross(text.tokens, image.tokens)
-        return self.head(x[torch.arange(len(eot), device=eot.device), eot])
+        return self.head(x[torch.arange(len(text.eot), device=x.device), text.eot])
 
 
 @METHODS.register("cmsn")
@@ -214,8 +214,7 @@ class CMSN(IRRA):
             terms["spt"] = spt_loss(image.global_features, text.global_features, labels,
                                     self.hparams.spt_margin, self.hparams.spt_semi_margin)
         if self.hparams.cria_weight > 0:
-            eot = text.padding.logical_not().sum(1) - 1
-            combined = self.crl(image, text, eot)
+            combined = self.crl(image, text)
             cria = self.centers.loss(image.global_features.float(), text.global_features.float(), combined.float(), labels)
             terms.update({"cria": cria["loss"], "cria_ce": cria["cria_ce"].detach(), "cria_center": cria["cria_center"].detach()})
         return terms

@@ -60,8 +60,7 @@ class SharedTokenDecoder(nn.Module):
 def word_padding(text: TowerOutput) -> Tensor:
     """(B, L) True at the tokens parts must not read: SOT, EOT and padding."""
     positions = torch.arange(text.padding.shape[1], device=text.padding.device)
-    eot = text.padding.logical_not().sum(1, keepdim=True) - 1
-    return text.padding | (positions[None] == 0) | (positions[None] == eot)
+    return text.padding | (positions[None] == 0) | (positions[None] == text.eot[:, None])
 
 
 @METHODS.register("partlevel")
