@@ -136,12 +136,16 @@ class PartLevel(IRRA):
         if hp.global_only:
             return scores
         groups = ((0, hp.coarse_parts, hp.coarse_similarity_weight), (hp.coarse_parts, hp.coarse_parts + hp.num_parts, hp.part_similarity_weight))
+        def unit_parts(embeddings: Tensor, first: int, last: int) -> Tensor:
+            """(N, (last - first) * D): parts ``first..last-1`` of each row, each L2-normalised, flattened."""
+            parts = embeddings[:, dim * (1 + first): dim * (1 + last)].float().view(len(embeddings), last - first, dim)
+            return F.normalize(parts, dim=-1).flatten(1)
+
         for first, last, weight in groups:
             if last > first and weight != 0:
                 # the flattened unit parts have norm sqrt(n), so their cosine is the mean part cosine
-                query_parts = F.normalize(query_embeddings[:, dim * (1 + first): dim * (1 + last)].float().view(-1, last - first, dim), dim=-1)
-                gallery_parts = F.normalize(gallery_embeddings[:, dim * (1 + first): dim * (1 + last)].float().view(-1, last - first, dim), dim=-1)
-                scores = scores + weight * cosine_similarity(query_parts.flatten(1), gallery_parts.flatten(1))
+                part_cosine = cosine_similarity(unit_parts(query_embeddings, first, last), unit_parts(gallery_embeddings, first, last))
+                scores = scores + weight * part_cosine
         return scores
 
     # -- losses --------------------------------------------------------------------------
