@@ -153,6 +153,8 @@ def write_rstp(root: Path) -> Path:
     BadInput("missing annotation file", lambda r: (r / "data_captions.json").unlink(),
              r"RSTPReid annotation file not found \(expected one of: data_captions\.json\)"),
     BadInput("truncated json", lambda r: _truncate(r / "data_captions.json"), r"data_captions\.json: invalid JSON at line 1"),
+    BadInput("empty file", lambda r: (r / "data_captions.json").write_text(""),
+             r"data_captions\.json: empty file, expected a JSON list$"),
     BadInput("file_path instead of img_path", lambda r: _edit_json(
         r / "data_captions.json", lambda rs: rs[1].update(file_path=rs[1].pop("img_path"))),
         r"data_captions\.json: record 1: missing field 'img_path'$"),

@@ -78,6 +78,8 @@ def read_text(path: Path) -> str:
 def load_json(path: Path, kind: type | tuple[type, ...] = (list, dict)) -> Any:
     """Parse a JSON file whose top level must be ``kind``; errors give line and column."""
     text = read_text(path)
+    if not text.strip():
+        raise DatasetFormatError(f"{path}: empty file, expected a JSON {type_name(kind).replace('dict', 'object')}")
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
