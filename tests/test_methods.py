@@ -7,6 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+import yaml
 
 import xsearch.models  # noqa: F401  (registers the methods)
 from xsearch.cli import main
@@ -33,7 +34,8 @@ def test_tiny_config_fits_tests_and_records(name, tmp_path, capsys, monkeypatch)
             "--results", str(results), "--data.root", str(tmp_path / "data"), "--trainer.limit_train_batches", "4",
             "--tag", "smoke"]
     assert main(args) == 0
-    assert f"{name} on synth_pedes (test): R1" in capsys.readouterr().out
+    dataset = yaml.safe_load((CONFIGS / "tiny" / f"{name}.yaml").read_text())["data"]["dataset"]
+    assert f"{name} on {dataset} (test): R1" in capsys.readouterr().out
     assert (tmp_path / "runs" / "tiny" / "test_top5.png").is_file()
     if name == "partlevel":  # what each shared part token reads
         assert (tmp_path / "runs" / "tiny" / "test_parts.png").is_file()

@@ -92,7 +92,7 @@ def _lightning_cli(args: list[str]) -> None:
             method = next((n for n in METHODS.names() if METHODS.get(n) is type(self.model)), type(self.model).__name__)
             record = RunRecord(
                 method=method,
-                dataset=self.datamodule.dataset,
+                dataset=getattr(self.datamodule, "benchmark", self.datamodule.dataset),
                 metrics=metrics,
                 config=dumped,
                 config_hash=config_hash(experiment),

@@ -15,6 +15,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from xsearch.datamodules.composed import (
+    AttributeTable,
+    ComposedOptions,
+    ComposedQuerySet,
+    ComposedTrainPairs,
+    composed_pairs,
+    reference_candidates,
+)
 from xsearch.datamodules.files import DatasetFormatError
 from xsearch.datamodules.loading import load_dataset, resolve_root
 from xsearch.datamodules.records import CaptionRecord, DatasetIndex, ImageRecord
@@ -57,7 +65,9 @@ class TrainPairs(Dataset):
         return len(self.captions)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        caption = self.captions[i]
+        return self.item(self.captions[i])
+
+    def item(self, caption: CaptionRecord) -> dict[str, Any]:
         return {
             "image": self.augment(self.images(caption.image_index)),
             "text": caption.text,
@@ -67,8 +77,26 @@ class TrainPairs(Dataset):
         }
 
 
+class TrainImages(TrainPairs):
+    """One item per training image, with one of its captions drawn at random at each visit (X-Modal's
+    recipe: "one random caption per image per step"); ``captions`` holds one caption per item."""
+
+    def __init__(self, captions: list[CaptionRecord], labels: dict[int, int], images: ImageStore, augment: Callable) -> None:
+        groups: dict[int, list[CaptionRecord]] = {}
+        for caption in captions:
+            groups.setdefault(caption.image_index, []).append(caption)
+        self.groups = list(groups.values())
+        super().__init__([group[0] for group in self.groups], labels, images, augment)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        group = self.groups[i]
+        return self.item(group[int(torch.randint(len(group), ()))] if len(group) > 1 else group[0])
+
+
 class QuerySet(Dataset):
-    """Evaluation queries: ``{"text", "pid", "index", "image_index"}``."""
+    """Evaluation queries: ``{"text", "pid", "index", "image_index"}``; every same-pid image is a positive."""
+
+    relevance = None  # the metric's default: positives by pid
 
     def __init__(self, captions: list[CaptionRecord]) -> None:
         self.captions = captions
@@ -115,6 +143,14 @@ class RetrievalDataModule(L.LightningDataModule):
             absent on disk (logged); by default their presence is checked up front and training
             refuses to start, naming the count and the first paths.
         cache_index: reuse the parsed annotations while their files are unchanged (size + mtime).
+        train_items: ``captions`` (one training item per caption, IRRA's epoch) or ``images`` (one per
+            image, with a random caption of it at each visit).
+        composed: make composed pairs (reference face + modification sentence -> target face) from the
+            dataset's per-image attributes (:mod:`xsearch.datamodules.composed`): train items gain
+            ``reference_image`` / ``modification`` / ``has_reference``. ``None``: no pairs.
+        query_mode: validation/test queries: ``text`` (captions, positives by pid) or ``composed`` (one
+            query per target image, the reference excluded from its ranking; needs ``composed``, defaults
+            used when unset). Results are stored under :attr:`benchmark` (``<dataset>:composed``).
     """
 
     def __init__(
@@ -134,6 +170,9 @@ class RetrievalDataModule(L.LightningDataModule):
         dataset_options: dict[str, Any] | None = None,
         drop_missing_images: bool = False,
         cache_index: bool = True,
+        train_items: Literal["captions", "images"] = "captions",
+        composed: ComposedOptions | None = None,
+        query_mode: Literal["text", "composed"] = "text",
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -145,6 +184,20 @@ class RetrievalDataModule(L.LightningDataModule):
         self.index: DatasetIndex | None = None
         self.labels: dict[int, int] = {}
         self.eval_split = val_split
+        self.composed = composed if composed is not None or query_mode == "text" else ComposedOptions()
+        self.query_mode = query_mode
+        self._attribute_table: AttributeTable | None = None
+
+    @property
+    def benchmark(self) -> str:
+        """Name results are stored and compared under: the dataset, with ``:composed`` for composed queries."""
+        return self.dataset if self.query_mode == "text" else f"{self.dataset}:{self.query_mode}"
+
+    def attribute_table(self) -> AttributeTable:
+        """Changeable attributes of every image (composed pairs), built once."""
+        if self._attribute_table is None:
+            self._attribute_table = AttributeTable(self.load_index(), self.composed or ComposedOptions())
+        return self._attribute_table
 
     # -- preparation ---------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -193,13 +246,23 @@ class RetrievalDataModule(L.LightningDataModule):
         if stage == "fit":
             captions = index.split_captions("train")
             store = ImageStore(index.split_images("train"), size, self.hparams.cache_images, "caching train images")
-            self.train_set = TrainPairs(captions, self.labels, store, build_train_augment(size, self.augment_config))
+            items = TrainImages if self.hparams.train_items == "images" else TrainPairs
+            self.train_set = items(captions, self.labels, store, build_train_augment(size, self.augment_config))
+            if self.composed is not None:
+                table = self.attribute_table()
+                candidates = reference_candidates(index.split_images("train"), table, self.composed)
+                self.train_set = ComposedTrainPairs(self.train_set, candidates, table, self.hparams.seed)
         splits = {"fit": self.eval_split, "validate": self.eval_split, "test": "test", "predict": "test"}
         self.eval_sets = {}
         for split in {splits[stage]} | ({"test"} if stage == "test" else set()):
             images = index.split_images(split)
             store = ImageStore(images, size, self.hparams.cache_images, f"caching {split} images")
-            self.eval_sets[split] = (QuerySet(index.split_captions(split)), GallerySet(images, store))
+            if self.query_mode == "composed":
+                table = self.attribute_table()
+                queries = ComposedQuerySet(composed_pairs(images, table, self.composed), store, images, table)
+            else:
+                queries = QuerySet(index.split_captions(split))
+            self.eval_sets[split] = (queries, GallerySet(images, store))
 
     # -- loaders -------------------------------------------------------------------------
     def _loader(self, dataset: Dataset, **kwargs: Any) -> DataLoader:

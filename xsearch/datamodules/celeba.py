@@ -54,7 +54,7 @@ from xsearch.datamodules.face_captions import CELEBA_ATTRIBUTES, template_captio
 from xsearch.datamodules.files import (
     DatasetFormatError, examples, expect_field, load_json, load_jsonl, parse_int, read_table, read_text,
 )
-from xsearch.datamodules.records import CaptionRecord, DatasetIndex, ImageRecord
+from xsearch.datamodules.records import CaptionRecord, DatasetIndex, FaceAttributes, ImageRecord
 from xsearch.registry import DATASETS
 
 PARTITIONS = {0: "train", 1: "val", 2: "test"}
@@ -111,24 +111,6 @@ def locate(root: Path) -> CelebAFiles:
         f"{root}: no CelebA files found (expected Anno/identity_CelebA.txt, Anno/list_attr_celeba.txt, "
         "Eval/list_eval_partition.txt and Img/img_align_celeba/, or torchvision's celeba/ folder holding them)"
     )
-
-
-@dataclass
-class FaceAttributes:
-    """The 40 binary attributes of some images: ``values[row[file]]`` is a bool row in ``names`` order."""
-
-    names: tuple[str, ...]
-    row: dict[str, int]
-    values: np.ndarray
-
-    def of(self, file: str) -> dict[str, bool]:
-        """``{attribute: positive}`` of one image (file name such as ``000042.jpg``)."""
-        return dict(zip(self.names, self.values[self.row[file]].tolist()))
-
-    def select(self, files: list[str]) -> FaceAttributes:
-        """The rows of ``files`` only, in that order."""
-        rows = [self.row[f] for f in files]
-        return FaceAttributes(self.names, {f: i for i, f in enumerate(files)}, self.values[rows])
 
 
 @dataclass

@@ -16,7 +16,8 @@ a single image are left out (gallery and queries come from people with >= 2 imag
 them. Captions are two verbalisations of the attribute scores per image
 (:mod:`xsearch.datamodules.lfw_captions`); Face2Text v0.1 texts replace them for the images they
 describe; images with neither stay in the index as gallery-only images. The pairs files present
-are parsed into ``extras["pairs"]`` (:class:`VerificationPairs`) for face verification.
+are parsed into ``extras["pairs"]`` (:class:`VerificationPairs`) for face verification; the attribute
+scores, binarised (score > 0), into ``extras["attributes"]`` (:class:`FaceAttributes`, keyed ``Name/Name_NNNN.jpg``).
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from xsearch.datamodules.files import (
     DatasetFormatError, examples, expect_field, find_existing, load_json_list, parse_float, parse_int, read_table, require_dir,
 )
 from xsearch.datamodules.lfw_captions import attribute_captions
-from xsearch.datamodules.records import CaptionRecord, DatasetIndex, ImageRecord
+from xsearch.datamodules.records import CaptionRecord, DatasetIndex, FaceAttributes, ImageRecord
 from xsearch.registry import DATASETS
 
 Protocol = Literal["view2", "view1"]
@@ -361,10 +362,16 @@ def read_attributes(path: Path) -> tuple[tuple[str, ...], dict[str, tuple[float,
     return names, scores, repeated
 
 
-def _attribute_texts(path: Path, keys: dict[str, int]) -> tuple[dict[int, list[str]], list[str]]:
-    """Image index -> two attribute captions, for the images (``keys``: image key -> index) with a row."""
+def _attribute_texts(path: Path, keys: dict[str, int]) -> tuple[dict[int, list[str]], list[str], FaceAttributes]:
+    """Image index -> two attribute captions, for the images (``keys``: image key -> index) with a row;
+    warnings; and the binarised table (score > 0, names with ``_`` for spaces as in CelebA) by image key."""
     names, scores, repeated = read_attributes(path)
     texts = {index: attribute_captions(dict(zip(names, scores[key]))) for key, index in keys.items() if key in scores}
+    indexed = [key for key in keys if key in scores]
+    table = FaceAttributes(
+        tuple(name.replace("'", "").replace(" ", "_") for name in names), {key: i for i, key in enumerate(indexed)},
+        np.array([scores[key] for key in indexed], dtype=np.float64).reshape(len(indexed), len(names)) > 0,
+    )
     warnings = [f"{path.name}: {repeated} repeated rows (the first one of each image is used)"] if repeated else []
     missing = [key for key in keys if key not in scores]
     if missing:
@@ -372,7 +379,7 @@ def _attribute_texts(path: Path, keys: dict[str, int]) -> tuple[dict[int, list[s
             f"{path.name} has no row for {len(missing)} of {len(keys)} images, e.g. {examples(missing)} "
             "(they get Face2Text captions where it has them, else they are gallery-only)"
         )
-    return texts, warnings
+    return texts, warnings, table
 
 
 def _face2text_file(root: Path, location: str | None) -> Path | None:
@@ -421,22 +428,24 @@ def _face2text_texts(path: Path, keys: dict[str, int]) -> tuple[dict[int, list[s
 
 def _texts(
     root: Path, images: list[ImageRecord], attributes: str | None, face2text: str | None,
-) -> tuple[dict[int, list[str]], list[str], list[Path]]:
-    """Image index -> caption texts (Face2Text over attribute captions), warnings, and the files read."""
+) -> tuple[dict[int, list[str]], list[str], list[Path], dict[str, FaceAttributes]]:
+    """Image index -> caption texts (Face2Text over attribute captions), warnings, the files read, and
+    ``{"attributes": table}`` when the attribute file was read."""
     keys = {f"{r.path.parent.name}/{r.path.name}": r.index for r in images}
     texts: dict[int, list[str]] = {}
     warnings: list[str] = []
     sources: list[Path] = []
+    extras: dict[str, FaceAttributes] = {}
     if attributes is not None:
         source = _required(root / attributes, "LFW attribute file (set dataset_options.attributes=null to go without)")
-        texts, warnings = _attribute_texts(source, keys)
+        texts, warnings, extras["attributes"] = _attribute_texts(source, keys)
         sources.append(source)
     if (source := _face2text_file(root, face2text)) is not None:
         described, face2text_warnings = _face2text_texts(source, keys)
         texts.update(described)
         warnings += face2text_warnings
         sources += [source, source.parent]
-    return texts, warnings, sources
+    return texts, warnings, sources, extras
 
 
 def _captions(images: list[ImageRecord], texts: dict[int, list[str]]) -> list[CaptionRecord]:
@@ -480,12 +489,12 @@ def parse(
     pids = {name: pid for pid, name in enumerate(sorted(p.name for p in people))}
     images, warnings = _images(people, image_root, pids)
     pairs, pair_warnings = _all_pairs(root, image_root, people)
-    texts, caption_warnings, caption_sources = _texts(root, images, attributes, face2text)
+    texts, caption_warnings, caption_sources, attribute_table = _texts(root, images, attributes, face2text)
     # root is a source too: its mtime changes when an optional file (pairs, Face2Text, image folder) appears
     sources = [*(p.source for p in people), *caption_sources, *(p.source for p in pairs.values()), root]
     return DatasetIndex(
         name="lfw", root=root, images=images, captions=_captions(images, texts),
         warnings=[*warnings, *caption_warnings, *pair_warnings, *_published(people)],
         sources=list(dict.fromkeys(sources)), identity_names={pid: name for name, pid in pids.items()},
-        extras={"pairs": pairs},
+        extras={"pairs": pairs, **attribute_table},
     )

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 SPLITS = ("train", "val", "test")
 
 
@@ -56,6 +58,39 @@ class CaptionRecord:
     text: str
     pid: int
     split: str
+
+
+@dataclass
+class FaceAttributes:
+    """Binary attributes of some images: ``values[row[key]]`` is a bool row in ``names`` order.
+
+    ``key`` is the image's path relative to the image folder, as the dataset's attribute file names it
+    (CelebA ``000042.jpg``, LFW ``Name/Name_0001.jpg``). Parsers put it in ``DatasetIndex.extras["attributes"]``.
+    """
+
+    names: tuple[str, ...]
+    row: dict[str, int]
+    values: np.ndarray
+
+    def of(self, key: str) -> dict[str, bool]:
+        """``{attribute: positive}`` of one image."""
+        return dict(zip(self.names, self.values[self.row[key]].tolist()))
+
+    def select(self, keys: list[str]) -> FaceAttributes:
+        """The rows of ``keys`` only, in that order."""
+        rows = [self.row[k] for k in keys]
+        return FaceAttributes(self.names, {k: i for i, k in enumerate(keys)}, self.values[rows])
+
+    def for_images(self, images: list[ImageRecord]) -> tuple[np.ndarray, np.ndarray]:
+        """``(N, A)`` bool values of ``images`` (matched on the last path parts) and ``(N,)`` bool "has a row"."""
+        depth = len(Path(next(iter(self.row))).parts) if self.row else 1
+        values = np.zeros((len(images), len(self.names)), dtype=bool)
+        present = np.zeros(len(images), dtype=bool)
+        for i, image in enumerate(images):
+            row = self.row.get("/".join(Path(image.file).parts[-depth:]))
+            if row is not None:
+                values[i], present[i] = self.values[row], True
+        return values, present
 
 
 @dataclass

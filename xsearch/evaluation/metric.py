@@ -10,6 +10,7 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from xsearch.evaluation.composed import QueryRelevance, relevance_metrics
 from xsearch.evaluation.retrieval import (
     _ON_MISSING,
     _check_ks,
@@ -73,6 +74,10 @@ class RetrievalMetric(Metric):
     default: this only happens when the captions are a subset); :attr:`skipped_queries`
     (``{"t2i": n, "i2t": m}``) reports how many queries each direction left out. Text-to-image follows ``on_missing``.
     After :meth:`compute`, :meth:`gathered` returns the deduplicated embeddings, pids and indexes.
+
+    Protocols whose positives are not "same pid" (composed queries) set :attr:`relevance` (a
+    :class:`~xsearch.evaluation.composed.QueryRelevance` by dataset index) before :meth:`compute`; it then
+    scores text-to-image only, with those positives and per-query exclusions.
     Use the update methods, not ``forward``: a batch alone has no meaningful retrieval score.
     """
 
@@ -101,6 +106,7 @@ class RetrievalMetric(Metric):
         self.i2t_on_missing = i2t_on_missing
         self.chunk_size = chunk_size
         self.skipped_queries: dict[str, int] = {}
+        self.relevance: QueryRelevance | None = None
         self._gathered: GatheredEmbeddings | None = None
         for role in ("query", "gallery"):
             for field in ("embeddings", "pids", "indexes"):
@@ -168,6 +174,10 @@ class RetrievalMetric(Metric):
         gathered = GatheredEmbeddings(*self._collect("query"), *self._collect("gallery"))
         self._gathered = gathered
         similarity = self.similarity_fn(gathered.query_embeddings, gathered.gallery_embeddings)
+        if self.relevance is not None:
+            positives, excluded = self.relevance.resolve(gathered.query_indexes, gathered.gallery_indexes)
+            self.skipped_queries = {"t2i": int((positives.count == 0).sum())}
+            return relevance_metrics(similarity, positives, excluded, self.ks, self.on_missing)
         directions = [("t2i", "", similarity, gathered.query_pids, gathered.gallery_pids, self.on_missing)]
         if self.image_to_text:
             directions.append(

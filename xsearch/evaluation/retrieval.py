@@ -42,9 +42,11 @@ import torch.nn.functional as F
 
 __all__ = [
     "PerQueryMetrics",
+    "PositiveLists",
     "bidirectional_metrics",
     "cosine_similarity",
     "full_precision_matmul",
+    "ranked_positives_per_query",
     "retrieval_metrics",
     "retrieval_metrics_per_query",
     "summarize_per_query",
@@ -86,6 +88,34 @@ class PerQueryMetrics:
     def has_positive(self) -> torch.Tensor:
         """(Q,) bool, queries with at least one positive in the gallery."""
         return self.num_positives > 0
+
+
+@dataclass(frozen=True)
+class PositiveLists:
+    """Every query's positives as gallery positions, in CSR form.
+
+    Attributes:
+        gallery_order: (M,) int64 gallery positions; query ``q``'s positives are
+            ``gallery_order[start[q] : start[q] + count[q]]``, ascending.
+        start: (Q,) int64 offsets. count: (Q,) int64 number of positives.
+    """
+
+    gallery_order: torch.Tensor
+    start: torch.Tensor
+    count: torch.Tensor
+
+    @classmethod
+    def from_pids(cls, query_pids: torch.Tensor, gallery_pids: torch.Tensor) -> PositiveLists:
+        """The person-search protocol: every gallery item sharing the query's pid."""
+        return cls(*_positive_lists(query_pids, gallery_pids))
+
+    @classmethod
+    def from_lists(cls, positives: Sequence[Sequence[int]], device: torch.device | str = "cpu") -> PositiveLists:
+        """Explicit positives: ``positives[q]`` = gallery positions of query ``q`` (any order, no repeats)."""
+        count = torch.tensor([len(p) for p in positives], dtype=torch.int64, device=device)
+        start = torch.cumsum(count, 0) - count
+        flat = [int(j) for p in positives for j in sorted(p)]
+        return cls(torch.tensor(flat, dtype=torch.int64, device=device), start, count)
 
 
 @contextlib.contextmanager
@@ -340,12 +370,30 @@ def retrieval_metrics_per_query(
         ValueError: on shape mismatches or NaN scores in an evaluated row.
     """
     similarity, query_pids, gallery_pids = _validate(similarity, query_pids, gallery_pids)
+    return ranked_positives_per_query(similarity, PositiveLists.from_pids(query_pids, gallery_pids), chunk_size)
+
+
+def ranked_positives_per_query(
+    similarity: torch.Tensor, positives: PositiveLists, chunk_size: int | None = None
+) -> PerQueryMetrics:
+    """:func:`retrieval_metrics_per_query` with explicit positives instead of pid equality.
+
+    For protocols whose relevance is not "same identity" (composed queries: the target and the images
+    of the person that show the asked-for attributes). ``similarity`` is (Q, G); ``positives`` has Q lists.
+    """
+    similarity = torch.as_tensor(similarity)
+    if similarity.ndim != 2 or 0 in similarity.shape:
+        raise ValueError(f"similarity must be a non-empty (Q, G) matrix, got shape {tuple(similarity.shape)}")
+    if positives.count.numel() != similarity.shape[0]:
+        raise ValueError(f"{positives.count.numel()} positive lists for {similarity.shape[0]} queries")
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     num_queries = similarity.shape[0]
     dtype = _full_float_dtype(similarity.dtype)
     device = similarity.device
-    gallery_order, start, count = _positive_lists(query_pids, gallery_pids)
+    gallery_order, start, count = (t.to(device) for t in (positives.gallery_order, positives.start, positives.count))
+    if gallery_order.numel() and (int(gallery_order.min()) < 0 or int(gallery_order.max()) >= similarity.shape[1]):
+        raise ValueError(f"positive gallery positions must lie in [0, {similarity.shape[1]})")
 
     first = torch.zeros(num_queries, dtype=torch.int64, device=device)
     last = torch.zeros_like(first)

@@ -11,10 +11,27 @@ from xsearch.losses.contrastive import (
 from xsearch.losses.cria import IdentityCenters, cosine_logits, cria_center_loss, cria_loss
 from xsearch.losses.identity import IdentityClassifier, id_loss
 from xsearch.losses.mlm import mask_tokens, mlm_loss
+from xsearch.losses.mnrl import (
+    EASY,
+    HARD,
+    LEVEL_NAMES,
+    SEMI_HARD,
+    DifficultyAwareLoss,
+    DifficultyAwareMNRL,
+    difficulty_aware_mnrl,
+    difficulty_levels,
+    multiple_negatives_ranking_loss,
+)
 from xsearch.losses.parts import cmr_loss, part_commonality, part_diversity, part_sdm_loss, part_similarities
 from xsearch.losses.triplet import spt_loss
 
 __all__ = [
+    "EASY",
+    "HARD",
+    "LEVEL_NAMES",
+    "SEMI_HARD",
+    "DifficultyAwareLoss",
+    "DifficultyAwareMNRL",
     "IdentityCenters",
     "IdentityClassifier",
     "LossOutput",
@@ -23,10 +40,13 @@ __all__ = [
     "cosine_logits",
     "cria_center_loss",
     "cria_loss",
+    "difficulty_aware_mnrl",
+    "difficulty_levels",
     "id_loss",
     "info_nce",
     "mask_tokens",
     "mlm_loss",
+    "multiple_negatives_ranking_loss",
     "part_commonality",
     "part_diversity",
     "part_sdm_loss",

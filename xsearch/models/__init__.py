@@ -3,8 +3,10 @@ from xsearch.models.base import RetrievalModule
 from xsearch.models.clip import CLIPTowers
 from xsearch.models.cmsn import CMSN
 from xsearch.models.dual_encoder import DualEncoder
-from xsearch.models.encoders import ImageEncoder, Projection, TextEncoder
+from xsearch.models.encoders import ImageEncoder, Projection, SentenceEncoder, TextEncoder
 from xsearch.models.irra import IRRA
 from xsearch.models.partlevel import PartLevel
+from xsearch.models.xmodal import XModal
 
-__all__ = ["CLIPTowers", "CMSN", "DualEncoder", "IRRA", "ImageEncoder", "PartLevel", "Projection", "RetrievalModule", "TextEncoder"]
+__all__ = ["CLIPTowers", "CMSN", "DualEncoder", "IRRA", "ImageEncoder", "PartLevel", "Projection", "RetrievalModule", "SentenceEncoder",
+           "TextEncoder", "XModal"]

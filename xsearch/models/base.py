@@ -149,6 +149,19 @@ class RetrievalModule(L.LightningModule):
         else:
             raise ValueError(f"unexpected evaluation dataloader {dataloader_idx}: expected {QUERIES} (queries) or {GALLERY} (gallery)")
 
+    def _relevance(self, split: str) -> Any:
+        """The evaluation protocol's positives for ``split`` when they are not "same pid" (composed queries)."""
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        queries = (getattr(datamodule, "eval_sets", None) or {}).get(split, (None,))[0]
+        return getattr(queries, "relevance", None)
+
+    def on_validation_epoch_start(self) -> None:
+        datamodule = self.trainer.datamodule
+        self.val_metric.relevance = self._relevance(getattr(datamodule, "eval_split", "val"))
+
+    def on_test_epoch_start(self) -> None:
+        self.test_metric.relevance = self._relevance("test")
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(self.val_metric, batch, dataloader_idx)
 

