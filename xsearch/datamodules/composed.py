@@ -180,8 +180,10 @@ def composed_pairs(images: list[ImageRecord], table: AttributeTable, options: Co
 
 class ComposedTrainPairs(Dataset):
     """Train items (see ``TrainPairs``) plus a reference of the same person and the sentence leading from it
-    to the item's image: ``reference_image`` (augmented like ``image``), ``modification`` (str) and
-    ``has_reference`` (False, with the item's own image and "" as fillers, when the image has none)."""
+    to the item's image: ``reference_image`` (augmented like ``image``), ``modification`` (str),
+    ``has_reference`` (False, with the item's own image and "" as fillers, when the image has none),
+    ``attributes`` ``(A,)`` bool, the item image's changeable attributes, and ``changed`` ``(A,)`` bool, the
+    ones the sentence changes (so a loss can tell which other images of the person also fit the query)."""
 
     def __init__(self, pairs: Dataset, candidates: dict[int, list[int]], table: AttributeTable, seed: int = 0) -> None:
         self.pairs, self.candidates, self.table, self.seed = pairs, candidates, table, seed
@@ -204,15 +206,20 @@ class ComposedTrainPairs(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = self.pairs[i]
+        values = self.table.values[item["image_index"]]
+        item["attributes"] = torch.from_numpy(values.copy())
         references = self.candidates.get(item["image_index"])
         if not references:
-            return {**item, "reference_image": item["image"], "modification": "", "has_reference": False}
+            return {**item, "reference_image": item["image"], "modification": "", "has_reference": False,
+                    "changed": torch.zeros(len(values), dtype=torch.bool)}
         rng = self.rng()
         reference = rng.choice(references)
         changed = self.table.changes(reference, item["image_index"])
-        text = modification_text(self.table.names, changed, self.table.values[item["image_index"]], rng)
+        text = modification_text(self.table.names, changed, values, rng)
         image = self.pairs.augment(self.pairs.images(reference))
-        return {**item, "reference_image": image, "modification": text, "has_reference": True}
+        mask = torch.zeros(len(values), dtype=torch.bool)
+        mask[list(changed)] = True
+        return {**item, "reference_image": image, "modification": text, "has_reference": True, "changed": mask}
 
 
 class ComposedQuerySet(Dataset):

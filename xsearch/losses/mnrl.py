@@ -99,6 +99,7 @@ def _check_inputs(
     candidates: Tensor,
     anchor_pids: Tensor | None,
     candidate_pids: Tensor | None,
+    relevant: Tensor | None = None,
 ) -> None:
     if anchors.dim() != 2 or anchors.shape[0] == 0:
         raise ValueError(f"anchors must have shape (B, D) with B >= 1, got {tuple(anchors.shape)}")
@@ -117,6 +118,11 @@ def _check_inputs(
             raise ValueError(
                 f"candidate_pids must have shape (N,) = ({candidates.shape[0]},), got {tuple(candidate_pids.shape)}"
             )
+    if relevant is not None and (relevant.dtype != torch.bool or relevant.shape != (batch, candidates.shape[0])):
+        raise ValueError(
+            f"relevant must be a bool tensor of shape (B, N) = ({batch}, {candidates.shape[0]}), got "
+            f"{relevant.dtype} {tuple(relevant.shape)}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------- core math
@@ -168,8 +174,9 @@ def _per_anchor_terms(
     hardness_mode: str | None,
     hardness_strength: float,
     symmetric: bool,
+    relevant: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Shared body of both public losses (inputs already validated).
+    """Shared body of both public losses (inputs already validated). ``relevant`` replaces the pid comparison.
 
     Returns:
         ``(terms, cos)``: (B,) per-anchor loss terms (the mean of both directions' terms when ``symmetric``) and
@@ -181,7 +188,9 @@ def _per_anchor_terms(
     eye = torch.eye(batch, num_candidates, dtype=torch.bool, device=device)
 
     same: Tensor | None = None  # (B, N) same identity, when the pids are used
-    if same_identity != "none" and anchor_pids is not None and candidate_pids is not None:
+    if same_identity != "none" and relevant is not None:
+        same = relevant
+    elif same_identity != "none" and anchor_pids is not None and candidate_pids is not None:
         same = anchor_pids.view(-1, 1) == candidate_pids.view(1, -1)
     if same is None:
         positive, excluded = eye, None
@@ -316,6 +325,7 @@ def difficulty_aware_mnrl(
     hardness_mode: HardnessMode | None = None,
     hardness_strength: float = 0.0,
     symmetric: bool = False,
+    relevant: Tensor | None = None,
 ) -> DifficultyAwareLoss:
     """X-Modal's difficulty-aware MNRL: each query's CE term weighted by its difficulty level.
 
@@ -331,6 +341,10 @@ def difficulty_aware_mnrl(
         hardness_strength: as in :func:`multiple_negatives_ranking_loss`.
         margin: semi-hard band width ``m >= 0`` (see :func:`difficulty_levels`).
         level_weights: non-negative weights of (easy, semi_hard, hard) queries.
+        relevant: optional (B, N) bool, candidates that are not negatives of anchor i although j != i (e.g. for
+            a composed query: images of the person that show the asked-for attributes). It replaces the pid
+            comparison everywhere (masking or extra positives per ``same_identity``, and the true negatives of
+            the levels); the candidate i itself is always the positive.
         symmetric: as in :func:`multiple_negatives_ranking_loss`; ``CE_i`` is then the mean of the two
             directions' terms of pair i (anchor i -> candidates and positive i -> anchors), weighted by the level
             of anchor i (levels are always computed in the anchor -> candidate direction).
@@ -341,7 +355,7 @@ def difficulty_aware_mnrl(
     _check_options(scale, same_identity, hardness_mode, hardness_strength)
     _check_margin(margin)
     _check_level_weights(level_weights)
-    _check_inputs(anchors, candidates, anchor_pids, candidate_pids)
+    _check_inputs(anchors, candidates, anchor_pids, candidate_pids, relevant)
     terms, cos = _per_anchor_terms(
         anchors,
         candidates,
@@ -352,12 +366,15 @@ def difficulty_aware_mnrl(
         hardness_mode,
         hardness_strength,
         symmetric,
+        relevant,
     )
     with torch.no_grad():
         cos = cos.detach()
         batch = anchors.shape[0]
         true_negative = ~torch.eye(batch, cos.shape[1], dtype=torch.bool, device=cos.device)
-        if anchor_pids is not None and candidate_pids is not None:
+        if relevant is not None:
+            true_negative &= ~relevant
+        elif anchor_pids is not None and candidate_pids is not None:
             true_negative &= anchor_pids.view(-1, 1) != candidate_pids.view(1, -1)
         hardest = cos.masked_fill(~true_negative, float("-inf")).max(dim=1).values
         levels = difficulty_levels(cos.diagonal(), hardest, margin)
@@ -396,8 +413,10 @@ class DifficultyAwareMNRL(nn.Module):
         candidates: Tensor,
         anchor_pids: Tensor | None = None,
         candidate_pids: Tensor | None = None,
+        relevant: Tensor | None = None,
     ) -> DifficultyAwareLoss:
-        """(B, D) anchors, (N, D) candidates, optional (B,) / (N,) pids -> :class:`DifficultyAwareLoss`."""
+        """(B, D) anchors, (N, D) candidates, optional (B,) / (N,) pids or (B, N) ``relevant`` ->
+        :class:`DifficultyAwareLoss`."""
         return difficulty_aware_mnrl(
             anchors,
             candidates,
@@ -410,6 +429,7 @@ class DifficultyAwareMNRL(nn.Module):
             hardness_mode=self.hardness_mode,
             hardness_strength=self.hardness_strength,
             symmetric=self.symmetric,
+            relevant=relevant,
         )
 
     @staticmethod

@@ -81,6 +81,11 @@ class RetrievalModule(L.LightningModule):
         """Pretrained modules trained at ``lr``; every other parameter gets ``lr x new_module_lr_factor``."""
         return []
 
+    def backbone_lr_factors(self) -> list[tuple[nn.Module, float]]:
+        """Backbone modules whose learning rate is ``lr x factor`` (e.g. a CNN tower trained faster than a
+        text transformer); others get ``lr``."""
+        return []
+
     def build_identity_modules(self, num_classes: int) -> None:
         """Create the modules sized by the number of training identities (ID classifier, centres...).
 
@@ -228,16 +233,19 @@ class RetrievalModule(L.LightningModule):
         """Backbone vs new-module learning rates; biases and 1-d params (norms) without weight decay."""
         hp = self.hparams
         backbone = {id(p) for m in self.backbone_modules() for p in m.parameters()}
-        groups: dict[tuple[bool, bool], dict[str, Any]] = {}
+        factors = {id(p): factor for m, factor in self.backbone_lr_factors() for p in m.parameters()}
+        groups: dict[tuple[bool, bool, float], dict[str, Any]] = {}
         for name, param in self.named_parameters():
             if not param.requires_grad:
                 continue
             is_backbone, no_decay = id(param) in backbone, param.ndim <= 1
-            group = groups.setdefault((is_backbone, no_decay), {
+            factor = factors.get(id(param), 1.0) if is_backbone else hp.new_module_lr_factor
+            group = groups.setdefault((is_backbone, no_decay, factor), {
                 "params": [],
-                "lr": hp.lr * (1.0 if is_backbone else hp.new_module_lr_factor) * (hp.bias_lr_factor if no_decay else 1.0),
+                "lr": hp.lr * factor * (hp.bias_lr_factor if no_decay else 1.0),
                 "weight_decay": 0.0 if no_decay else hp.weight_decay,
-                "name": f"{'backbone' if is_backbone else 'new'}{'_no_decay' if no_decay else ''}",
+                "name": f"{'backbone' if is_backbone else 'new'}{'' if factor == 1.0 or not is_backbone else f'_x{factor:g}'}"
+                        f"{'_no_decay' if no_decay else ''}",
             })
             group["params"].append(param)
         return list(groups.values())

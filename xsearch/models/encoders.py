@@ -289,7 +289,8 @@ class SentenceEncoder(nn.Module):
         self.model = SentenceTransformer(resolve_weights(name), device="cpu")
         if max_length is not None:
             self.model.max_seq_length = max_length
-        self.out_dim: int = int(self.model.get_sentence_embedding_dimension())
+        dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.out_dim: int = int(dimension())
         self.trainable_layers = trainable_layers
         if trainable_layers is not None:
             self.model.requires_grad_(False)

@@ -78,6 +78,8 @@ class XModal(RetrievalModule):
         scale, margin, level_weights, same_identity, hardness_mode, hardness_strength, symmetric: the
             loss options of :class:`~xsearch.losses.DifficultyAwareMNRL` (``level_weights=[1, 1, 1]`` with
             ``same_identity="none"`` is sentence-transformers' plain MNRL).
+        image_lr_factor: the image backbone trains at ``lr x image_lr_factor`` (METHODS.md 3.4: ResNet-50 at
+            1e-4 while the text transformer and a ViT use 2e-5).
         hard_negative_bank: size of a FIFO of recent image embeddings from which each query gets its most
             similar other-identity image as one extra (detached) negative; 0 = in-batch negatives only.
         **kwargs: :class:`RetrievalModule` options (learning rates, schedule...).
@@ -101,6 +103,7 @@ class XModal(RetrievalModule):
         hardness_mode: Literal["in_batch_negatives", "hard_negatives", "all_negatives"] | None = None,
         hardness_strength: float = 0.0,
         symmetric: bool = False,
+        image_lr_factor: float = 1.0,
         hard_negative_bank: int = 0,
         **kwargs: Any,
     ) -> None:
@@ -120,6 +123,9 @@ class XModal(RetrievalModule):
     def backbone_modules(self) -> list[nn.Module]:
         text = self.text_encoder.model if isinstance(self.text_encoder, SentenceEncoder) else self.text_encoder.transformer
         return [self.image_encoder.backbone, text]
+
+    def backbone_lr_factors(self) -> list[tuple[nn.Module, float]]:
+        return [(self.image_encoder.backbone, self.hparams.image_lr_factor)]
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` uint8 -> ``(B, embed_dim)`` L2-normalised."""
@@ -150,17 +156,20 @@ class XModal(RetrievalModule):
         return self.encode_images(batch["image"])
 
     # -- losses --------------------------------------------------------------------------
-    def _ranking_loss(self, name: str, queries: torch.Tensor, query_pids: torch.Tensor,
-                      candidates: torch.Tensor, candidate_pids: torch.Tensor) -> torch.Tensor:
+    def _ranking_loss(self, name: str, queries: torch.Tensor, query_pids: torch.Tensor, candidates: torch.Tensor,
+                      candidate_pids: torch.Tensor, relevant: torch.Tensor | None = None) -> torch.Tensor:
         """Difficulty-aware MNRL of ``(Q, D)`` queries whose positives are the first Q of ``(N, D)``
-        candidates; logs the epoch share of each difficulty level as ``train/<name>_<level>``.
+        candidates (``relevant`` ``(Q, N)``: which candidates also fit a query; default: same pid);
+        logs the epoch share of each difficulty level as ``train/<name>_<level>``.
         Mined negatives go right after the positives (row ``Q + i`` is query ``i``'s own hard negative,
         sentence-transformers' layout, which its ``hardness_mode`` options rely on)."""
         if self.bank is not None and (mined := self.bank.hardest(queries, query_pids)) is not None:
             q = len(query_pids)
             candidates = torch.cat([candidates[:q], mined[0].to(candidates.dtype), candidates[q:]])
             candidate_pids = torch.cat([candidate_pids[:q], mined[1], candidate_pids[q:]])
-        out = self.criterion(queries, candidates, query_pids, candidate_pids)
+            if relevant is not None:  # mined rows are other identities: never relevant
+                relevant = torch.cat([relevant[:, :q], relevant.new_zeros(q, q), relevant[:, q:]], dim=1)
+        out = self.criterion(queries, candidates, query_pids, candidate_pids, relevant)
         for level, share in self.criterion.level_shares(out.levels).items():
             self.log(f"train/{name}_{level}", share, on_step=False, on_epoch=True, batch_size=len(query_pids))
         return out.loss
@@ -182,9 +191,22 @@ class XModal(RetrievalModule):
                     self.encode_texts([batch["modification"][i] for i in rows.tolist()]),
                 )
                 order = torch.cat([rows, (~has).nonzero().squeeze(1)])  # the targets first: candidate i is query i's positive
-                terms["composed"] = self._ranking_loss("composed", queries, pids[rows], images[order], pids[order])
+                relevant = self._composed_relevant(batch, rows, order)
+                terms["composed"] = self._ranking_loss("composed", queries, pids[rows], images[order], pids[order], relevant)
             else:
                 terms["composed"] = images.sum() * 0.0
         if self.bank is not None:
             self.bank.add(images, pids)
         return weighted_sum(terms, self.loss_weights)
+
+    @staticmethod
+    def _composed_relevant(batch: dict[str, Any], rows: torch.Tensor, order: torch.Tensor) -> torch.Tensor | None:
+        """``(Q, N)`` bool: candidate ``order[j]`` also fits composed query ``rows[i]`` (same person, and the
+        target's values of the changed attributes), as in the composed evaluation; ``None`` (same pid) when the
+        batch has no attributes. Other images of the person that do not fit stay negatives: they are exactly
+        what the modification sentence must rule out."""
+        if "changed" not in batch:
+            return None
+        pids, attributes, changed = batch["pid"], batch["attributes"].bool(), batch["changed"].bool()
+        agree = (attributes[order][None, :, :] == attributes[rows][:, None, :]) | ~changed[rows][:, None, :]
+        return (pids[order][None, :] == pids[rows][:, None]) & agree.all(dim=-1)
