@@ -440,3 +440,28 @@ def test_bad_levels_inputs_raise() -> None:
         DifficultyAwareMNRL.level_shares(torch.tensor([0, 3]))
     with pytest.raises(ValueError, match="levels"):
         DifficultyAwareMNRL.level_shares(torch.zeros(0, dtype=torch.int64))
+
+
+def test_relevant_mask_replaces_the_pid_comparison():
+    torch.manual_seed(3)
+    anchors, candidates = torch.randn(3, 4), torch.randn(5, 4)
+    pids = torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2, 0, 1])
+    same = pids[0].view(-1, 1) == pids[1].view(1, -1)
+    for mode in ("mask", "positive"):
+        by_pids = difficulty_aware_mnrl(anchors, candidates, *pids, same_identity=mode)
+        by_mask = difficulty_aware_mnrl(anchors, candidates, same_identity=mode, relevant=same)
+        torch.testing.assert_close(by_mask.loss, by_pids.loss)
+        assert torch.equal(by_mask.levels, by_pids.levels)
+    # a custom mask: candidate 3 (pid 0) is NOT relevant to anchor 0, so it stays a negative
+    custom = same.clone()
+    custom[0, 3] = False
+    masked_less = difficulty_aware_mnrl(anchors, candidates, *pids, relevant=custom, level_weights=(1, 1, 1))
+    cos = F.normalize(anchors, dim=1) @ F.normalize(candidates, dim=1).T
+    logits = 20.0 * cos[0]
+    torch.testing.assert_close(masked_less.per_anchor[0], torch.logsumexp(logits, 0) - logits[0])  # nothing masked
+    by_pids = difficulty_aware_mnrl(anchors, candidates, *pids, level_weights=(1, 1, 1))
+    keep = torch.tensor([True, True, True, False, True])  # the pids mask candidate 3 (pid 0)
+    torch.testing.assert_close(by_pids.per_anchor[0], torch.logsumexp(logits[keep], 0) - logits[0])
+    assert float(masked_less.per_anchor[0]) > float(by_pids.per_anchor[0]) + 1.0
+    with pytest.raises(ValueError, match="relevant"):
+        difficulty_aware_mnrl(anchors, candidates, relevant=same.float())

@@ -202,3 +202,43 @@ def test_image_backbone_learning_rate_factor(sentence_encoder):
     assert {id(p) for p in groups["backbone"]["params"]} == text and groups["backbone"]["lr"] == pytest.approx(2e-5)
     assert groups["new"]["lr"] == pytest.approx(1e-4)
     assert sum(len(g["params"]) for g in groups.values()) == sum(1 for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.slow
+def test_level_shares_are_logged_per_epoch_and_sum_to_one(sentence_encoder, tmp_path):
+    import lightning as L
+
+    from xsearch.datamodules import RetrievalDataModule
+    from xsearch.datamodules.composed import ComposedOptions
+
+    datamodule = RetrievalDataModule("synth_faces", str(tmp_path / "faces"), image_size=(32, 32), batch_size=8,
+                                     eval_batch_size=64, num_workers=0, sampler="identity", instances=2,
+                                     generate={"identities": 12, "seed": 0}, composed=ComposedOptions(),
+                                     train_items="images", cache_images=True)
+    torch.manual_seed(0)
+    model = XModal(ImageEncoder("test_efficientnet"), sentence_encoder, embed_dim=16, head_hidden=32,
+                   fusion_hidden=32, visualize_queries=0, warmup_epochs=0)
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=0, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, datamodule=datamodule)
+    metrics = trainer.callback_metrics
+    for query in ("text", "composed"):
+        shares = [float(metrics[f"train/{query}_{level}"]) for level in ("easy", "semi_hard", "hard")]
+        assert sum(shares) == pytest.approx(1.0) and all(0.0 <= s <= 1.0 for s in shares)
+
+
+def test_composed_relevance_mask_matches_the_evaluation_rule():
+    # items: (pid, attributes over [glasses, hat]); composed queries on items 0 and 2
+    batch = {
+        "pid": torch.tensor([0, 0, 0, 1, 0]),
+        "attributes": torch.tensor([[1, 0], [1, 1], [0, 0], [1, 0], [1, 0]], dtype=torch.bool),
+        "changed": torch.tensor([[1, 0], [0, 0], [1, 1], [0, 0], [0, 0]], dtype=torch.bool),
+    }
+    rows = torch.tensor([0, 2])
+    order = torch.tensor([0, 2, 1, 3, 4])
+    relevant = XModal._composed_relevant(batch, rows, order)
+    # query 0 asks for glasses on person 0: items 0, 1 and 4 have them (item 3 is another person)
+    # query 2 asks for no glasses and no hat on person 0: only item 2 itself
+    expected = torch.tensor([[True, False, True, False, True], [False, True, False, False, False]])
+    assert torch.equal(relevant, expected)
+    assert XModal._composed_relevant({"pid": batch["pid"]}, rows, order) is None

@@ -42,17 +42,18 @@ SYNTHESIZERS: Registry[Callable[..., Path]] = Registry("synthetic dataset genera
 class ImageStore:
     """Loads images as resized ``uint8 (3, H, W)`` tensors, optionally keeping them all in RAM."""
 
-    def __init__(self, images: list[ImageRecord], size: tuple[int, int], cache: bool, desc: str = "caching images") -> None:
-        self.images, self.size = images, size
+    def __init__(self, images: list[ImageRecord], size: tuple[int, int], cache: bool, desc: str = "caching images",
+                 crop: tuple[float, float, float, float] | None = None) -> None:
+        self.images, self.size, self.crop = images, size, crop
         self.cache: dict[int, torch.Tensor] | None = None
         if cache:
-            self.cache = {r.index: load_image(r.path, size) for r in tqdm(images, desc=desc, leave=False)}
+            self.cache = {r.index: load_image(r.path, size, crop) for r in tqdm(images, desc=desc, leave=False)}
         self.by_index = {r.index: r for r in images}
 
     def __call__(self, image_index: int) -> torch.Tensor:
         if self.cache is not None:
             return self.cache[image_index]
-        return load_image(self.by_index[image_index].path, self.size)
+        return load_image(self.by_index[image_index].path, self.size, self.crop)
 
 
 class TrainPairs(Dataset):
@@ -131,6 +132,8 @@ class RetrievalDataModule(L.LightningDataModule):
         root: dataset folder in the dataset's official layout; a relative root lives under
             ``$XSEARCH_DATA`` (default ``./data``), so configs name only the folder.
         image_size: ``(H, W)`` every image is resized to.
+        crop: ``(top, left, bottom, right)`` box, as fractions of each image's height / width, cut out before
+            resizing (e.g. the face region of aligned face images); ``None`` keeps the whole image.
         batch_size: training pairs per batch (per device).
         sampler: ``random`` or ``identity`` (P x K batches, ``instances`` pairs per identity).
         val_split: split used for validation and checkpoint selection; a dataset without it
@@ -158,6 +161,7 @@ class RetrievalDataModule(L.LightningDataModule):
         dataset: str,
         root: str,
         image_size: tuple[int, int] = (384, 128),
+        crop: tuple[float, float, float, float] | None = None,
         batch_size: int = 64,
         eval_batch_size: int = 256,
         num_workers: int = 4,
@@ -180,6 +184,8 @@ class RetrievalDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.dataset, self.root = dataset, resolve_root(root).absolute()
         self.image_size = tuple(image_size)
+        if crop is not None and not (0 <= crop[0] < crop[2] <= 1 and 0 <= crop[1] < crop[3] <= 1):
+            raise ValueError(f"crop must be (top, left, bottom, right) fractions with top < bottom, left < right, got {crop}")
         self.augment_config = augment or AugmentConfig()
         self.index: DatasetIndex | None = None
         self.labels: dict[int, int] = {}
@@ -245,7 +251,7 @@ class RetrievalDataModule(L.LightningDataModule):
         size = self.image_size
         if stage == "fit":
             captions = index.split_captions("train")
-            store = ImageStore(index.split_images("train"), size, self.hparams.cache_images, "caching train images")
+            store = ImageStore(index.split_images("train"), size, self.hparams.cache_images, "caching train images", self.hparams.crop)
             items = TrainImages if self.hparams.train_items == "images" else TrainPairs
             self.train_set = items(captions, self.labels, store, build_train_augment(size, self.augment_config))
             if self.composed is not None:
@@ -256,7 +262,7 @@ class RetrievalDataModule(L.LightningDataModule):
         self.eval_sets = {}
         for split in {splits[stage]} | ({"test"} if stage == "test" else set()):
             images = index.split_images(split)
-            store = ImageStore(images, size, self.hparams.cache_images, f"caching {split} images")
+            store = ImageStore(images, size, self.hparams.cache_images, f"caching {split} images", self.hparams.crop)
             if self.query_mode == "composed":
                 table = self.attribute_table()
                 queries = ComposedQuerySet(composed_pairs(images, table, self.composed), store, images, table)

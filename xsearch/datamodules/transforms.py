@@ -17,14 +17,21 @@ from PIL import Image
 from torchvision.transforms import v2
 
 
-def load_image(path: str | Path, size: tuple[int, int]) -> torch.Tensor:
-    """Read an image file as RGB, resize to ``size = (H, W)`` ignoring aspect ratio.
+def load_image(path: str | Path, size: tuple[int, int], crop: tuple[float, float, float, float] | None = None) -> torch.Tensor:
+    """Read an image file as RGB, optionally crop the box ``crop = (top, left, bottom, right)`` given as
+    fractions of the height / width (e.g. the face of an aligned face image), resize to ``size = (H, W)``
+    ignoring aspect ratio.
 
     Returns a ``uint8`` tensor ``(3, H, W)``. Errors name the file.
     """
     try:
         with Image.open(path) as image:
-            image = image.convert("RGB").resize((size[1], size[0]), Image.Resampling.BICUBIC)
+            image = image.convert("RGB")
+            if crop is not None:
+                top, left, bottom, right = crop
+                width, height = image.size
+                image = image.crop((round(left * width), round(top * height), round(right * width), round(bottom * height)))
+            image = image.resize((size[1], size[0]), Image.Resampling.BICUBIC)
     except (OSError, ValueError) as error:
         raise OSError(f"{path}: cannot read image ({error})") from error
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).contiguous()
