@@ -4,6 +4,7 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -101,6 +102,20 @@ def test_load_image_and_augment_keep_uint8_size():
     assert image.shape == (3, 48, 24) and image.dtype == torch.uint8
     out = build_train_augment((48, 24), AugmentConfig(erase=1.0))(image)
     assert out.shape == (3, 48, 24) and out.dtype == torch.uint8
+
+
+def test_load_image_crops_the_box_before_resizing(tmp_path):
+    from PIL import Image
+
+    pixels = np.zeros((100, 50, 3), dtype=np.uint8)  # H 100, W 50: a red block at rows 20-59, columns 10-39
+    pixels[20:60, 10:40] = (255, 0, 0)
+    Image.fromarray(pixels).save(tmp_path / "block.png")
+    inside = load_image(tmp_path / "block.png", (8, 6), crop=(0.2, 0.2, 0.6, 0.8))
+    assert bool((inside[0] == 255).all()) and bool((inside[1:] == 0).all())  # only the block is left
+    whole = load_image(tmp_path / "block.png", (10, 5))
+    assert int(whole[0, 0, 0]) == 0 and int(whole[0, 4, 2]) == 255
+    with pytest.raises(ValueError, match="crop must be"):
+        RetrievalDataModule("cuhk_pedes", str(FIXTURE), crop=(0.5, 0.0, 0.4, 1.0))
 
 
 def test_load_image_error_names_file(tmp_path):
