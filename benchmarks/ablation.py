@@ -5,10 +5,10 @@ results/ablations.sqlite] [--only irra cmsn ...] [--dry-run] [-- extra xsearch o
 
 Grids (synth_pedes): ``cmsn`` = IRRA, CMSN with all parts, CMSN without each part; ``partlevel`` = IRRA
 (= part-level without parts), part-level, part-level with a plain margin instead of the commonality margin.
-Grid ``xmodal`` (synth_faces): X-Modal trained on text + composed queries with the difficulty-aware MNRL, the
-same with sentence-transformers' plain MNRL, and trained on text queries only; each checkpoint is also tested
-on the composed protocol with three query encodings: ``composed`` (reference + modification fused),
-``reference`` (the reference image alone) and ``modification`` (the sentence alone).
+Grid ``xmodal`` (synth_faces): X-Modal trained on text + composed queries with the difficulty-aware MNRL, and
+the same with sentence-transformers' plain MNRL; each checkpoint is tested on text queries, and on the composed
+protocol with three query encodings: ``composed`` (reference + modification fused), ``reference`` (the
+reference image alone) and ``modification`` (the sentence alone).
 
 Each cell (variant x seed) is one ``xsearch fit --test_after_fit true`` in its own process, tagged with the
 variant name in the results store, then one ``xsearch test`` of the best-on-val checkpoint per extra
@@ -66,7 +66,6 @@ GRIDS: dict[str, Grid] = {
             "xmodal": XMODAL,
             "xmodal-plain-mnrl": [*XMODAL, "--model.init_args.level_weights", "[1, 1, 1]",
                                   "--model.init_args.same_identity", "none"],
-            "xmodal-text-trained": [*XMODAL, "--model.init_args.composed_weight", "0"],
         },
         {
             "composed": [*COMPOSED, "--model.init_args.composed_query", "fused"],
