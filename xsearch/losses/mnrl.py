@@ -270,17 +270,8 @@ def multiple_negatives_ranking_loss(
     """
     _check_options(scale, same_identity, hardness_mode, hardness_strength)
     _check_inputs(anchors, candidates, anchor_pids, candidate_pids)
-    terms, _ = _per_anchor_terms(
-        anchors,
-        candidates,
-        scale,
-        anchor_pids,
-        candidate_pids,
-        same_identity,
-        hardness_mode,
-        hardness_strength,
-        symmetric,
-    )
+    terms, _ = _per_anchor_terms(anchors, candidates, scale, anchor_pids, candidate_pids, same_identity,
+                                 hardness_mode, hardness_strength, symmetric)
     return terms.mean()
 
 
@@ -356,18 +347,8 @@ def difficulty_aware_mnrl(
     _check_margin(margin)
     _check_level_weights(level_weights)
     _check_inputs(anchors, candidates, anchor_pids, candidate_pids, relevant)
-    terms, cos = _per_anchor_terms(
-        anchors,
-        candidates,
-        scale,
-        anchor_pids,
-        candidate_pids,
-        same_identity,
-        hardness_mode,
-        hardness_strength,
-        symmetric,
-        relevant,
-    )
+    terms, cos = _per_anchor_terms(anchors, candidates, scale, anchor_pids, candidate_pids, same_identity,
+                                   hardness_mode, hardness_strength, symmetric, relevant)
     with torch.no_grad():
         cos = cos.detach()
         batch = anchors.shape[0]
