@@ -251,3 +251,15 @@ def test_tagged_runs_are_labelled_in_the_table(tmp_path: Path) -> None:
     tagged = next(line for line in text.splitlines() if line.startswith("| cmsn"))
     plain = next(line for line in text.splitlines() if line.startswith("| irra"))
     assert re.match(r"\| cmsn \| cmsn-spt \([0-9a-f]+\) \|", tagged) and "(" not in plain.split("|")[2]
+
+
+def test_dataset_filter_keeps_the_dataset_protocols_as_their_own_tables(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path / "p.sqlite")
+    store.append(_record(method="xmodal", dataset="celeba"))
+    store.append(_record(method="xmodal", dataset="celeba:composed", metrics={"R1": 60.0}))
+    store.append(_record(method="xmodal", dataset="celebahq"))  # a prefix, not a protocol: left out
+    rows = leaderboard_table(store.rows(), dataset="celeba")
+    assert [r["dataset"] for r in rows] == ["celeba", "celeba:composed"]
+    assert [r["dataset"] for r in leaderboard_table(store.rows(), dataset="celeba:composed")] == ["celeba:composed"]
+    text = render_store(store, dataset="celeba", fmt="md")
+    assert "### celeba\n" in text and "### celeba:composed\n" in text and "celebahq" not in text

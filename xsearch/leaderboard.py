@@ -58,10 +58,11 @@ def leaderboard_table(
     metrics: Sequence[str] = DEFAULT_METRICS,
 ) -> list[dict[str, Any]]:
     """One row per (dataset, method, config_hash) with ``<metric>_mean``/``<metric>_std``, ``n``,
-    seeds and the latest run's time/checkpoint; sorted by dataset, then R1 mean descending."""
+    seeds and the latest run's time/checkpoint; sorted by dataset, then R1 mean descending. ``dataset`` also
+    keeps that dataset's other protocols (``celeba`` shows ``celeba:composed`` too, as its own table)."""
     groups: dict[tuple[str, str, str], list[RunRecord]] = {}
     for record in records:
-        if dataset is not None and record.dataset != dataset:
+        if dataset is not None and dataset not in (record.dataset, record.dataset.split(":")[0]):
             continue
         groups.setdefault((record.dataset, record.method, record.config_hash), []).append(record)
     rows = [_group_row(key, runs, metrics) for key, runs in groups.items()]
@@ -206,5 +207,5 @@ def render_store(
     store = store if isinstance(store, ResultsStore) else ResultsStore(store)
     if not store.path.exists():
         return render([], fmt, metrics, source=store.path)
-    rows = leaderboard_table(store.rows(dataset=dataset), dataset=dataset, metrics=metrics)
+    rows = leaderboard_table(store.rows(), dataset=dataset, metrics=metrics)
     return render(rows, fmt, metrics, source=store.path)
