@@ -209,13 +209,19 @@ class RetrievalModule(L.LightningModule):
         gallery_pids = gathered.gallery_pids.tolist()
         query_pids = gathered.query_pids[rows].tolist()
         correct = [[gallery_pids[j] == pid for j in ranked] for ranked, pid in zip(top, query_pids)]
+        relevance, caption = self.test_metric.relevance, "green = correct identity"
+        if relevance is not None:  # e.g. composed queries: correct = one of the query's positives
+            gallery_indexes = gathered.gallery_indexes.tolist()
+            positives = [set(relevance.positives[int(q)]) for q in gathered.query_indexes[rows].tolist()]
+            correct = [[gallery_indexes[j] in wanted for j in ranked] for ranked, wanted in zip(top, positives)]
+            caption = "green = a positive of the query"
         query_set, gallery_set = datamodule.eval_sets["test"]
         texts = {c.index: c.text for c in query_set.captions}
         queries = [texts[int(i)] for i in gathered.query_indexes[rows].tolist()]
         paths = {r.index: r.path for r in gallery_set.images}
         gallery = [paths[int(i)] for i in gathered.gallery_indexes.tolist()]
         figure = ranked_grid(queries, gallery, top, correct)
-        out = self.save_figure(figure, "test_top5.png", "test/top5", "green = correct identity")
+        out = self.save_figure(figure, "test_top5.png", "test/top5", caption)
         log.info("ranked lists of %d test queries: %s", count, out)
 
     def save_figure(self, figure: Any, filename: str, key: str, caption: str) -> Path:
