@@ -1,4 +1,5 @@
-"""Evaluation: exact retrieval metrics (R@K, mAP, mINP) and a distributed torchmetrics wrapper."""
+"""Evaluation: exact retrieval metrics (R@K, mAP, mINP), a distributed torchmetrics wrapper, the composed-query
+protocol, and face verification / identification metrics (:mod:`xsearch.evaluation.verification`)."""
 
 from xsearch.evaluation.composed import QueryRelevance, composed_relevance, relevance_metrics
 from xsearch.evaluation.metric import GatheredEmbeddings, RetrievalMetric, deduplicate_by_index

@@ -1,0 +1,128 @@
+"""Face verification and identification metrics (TGFR's protocol, LFW's 10-fold accuracy; METHODS.md 1.5, 4.1).
+
+Verification scores are pair similarities (higher = more likely the same person) with labels 1 (same) / 0.
+
+* :func:`roc_curve`: every distinct score is a threshold ("same" when ``score >= threshold``), as
+  scikit-learn's ``roc_curve(..., drop_intermediate=False)``; the first point is (0, 0) at ``+inf``.
+* :func:`roc_auc`: trapezoidal area under that curve (ties handled exactly, = ``roc_auc_score``).
+* :func:`equal_error_rate`: where FPR = FNR (= 1 - TPR), linearly interpolated between the two ROC points
+  around the crossing.
+* :func:`tar_at_far`: TPR (TAR) at a target FPR (FAR). ``rule="at_most"``: the best TPR among points with
+  FPR <= target (conservative, the usual definition); ``rule="nearest"``: the TPR of the point whose FPR is
+  closest to the target (TGFR's code; on a curve whose FPR steps are coarser than the target it can report a
+  point above the target FAR).
+* :func:`kfold_accuracy`: LFW's protocol: contiguous folds; per fold, the threshold maximising accuracy on
+  the other folds, accuracy on the held-out fold; mean and std over folds.
+* :func:`rank1_identification`: share of probes whose most similar gallery item has their identity.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+
+__all__ = [
+    "equal_error_rate", "kfold_accuracy", "rank1_identification", "roc_auc", "roc_curve", "tar_at_far",
+    "verification_metrics",
+]
+
+DEFAULT_FARS: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3)
+
+
+def _pairs(scores: Sequence[float] | np.ndarray | torch.Tensor, labels: Sequence[int] | np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    scores = np.asarray(scores.detach().cpu() if isinstance(scores, torch.Tensor) else scores, dtype=np.float64).reshape(-1)
+    labels = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels).reshape(-1)
+    if scores.shape != labels.shape:
+        raise ValueError(f"scores and labels must have the same length, got {scores.size} and {labels.size}")
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError("labels must be 0 (different people) or 1 (same person)")
+    labels = labels.astype(bool)
+    if labels.all() or not labels.any():
+        raise ValueError(f"need both same-person and different-person pairs, got {int(labels.sum())} of {labels.size} same")
+    if np.isnan(scores).any():
+        raise ValueError("scores contain NaN")
+    return scores, labels
+
+
+def roc_curve(scores, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(fpr, tpr, thresholds)``, each ``(T + 1,)``: one point per distinct score (descending) after (0, 0)."""
+    scores, labels = _pairs(scores, labels)
+    order = np.argsort(-scores, kind="stable")
+    scores, labels = scores[order], labels[order]
+    last_of_run = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]  # last index of each distinct score
+    true_positives = np.cumsum(labels)[last_of_run]
+    false_positives = (last_of_run + 1) - true_positives
+    fpr = np.r_[0.0, false_positives / (~labels).sum()]
+    tpr = np.r_[0.0, true_positives / labels.sum()]
+    return fpr, tpr, np.r_[np.inf, scores[last_of_run]]
+
+
+def roc_auc(scores, labels) -> float:
+    """Area under the ROC curve (trapezoids, so tied scores count one half)."""
+    fpr, tpr, _ = roc_curve(scores, labels)
+    return float(np.trapezoid(tpr, fpr))
+
+
+def equal_error_rate(fpr: np.ndarray, tpr: np.ndarray) -> float:
+    """The rate where FPR equals FNR = 1 - TPR, interpolated on the segment where ``FPR - FNR`` changes sign."""
+    difference = fpr - (1.0 - tpr)  # increasing along the curve, from -1 at (0, 0) to +1 at (1, 1)
+    after = int(np.argmax(difference >= 0))
+    if after == 0 or difference[after] == 0:
+        return float(fpr[after])
+    before = after - 1
+    weight = -difference[before] / (difference[after] - difference[before])
+    return float(fpr[before] + weight * (fpr[after] - fpr[before]))
+
+
+def tar_at_far(fpr: np.ndarray, tpr: np.ndarray, far: float, rule: Literal["at_most", "nearest"] = "at_most") -> float:
+    """TPR at a target FPR: the best with FPR <= ``far`` (``at_most``), or at the closest FPR (``nearest``,
+    the lowest-FPR point among equally close ones)."""
+    if rule == "at_most":
+        return float(tpr[fpr <= far].max())
+    if rule == "nearest":
+        return float(tpr[int(np.argmin(np.abs(fpr - far)))])
+    raise ValueError(f"rule must be 'at_most' or 'nearest', got {rule!r}")
+
+
+def verification_metrics(scores, labels, fars: Sequence[float] = DEFAULT_FARS,
+                         rule: Literal["at_most", "nearest"] = "at_most") -> dict[str, float]:
+    """``{"AUC", "EER", "TAR@FAR=1e-06", ...}`` in percent from pair scores and 0/1 labels."""
+    fpr, tpr, _ = roc_curve(scores, labels)
+    metrics = {"AUC": 100.0 * float(np.trapezoid(tpr, fpr)), "EER": 100.0 * equal_error_rate(fpr, tpr)}
+    metrics.update({f"TAR@FAR={far:g}": 100.0 * tar_at_far(fpr, tpr, far, rule) for far in fars})
+    return metrics
+
+
+def _best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The threshold (``same`` when ``score >= t``) with the highest accuracy; the lowest such one on ties."""
+    fpr, tpr, thresholds = roc_curve(scores, labels)
+    positives, negatives = labels.sum(), (~labels).sum()
+    accuracy = (tpr * positives + (1.0 - fpr) * negatives) / labels.size
+    return float(thresholds[int(np.flatnonzero(accuracy == accuracy.max())[-1])])
+
+
+def kfold_accuracy(scores, labels, folds: int = 10) -> tuple[float, float]:
+    """LFW 10-fold accuracy in percent: ``(mean, std)`` over contiguous folds (``np.std``, ddof 0, as the
+    LFW evaluation code of facenet / insightface); each fold's threshold is chosen on the other folds."""
+    scores, labels = _pairs(scores, labels)
+    if scores.size % folds:
+        raise ValueError(f"{scores.size} pairs do not split into {folds} equal folds")
+    size = scores.size // folds
+    accuracies = []
+    for fold in range(folds):
+        test = np.zeros(scores.size, dtype=bool)
+        test[fold * size : (fold + 1) * size] = True
+        threshold = _best_threshold(scores[~test], labels[~test])
+        accuracies.append(float(((scores[test] >= threshold) == labels[test]).mean()))
+    return 100.0 * float(np.mean(accuracies)), 100.0 * float(np.std(accuracies))
+
+
+def rank1_identification(similarity: torch.Tensor, probe_ids: torch.Tensor, gallery_ids: torch.Tensor) -> float:
+    """Percent of probes (rows of ``(P, G)`` scores) whose top gallery item has their identity (ties: lower index)."""
+    similarity = torch.as_tensor(similarity)
+    if similarity.ndim != 2 or similarity.shape != (len(probe_ids), len(gallery_ids)):
+        raise ValueError(f"similarity must be (P, G) = ({len(probe_ids)}, {len(gallery_ids)}), got {tuple(similarity.shape)}")
+    top = similarity.argmax(dim=1)  # first maximum = lower gallery index
+    return 100.0 * float((torch.as_tensor(gallery_ids)[top] == torch.as_tensor(probe_ids)).double().mean())
