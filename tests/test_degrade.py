@@ -73,3 +73,25 @@ def test_flip_and_rotation_move_pixels_with_white_fill():
 def test_bad_options_are_named(bad, message):
     with pytest.raises(ValueError, match=message):
         DegradeConfig(**bad)
+
+
+def test_datamodule_degrades_only_the_asked_splits_and_labels_the_results(tmp_path):
+    from xsearch.datamodules import RetrievalDataModule
+
+    common = dict(dataset="synth_faces", root=str(tmp_path / "faces"), image_size=(32, 32), num_workers=0,
+                  generate={"identities": 10, "seed": 0}, cache_images=True)
+    clean = RetrievalDataModule(**common)
+    clean.prepare_data()
+    clean.setup("test")
+    degraded = RetrievalDataModule(**common, degrade=DegradeConfig(downsample=0.5))
+    degraded.setup("test")
+    assert clean.benchmark == "synth_faces" and degraded.benchmark == "synth_faces:degraded"
+    clean_gallery, degraded_gallery = clean.eval_sets["test"][1], degraded.eval_sets["test"][1]
+    first = clean_gallery.images[0].index
+    expected = degrade(clean_gallery.store(first), DegradeConfig(downsample=0.5), key=first)
+    assert torch.equal(degraded_gallery.store(first), expected)
+    assert not torch.equal(degraded_gallery.store(first), clean_gallery.store(first))
+    clean.setup("fit")
+    degraded.setup("fit")  # train images stay clean unless listed in degrade_splits
+    train_index = degraded.train_set.captions[0].image_index
+    assert torch.equal(degraded.train_set.images(train_index), clean.train_set.images(train_index))

@@ -23,6 +23,7 @@ from xsearch.datamodules.composed import (
     composed_pairs,
     reference_candidates,
 )
+from xsearch.datamodules.degrade import DegradeConfig, degrade
 from xsearch.datamodules.files import DatasetFormatError
 from xsearch.datamodules.loading import load_dataset, resolve_root
 from xsearch.datamodules.records import CaptionRecord, DatasetIndex, ImageRecord
@@ -43,17 +44,22 @@ class ImageStore:
     """Loads images as resized ``uint8 (3, H, W)`` tensors, optionally keeping them all in RAM."""
 
     def __init__(self, images: list[ImageRecord], size: tuple[int, int], cache: bool, desc: str = "caching images",
-                 crop: tuple[float, float, float, float] | None = None) -> None:
-        self.images, self.size, self.crop = images, size, crop
+                 crop: tuple[float, float, float, float] | None = None, degraded: DegradeConfig | None = None) -> None:
+        self.images, self.size, self.crop, self.degraded = images, size, crop, degraded
+        self.by_index = {r.index: r for r in images}
         self.cache: dict[int, torch.Tensor] | None = None
         if cache:
-            self.cache = {r.index: load_image(r.path, size, crop) for r in tqdm(images, desc=desc, leave=False)}
-        self.by_index = {r.index: r for r in images}
+            self.cache = {r.index: self.load(r.index) for r in tqdm(images, desc=desc, leave=False)}
+
+    def load(self, image_index: int) -> torch.Tensor:
+        """Read, crop, resize, and degrade (seeded by the image index) when asked."""
+        image = load_image(self.by_index[image_index].path, self.size, self.crop)
+        return image if self.degraded is None else degrade(image, self.degraded, image_index)
 
     def __call__(self, image_index: int) -> torch.Tensor:
         if self.cache is not None:
             return self.cache[image_index]
-        return load_image(self.by_index[image_index].path, self.size, self.crop)
+        return self.load(image_index)
 
 
 class TrainPairs(Dataset):
@@ -146,6 +152,8 @@ class RetrievalDataModule(L.LightningDataModule):
             absent on disk (logged); by default their presence is checked up front and training
             refuses to start, naming the count and the first paths.
         cache_index: reuse the parsed annotations while their files are unchanged (size + mtime).
+        degrade: a seeded low-quality transform (:mod:`xsearch.datamodules.degrade`) applied to the images of
+            ``degrade_splits`` (default the test split: the degraded-test protocol); ``None``: clean images.
         train_items: ``captions`` (one training item per caption, IRRA's epoch) or ``images`` (one per
             image, with a random caption of it at each visit).
         composed: make composed pairs (reference face + modification sentence -> target face) from the
@@ -174,6 +182,8 @@ class RetrievalDataModule(L.LightningDataModule):
         dataset_options: dict[str, Any] | None = None,
         drop_missing_images: bool = False,
         cache_index: bool = True,
+        degrade: DegradeConfig | None = None,
+        degrade_splits: tuple[str, ...] = ("test",),
         train_items: Literal["captions", "images"] = "captions",
         composed: ComposedOptions | None = None,
         query_mode: Literal["text", "composed"] = "text",
@@ -194,10 +204,16 @@ class RetrievalDataModule(L.LightningDataModule):
         self.query_mode = query_mode
         self._attribute_table: AttributeTable | None = None
 
+    def _degrade(self, split: str) -> DegradeConfig | None:
+        return self.hparams.degrade if split in self.hparams.degrade_splits else None
+
     @property
     def benchmark(self) -> str:
-        """Name results are stored and compared under: the dataset, with ``:composed`` for composed queries."""
-        return self.dataset if self.query_mode == "text" else f"{self.dataset}:{self.query_mode}"
+        """Name results are stored and compared under: the dataset, then ``:composed`` for composed queries and
+        ``:degraded`` when the test images are degraded (each protocol is its own leaderboard table)."""
+        protocol = [self.query_mode] if self.query_mode != "text" else []
+        protocol += ["degraded"] if self._degrade("test") is not None else []
+        return ":".join([self.dataset, *protocol])
 
     def attribute_table(self) -> AttributeTable:
         """Changeable attributes of every image (composed pairs), built once."""
@@ -251,7 +267,8 @@ class RetrievalDataModule(L.LightningDataModule):
         size = self.image_size
         if stage == "fit":
             captions = index.split_captions("train")
-            store = ImageStore(index.split_images("train"), size, self.hparams.cache_images, "caching train images", self.hparams.crop)
+            store = ImageStore(index.split_images("train"), size, self.hparams.cache_images, "caching train images", self.hparams.crop,
+                               self._degrade("train"))
             items = TrainImages if self.hparams.train_items == "images" else TrainPairs
             self.train_set = items(captions, self.labels, store, build_train_augment(size, self.augment_config))
             if self.composed is not None:
@@ -262,7 +279,8 @@ class RetrievalDataModule(L.LightningDataModule):
         self.eval_sets = {}
         for split in {splits[stage]} | ({"test"} if stage == "test" else set()):
             images = index.split_images(split)
-            store = ImageStore(images, size, self.hparams.cache_images, f"caching {split} images", self.hparams.crop)
+            store = ImageStore(images, size, self.hparams.cache_images, f"caching {split} images", self.hparams.crop,
+                               self._degrade(split))
             if self.query_mode == "composed":
                 table = self.attribute_table()
                 queries = ComposedQuerySet(composed_pairs(images, table, self.composed), store, images, table)
