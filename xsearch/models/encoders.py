@@ -59,6 +59,16 @@ def load_state_dict_by_position(model: nn.Module, state_dict: dict[str, torch.Te
     model.load_state_dict(remapped)
 
 
+def train_last_layers(model: nn.Module, count: int) -> None:
+    """Freeze ``model`` except the last ``count`` layers of its first ``ModuleList`` (the transformer layers)."""
+    model.requires_grad_(False)
+    layers = next((list(m) for m in model.modules() if isinstance(m, nn.ModuleList)), None)
+    if layers is None:
+        raise ValueError(f"cannot find the transformer layers of {type(model).__name__}")
+    for layer in layers[len(layers) - count :] if count else []:
+        layer.requires_grad_(True)
+
+
 class ImageEncoder(nn.Module):
     """A timm backbone that takes ``uint8 (B, 3, H, W)`` (or float 0-1) images and returns pooled features ``(B, C)``.
 
@@ -187,10 +197,7 @@ class TextEncoder(nn.Module):
         self.out_dim: int = self.transformer.config.hidden_size
         self.trainable_layers = trainable_layers
         if trainable_layers is not None:
-            self.transformer.requires_grad_(False)
-            layers = self._layers()
-            for layer in layers[len(layers) - trainable_layers :] if trainable_layers else []:
-                layer.requires_grad_(True)
+            train_last_layers(self.transformer, trainable_layers)
         self.token_head: nn.TransformerEncoder | None = None
         self.token_input: nn.Module = nn.Identity()
         if token_head_layers:
@@ -202,12 +209,6 @@ class TextEncoder(nn.Module):
             self.token_head = nn.TransformerEncoder(layer, token_head_layers, enable_nested_tensor=False)
         self._cache: dict[str, torch.Tensor] = {}
         self.register_load_state_dict_post_hook(lambda module, keys: module._cache.clear())
-
-    def _layers(self) -> list[nn.Module]:
-        for module in self.transformer.modules():
-            if isinstance(module, nn.ModuleList):
-                return list(module)
-        raise ValueError(f"cannot find the transformer layers of {type(self.transformer).__name__}")
 
     @property
     def frozen(self) -> bool:
@@ -293,10 +294,7 @@ class SentenceEncoder(nn.Module):
         self.out_dim: int = int(dimension())
         self.trainable_layers = trainable_layers
         if trainable_layers is not None:
-            self.model.requires_grad_(False)
-            layers = next((list(m) for m in self.model.modules() if isinstance(m, nn.ModuleList)), [])
-            for layer in layers[len(layers) - trainable_layers :] if trainable_layers else []:
-                layer.requires_grad_(True)
+            train_last_layers(self.model, trainable_layers)
         self._cache: dict[str, torch.Tensor] = {}
         self.register_load_state_dict_post_hook(lambda module, keys: module._cache.clear())
 
