@@ -6,7 +6,8 @@ just by living in ``xsearch/datamodules/``.
 import importlib
 import pkgutil
 
-from xsearch.datamodules.base import GALLERY, QUERIES, SYNTHESIZERS, RetrievalDataModule
+from xsearch.datamodules.base import FACES, GALLERY, QUERIES, SYNTHESIZERS, RetrievalDataModule
+from xsearch.datamodules.face_pairs import VerificationOptions
 from xsearch.datamodules.files import DatasetFormatError
 from xsearch.datamodules.loading import load_dataset
 from xsearch.datamodules.records import CaptionRecord, DatasetIndex, ImageRecord
@@ -19,6 +20,6 @@ SYNTHESIZERS.register("synth_pedes")(generate_pedes)
 SYNTHESIZERS.register("synth_faces")(generate_faces)
 
 __all__ = [
-    "GALLERY", "QUERIES", "SYNTHESIZERS", "RetrievalDataModule", "CaptionRecord", "DatasetFormatError",
-    "DatasetIndex", "ImageRecord", "generate_faces", "generate_pedes", "load_dataset",
+    "FACES", "GALLERY", "QUERIES", "SYNTHESIZERS", "RetrievalDataModule", "CaptionRecord", "DatasetFormatError",
+    "DatasetIndex", "ImageRecord", "VerificationOptions", "generate_faces", "generate_pedes", "load_dataset",
 ]

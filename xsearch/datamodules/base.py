@@ -1,8 +1,9 @@
 """``RetrievalDataModule``: one datamodule for every text-to-image retrieval dataset.
 
 Train items are (image, caption, pid) pairs, one per caption. Validation and test each give
-two loaders, in this order: the queries (captions) and the gallery (unique images). Text
-stays raw (``list[str]`` in the batch): tokenisation belongs to the model.
+two loaders, in this order: the queries (captions) and the gallery (unique images), plus a third,
+the face samples (image + its first caption) of the verification protocol, when ``verification``
+is set. Text stays raw (``list[str]`` in the batch): tokenisation belongs to the model.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from xsearch.datamodules.composed import (
     reference_candidates,
 )
 from xsearch.datamodules.degrade import DegradeConfig, degrade
+from xsearch.datamodules.face_pairs import FaceSampleSet, VerificationOptions, VerificationProtocol, verification_protocol
 from xsearch.datamodules.files import DatasetFormatError
 from xsearch.datamodules.loading import load_dataset, resolve_root
 from xsearch.datamodules.records import CaptionRecord, DatasetIndex, ImageRecord
@@ -33,8 +35,8 @@ from xsearch.registry import DATASETS, Registry
 
 log = logging.getLogger(__name__)
 
-QUERIES, GALLERY = 0, 1
-"""Dataloader indices of the two evaluation loaders."""
+QUERIES, GALLERY, FACES = 0, 1, 2
+"""Dataloader indices of the evaluation loaders (``FACES`` only with ``verification``)."""
 
 SYNTHESIZERS: Registry[Callable[..., Path]] = Registry("synthetic dataset generator")
 """Generators of synthetic datasets by dataset name, used when ``generate`` is set and the root is missing."""
@@ -162,6 +164,9 @@ class RetrievalDataModule(L.LightningDataModule):
         query_mode: validation/test queries: ``text`` (captions, positives by pid) or ``composed`` (one
             query per target image, the reference excluded from its ranking; needs ``composed``, defaults
             used when unset). Results are stored under :attr:`benchmark` (``<dataset>:composed``).
+        verification: also evaluate face verification (pairs: ROC AUC, EER, TAR@FAR, k-fold accuracy) and
+            rank-1 identification on each evaluation split (:mod:`xsearch.datamodules.face_pairs`): a third
+            loader of face samples; ``None``: retrieval only.
     """
 
     def __init__(
@@ -187,6 +192,7 @@ class RetrievalDataModule(L.LightningDataModule):
         train_items: Literal["captions", "images"] = "captions",
         composed: ComposedOptions | None = None,
         query_mode: Literal["text", "composed"] = "text",
+        verification: VerificationOptions | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -202,10 +208,13 @@ class RetrievalDataModule(L.LightningDataModule):
         self.eval_split = val_split
         self.composed = composed if composed is not None or query_mode == "text" else ComposedOptions()
         self.query_mode = query_mode
+        # kept as given: LightningCLI replaces ``hparams`` with the parsed config, where dataclasses are dicts
+        self.degrade_config, self.verification = degrade, verification
         self._attribute_table: AttributeTable | None = None
+        self.face_sets: dict[str, tuple[FaceSampleSet, VerificationProtocol]] = {}
 
     def _degrade(self, split: str) -> DegradeConfig | None:
-        return self.hparams.degrade if split in self.hparams.degrade_splits else None
+        return self.degrade_config if split in self.hparams.degrade_splits else None
 
     @property
     def benchmark(self) -> str:
@@ -276,7 +285,7 @@ class RetrievalDataModule(L.LightningDataModule):
                 candidates = reference_candidates(index.split_images("train"), table, self.composed)
                 self.train_set = ComposedTrainPairs(self.train_set, candidates, table, self.hparams.seed)
         splits = {"fit": self.eval_split, "validate": self.eval_split, "test": "test", "predict": "test"}
-        self.eval_sets = {}
+        self.eval_sets, self.face_sets = {}, {}
         for split in {splits[stage]} | ({"test"} if stage == "test" else set()):
             images = index.split_images(split)
             store = ImageStore(images, size, self.hparams.cache_images, f"caching {split} images", self.hparams.crop,
@@ -287,6 +296,11 @@ class RetrievalDataModule(L.LightningDataModule):
             else:
                 queries = QuerySet(index.split_captions(split))
             self.eval_sets[split] = (queries, GallerySet(images, store))
+            if self.verification is not None:
+                protocol = verification_protocol(images, index.extras, self.verification)
+                log.info("%s %s: %d verification pairs (%s), %d identification probes vs %d gallery faces",
+                         self.dataset, split, len(protocol), protocol.source, len(protocol.probes), len(protocol.gallery))
+                self.face_sets[split] = (FaceSampleSet(images, index.split_captions(split), store), protocol)
 
     # -- loaders -------------------------------------------------------------------------
     def _loader(self, dataset: Dataset, **kwargs: Any) -> DataLoader:
@@ -308,7 +322,10 @@ class RetrievalDataModule(L.LightningDataModule):
     def _eval_loaders(self, split: str) -> list[DataLoader]:
         queries, gallery = self.eval_sets[split]
         size = self.hparams.eval_batch_size
-        return [self._loader(queries, batch_size=size), self._loader(gallery, batch_size=size)]
+        loaders = [self._loader(queries, batch_size=size), self._loader(gallery, batch_size=size)]
+        if split in self.face_sets:
+            loaders.append(self._loader(self.face_sets[split][0], batch_size=size))
+        return loaders
 
     def val_dataloader(self) -> list[DataLoader]:
         return self._eval_loaders(self.eval_split)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 __all__ = [
-    "equal_error_rate", "kfold_accuracy", "rank1_identification", "roc_auc", "roc_curve", "tar_at_far",
+    "equal_error_rate", "face_protocol_metrics", "kfold_accuracy", "rank1_identification", "roc_auc", "roc_curve", "tar_at_far",
     "verification_metrics",
 ]
 
@@ -103,17 +103,26 @@ def _best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(thresholds[int(np.flatnonzero(accuracy == accuracy.max())[-1])])
 
 
-def kfold_accuracy(scores, labels, folds: int = 10) -> tuple[float, float]:
-    """LFW 10-fold accuracy in percent: ``(mean, std)`` over contiguous folds (``np.std``, ddof 0, as the
-    LFW evaluation code of facenet / insightface); each fold's threshold is chosen on the other folds."""
+def kfold_accuracy(scores, labels, folds: int | Sequence[int] | np.ndarray = 10) -> tuple[float, float]:
+    """LFW 10-fold accuracy in percent: ``(mean, std)`` over folds (``np.std``, ddof 0, as the LFW evaluation
+    code of facenet / insightface); each fold's threshold is chosen on the other folds.
+
+    ``folds``: a number of contiguous equal folds (LFW's layout), or one fold id per pair.
+    """
     scores, labels = _pairs(scores, labels)
-    if scores.size % folds:
-        raise ValueError(f"{scores.size} pairs do not split into {folds} equal folds")
-    size = scores.size // folds
+    if isinstance(folds, (int, np.integer)):
+        if scores.size % folds:
+            raise ValueError(f"{scores.size} pairs do not split into {folds} equal folds")
+        fold_ids = np.arange(scores.size) // (scores.size // folds)
+    else:
+        fold_ids = np.asarray(folds).reshape(-1)
+        if fold_ids.shape != scores.shape:
+            raise ValueError(f"need one fold id per pair: {fold_ids.size} ids for {scores.size} pairs")
+    if len(np.unique(fold_ids)) < 2:
+        raise ValueError("k-fold accuracy needs at least two folds")
     accuracies = []
-    for fold in range(folds):
-        test = np.zeros(scores.size, dtype=bool)
-        test[fold * size : (fold + 1) * size] = True
+    for fold in np.unique(fold_ids):
+        test = fold_ids == fold
         threshold = _best_threshold(scores[~test], labels[~test])
         accuracies.append(float(((scores[test] >= threshold) == labels[test]).mean()))
     return 100.0 * float(np.mean(accuracies)), 100.0 * float(np.std(accuracies))
@@ -126,3 +135,21 @@ def rank1_identification(similarity: torch.Tensor, probe_ids: torch.Tensor, gall
         raise ValueError(f"similarity must be (P, G) = ({len(probe_ids)}, {len(gallery_ids)}), got {tuple(similarity.shape)}")
     top = similarity.argmax(dim=1)  # first maximum = lower gallery index
     return 100.0 * float((torch.as_tensor(gallery_ids)[top] == torch.as_tensor(probe_ids)).double().mean())
+
+
+def face_protocol_metrics(embeddings: torch.Tensor, pids: torch.Tensor, first: np.ndarray, second: np.ndarray,
+                          same: np.ndarray, fold: np.ndarray, probes: np.ndarray, gallery: np.ndarray,
+                          fars: Sequence[float] = DEFAULT_FARS, rule: Literal["at_most", "nearest"] = "at_most") -> dict[str, float]:
+    """Verification (:func:`verification_metrics`, plus ``Acc`` / ``Acc_std``: k-fold accuracy when the pairs have
+    two folds or more) and ``Rank1`` identification (probes vs gallery) of ``(N, D)`` face embeddings compared by
+    cosine; ``first`` / ``second`` / ``probes`` / ``gallery`` are row positions, ``pids`` ``(N,)`` identities."""
+    unit = torch.nn.functional.normalize(embeddings.double(), dim=1)
+    scores = (unit[torch.as_tensor(first)] * unit[torch.as_tensor(second)]).sum(1).numpy()
+    metrics = verification_metrics(scores, same.astype(int), fars, rule)
+    if len(np.unique(fold)) >= 2:
+        metrics["Acc"], metrics["Acc_std"] = kfold_accuracy(scores, same.astype(int), fold)
+    if len(probes) and len(gallery):
+        probe_rows, gallery_rows = torch.as_tensor(probes), torch.as_tensor(gallery)
+        similarity = unit[probe_rows] @ unit[gallery_rows].T
+        metrics["Rank1"] = rank1_identification(similarity, pids[probe_rows], pids[gallery_rows])
+    return metrics

@@ -9,6 +9,15 @@ from xsearch.losses.contrastive import (
     weighted_sum,
 )
 from xsearch.losses.cria import IdentityCenters, cosine_logits, cria_center_loss, cria_loss
+from xsearch.losses.fcam import (
+    ArcFaceHead,
+    arcface_logits,
+    focal_loss,
+    global_contrastive_loss,
+    sentence_image_loss,
+    word_region_loss,
+    word_region_similarity,
+)
 from xsearch.losses.identity import IdentityClassifier, id_loss
 from xsearch.losses.mlm import mask_tokens, mlm_loss
 from xsearch.losses.mnrl import (
@@ -30,11 +39,13 @@ __all__ = [
     "HARD",
     "LEVEL_NAMES",
     "SEMI_HARD",
+    "ArcFaceHead",
     "DifficultyAwareLoss",
     "DifficultyAwareMNRL",
     "IdentityCenters",
     "IdentityClassifier",
     "LossOutput",
+    "arcface_logits",
     "clamp_logit_scale",
     "cmr_loss",
     "cosine_logits",
@@ -42,6 +53,8 @@ __all__ = [
     "cria_loss",
     "difficulty_aware_mnrl",
     "difficulty_levels",
+    "focal_loss",
+    "global_contrastive_loss",
     "id_loss",
     "info_nce",
     "mask_tokens",
@@ -53,6 +66,9 @@ __all__ = [
     "part_similarities",
     "sdm_from_similarity",
     "sdm_loss",
+    "sentence_image_loss",
     "spt_loss",
     "weighted_sum",
+    "word_region_loss",
+    "word_region_similarity",
 ]

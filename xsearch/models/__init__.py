@@ -4,9 +4,11 @@ from xsearch.models.clip import CLIPTowers
 from xsearch.models.cmsn import CMSN
 from xsearch.models.dual_encoder import DualEncoder
 from xsearch.models.encoders import ImageEncoder, Projection, SentenceEncoder, TextEncoder
+from xsearch.models.iresnet import IResNet
 from xsearch.models.irra import IRRA
 from xsearch.models.partlevel import PartLevel
+from xsearch.models.tgfr import TGFR
 from xsearch.models.xmodal import XModal
 
-__all__ = ["CLIPTowers", "CMSN", "DualEncoder", "IRRA", "ImageEncoder", "PartLevel", "Projection", "RetrievalModule", "SentenceEncoder",
-           "TextEncoder", "XModal"]
+__all__ = ["CLIPTowers", "CMSN", "DualEncoder", "IRRA", "IResNet", "ImageEncoder", "PartLevel", "Projection", "RetrievalModule",
+           "SentenceEncoder", "TGFR", "TextEncoder", "XModal"]

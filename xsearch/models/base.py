@@ -17,8 +17,9 @@ import lightning as L
 import torch
 from torch import nn
 
-from xsearch.datamodules.base import GALLERY, QUERIES
+from xsearch.datamodules.base import FACES, GALLERY, QUERIES
 from xsearch.evaluation import RetrievalMetric, cosine_similarity
+from xsearch.evaluation.verification import face_protocol_metrics
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,13 @@ class RetrievalModule(L.LightningModule):
         schedule: ``cosine`` (to 0 at the last step) or ``constant``.
         ks: the R@K cut-offs reported.
         visualize_queries: test queries drawn with their top-5 gallery images (0 = none).
+        init_from: a checkpoint (of this method or another) whose tensors of matching name and shape
+            initialise the model before training (e.g. TGFR's stage 2 from its stage 1); the others are
+            listed in the log. ``--ckpt_path`` instead resumes a run of the same config.
+
+    With ``data.verification`` set, validation and test also report face verification and identification
+    of each embedding :meth:`encode_faces` returns (``<split>/<name>/AUC``, ``.../TAR@FAR=0.0001``,
+    ``.../Rank1``...).
 
     Throughput (``train/samples_per_s``) and the share of time spent waiting for data
     (``train/data_wait_fraction``) are logged every epoch.
@@ -54,11 +62,14 @@ class RetrievalModule(L.LightningModule):
         schedule: Literal["cosine", "constant"] = "cosine",
         ks: tuple[int, ...] = (1, 5, 10),
         visualize_queries: int = 8,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()  # collects the subclass's arguments too
         self.val_metric = RetrievalMetric(ks=ks, similarity_fn=self.similarity)
         self.test_metric = RetrievalMetric(ks=ks, similarity_fn=self.similarity)
+        self._faces: dict[str, list[torch.Tensor]] = {}
+        self._initialised_from: str | None = None
 
     # -- what a method provides --------------------------------------------------------
     def encode_queries(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -81,10 +92,16 @@ class RetrievalModule(L.LightningModule):
         """Pretrained modules trained at ``lr``; every other parameter gets ``lr x new_module_lr_factor``."""
         return []
 
-    def backbone_lr_factors(self) -> list[tuple[nn.Module, float]]:
-        """Backbone modules whose learning rate is ``lr x factor`` (e.g. a CNN tower trained faster than a
-        text transformer); others get ``lr``."""
+    def lr_factors(self) -> list[tuple[nn.Module, float]]:
+        """Modules whose learning rate is ``lr x factor`` (e.g. a CNN tower trained faster than a text
+        transformer, or margin heads); other backbone modules get ``lr``, other new modules
+        ``lr x new_module_lr_factor``."""
         return []
+
+    def encode_faces(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Face-sample batch (``image``, ``text``...) -> named ``(B, D)`` embeddings compared by cosine in the
+        verification protocol. Default: the gallery (image) embedding."""
+        return {"image": self.encode_gallery(batch)}
 
     def build_identity_modules(self, num_classes: int) -> None:
         """Create the modules sized by the number of training identities (ID classifier, centres...).
@@ -103,6 +120,27 @@ class RetrievalModule(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if stage == "fit" and datamodule is not None and hasattr(datamodule, "num_train_identities"):
             self._ensure_identity_modules(datamodule.num_train_identities)
+        if self.hparams.init_from and self._initialised_from != self.hparams.init_from:
+            self.initialise_from(self.hparams.init_from)
+
+    def initialise_from(self, path: str | Path) -> None:
+        """Copy the tensors of a checkpoint whose name and shape match this model's; raise if none does.
+
+        Loaded with ``weights_only=True`` (no code in the file runs)."""
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        theirs = checkpoint.get("state_dict", checkpoint)
+        own = self.state_dict()
+        loadable = {k: v for k, v in theirs.items() if k in own and own[k].shape == v.shape}
+        if not loadable:
+            raise ValueError(f"{path}: none of its {len(theirs)} tensors matches a parameter of {type(self).__name__} "
+                             f"by name and shape (e.g. {sorted(theirs)[:3]}); is it a checkpoint of this method?")
+        self.load_state_dict(loadable, strict=False)
+        reshaped = sorted(k for k in theirs if k in own and own[k].shape != theirs[k].shape)
+        fresh = sorted(k for k in own if k not in loadable)
+        log.info("init_from %s: %d tensors loaded; %d of the model's are new (e.g. %s); %d of the checkpoint's unused "
+                 "(e.g. %s)%s", path, len(loadable), len(fresh), fresh[:3], len(theirs) - len(loadable),
+                 sorted(set(theirs) - set(loadable))[:3], f"; shape mismatch: {reshaped[:5]}" if reshaped else "")
+        self._initialised_from = str(path)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["num_train_identities"] = getattr(self, "num_train_identities", None)
@@ -151,8 +189,32 @@ class RetrievalModule(L.LightningModule):
             metric.update_queries(self.encode_queries(batch).float(), batch["pid"], batch["index"])
         elif dataloader_idx == GALLERY:
             metric.update_gallery(self.encode_gallery(batch).float(), batch["pid"], batch["index"])
+        elif dataloader_idx == FACES:
+            for name, embeddings in self.encode_faces(batch).items():
+                self._faces.setdefault(name, []).append(embeddings.detach().float().cpu())
+            self._faces.setdefault("_position", []).append(torch.as_tensor(batch["position"]).cpu())
         else:
-            raise ValueError(f"unexpected evaluation dataloader {dataloader_idx}: expected {QUERIES} (queries) or {GALLERY} (gallery)")
+            raise ValueError(f"unexpected evaluation dataloader {dataloader_idx}: expected {QUERIES} (queries), "
+                             f"{GALLERY} (gallery) or {FACES} (face samples)")
+
+    def _log_face_metrics(self, split: str, prefix: str) -> dict[str, dict[str, float]]:
+        """Verification / identification of every collected face embedding (``{name: metrics}``); resets."""
+        collected, self._faces = self._faces, {}
+        if not collected:
+            return {}
+        if self.trainer.world_size > 1:
+            raise NotImplementedError("the face verification protocol is evaluated in one process; run validate/test "
+                                      "with trainer.devices=1")
+        face_set, protocol = self.trainer.datamodule.face_sets[split]
+        order = torch.argsort(torch.cat(collected.pop("_position")))
+        pids = torch.as_tensor([r.pid for r in face_set.images])
+        results = {}
+        for name, chunks in collected.items():
+            embeddings = torch.cat(chunks)[order]
+            results[name] = face_protocol_metrics(embeddings, pids, protocol.first, protocol.second, protocol.same,
+                                                  protocol.fold, protocol.probes, protocol.gallery)
+            self.log_dict({f"{prefix}/{name}/{k}": v for k, v in results[name].items()}, add_dataloader_idx=False)
+        return results
 
     def _relevance(self, split: str) -> Any:
         """The evaluation protocol's positives for ``split`` when they are not "same pid" (composed queries)."""
@@ -181,13 +243,18 @@ class RetrievalModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             self.val_metric.reset()
+            self._faces = {}
             return
         values = self._log_metrics(self.val_metric, "val")
         self.log("val_R1", float(values["R1"]), prog_bar=True, logger=False)
         self.val_metric.reset()
+        self._log_face_metrics(getattr(self.trainer.datamodule, "eval_split", "val"), "val")
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics(self.test_metric, "test")
+        faces = self._log_face_metrics("test", "test")
+        if faces and self.trainer.is_global_zero:
+            print(face_table(faces))
         if self.hparams.visualize_queries and self.trainer.is_global_zero:
             self._draw_ranked_lists()
         self.test_metric.reset()
@@ -239,18 +306,19 @@ class RetrievalModule(L.LightningModule):
         """Backbone vs new-module learning rates; biases and 1-d params (norms) without weight decay."""
         hp = self.hparams
         backbone = {id(p) for m in self.backbone_modules() for p in m.parameters()}
-        factors = {id(p): factor for m, factor in self.backbone_lr_factors() for p in m.parameters()}
+        factors = {id(p): factor for m, factor in self.lr_factors() for p in m.parameters()}
         groups: dict[tuple[bool, bool, float], dict[str, Any]] = {}
         for name, param in self.named_parameters():
             if not param.requires_grad:
                 continue
             is_backbone, no_decay = id(param) in backbone, param.ndim <= 1
-            factor = factors.get(id(param), 1.0) if is_backbone else hp.new_module_lr_factor
+            default = 1.0 if is_backbone else hp.new_module_lr_factor
+            factor = factors.get(id(param), default)
             group = groups.setdefault((is_backbone, no_decay, factor), {
                 "params": [],
                 "lr": hp.lr * factor * (hp.bias_lr_factor if no_decay else 1.0),
                 "weight_decay": 0.0 if no_decay else hp.weight_decay,
-                "name": f"{'backbone' if is_backbone else 'new'}{'' if factor == 1.0 or not is_backbone else f'_x{factor:g}'}"
+                "name": f"{'backbone' if is_backbone else 'new'}{'' if factor == default else f'_x{factor:g}'}"
                         f"{'_no_decay' if no_decay else ''}",
             })
             group["params"].append(param)
@@ -279,3 +347,13 @@ class RetrievalModule(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def face_table(results: dict[str, dict[str, float]]) -> str:
+    """Markdown table of face protocol metrics, one row per embedding (side by side: fused vs image only)."""
+    columns = [c for c in ("AUC", "EER", "TAR@FAR=1e-06", "TAR@FAR=1e-05", "TAR@FAR=0.0001", "TAR@FAR=0.001", "Acc", "Rank1")
+               if any(c in m for m in results.values())]
+    lines = ["| embedding | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, metrics in results.items():
+        lines.append(f"| {name} | " + " | ".join(f"{metrics[c]:.2f}" if c in metrics else "-" for c in columns) + " |")
+    return "\n[xsearch] face verification (pairs) and rank-1 identification (test):\n" + "\n".join(lines) + "\n"

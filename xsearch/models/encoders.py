@@ -253,15 +253,25 @@ class TextEncoder(nn.Module):
         mask = (torch.arange(states.shape[1])[None, :] < lengths[:, None]).long().to(device)
         return states, mask
 
-    def forward(self, texts: list[str]) -> torch.Tensor:
-        """``B`` caption strings -> ``(B, D)`` pooled features (tokenised once per batch)."""
+    def token_states(self, texts: list[str], pad_to_max_length: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``B`` captions -> last-layer token states ``(B, L, D)`` and attention mask ``(B, L)`` (1 = real token,
+        special tokens included), ``L`` = the longest caption, or ``max_length`` with ``pad_to_max_length``
+        (padded states are zeros). No token head."""
         device = next(self.transformer.parameters()).device
         if self.frozen:
             self.transformer.eval()  # a frozen tower never uses dropout, so its outputs can be cached
             states, mask = self._cached_tokens(texts, device)
         else:
             states, mask = self._tokens(texts, device)
-        return self._pool(states, mask)
+        if pad_to_max_length and states.shape[1] < self.max_length:
+            missing = self.max_length - states.shape[1]
+            states = nn.functional.pad(states * mask[..., None].to(states.dtype), (0, 0, 0, missing))
+            mask = nn.functional.pad(mask, (0, missing))
+        return states, mask
+
+    def forward(self, texts: list[str]) -> torch.Tensor:
+        """``B`` caption strings -> ``(B, D)`` pooled features (tokenised once per batch)."""
+        return self._pool(*self.token_states(texts))
 
     def train(self, mode: bool = True) -> "TextEncoder":
         super().train(mode)

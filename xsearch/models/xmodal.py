@@ -124,7 +124,7 @@ class XModal(RetrievalModule):
         text = self.text_encoder.model if isinstance(self.text_encoder, SentenceEncoder) else self.text_encoder.transformer
         return [self.image_encoder.backbone, text]
 
-    def backbone_lr_factors(self) -> list[tuple[nn.Module, float]]:
+    def lr_factors(self) -> list[tuple[nn.Module, float]]:
         return [(self.image_encoder.backbone, self.hparams.image_lr_factor)]
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
