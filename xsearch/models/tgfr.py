@@ -3,6 +3,10 @@
 A frozen ArcFace iResNet gives each 112x112 face a 512-d embedding and a ``(256, 14, 14)`` layer-3 map; a BERT
 (max 24 tokens, trained) gives token states. Two stages, each its own config:
 
+* ``stage: face`` (only when no face-recognition weights exist, e.g. on synthetic faces): the iResNet itself
+  is trained as a face recogniser (ArcFace + focal on its embedding, images only), standing in for the
+  MS1MV3-trained insightface backbone; the next stage starts from it (``init_from``) and freezes it.
+
 * ``stage: align`` (FCAM): an n-gram CNN text head (words ``(B, 22, 256)`` and sentence ``(B, 256)``) and an
   image head (global ``Linear 512->256``; local "IMIM": BN, 2-D self-attention, LayerNorm, 1x1 convs,
   per-region Linear, 196 regions of 256) are aligned by the word-region (DAMSM), sentence-image (same identity
@@ -154,7 +158,8 @@ class TGFR(RetrievalModule):
         face_encoder: the frozen face backbone (:class:`~xsearch.models.iresnet.IResNet`, insightface weights via
             its ``weights``); always in eval mode, no gradient.
         text_encoder: BERT-family :class:`~xsearch.models.encoders.TextEncoder` (``max_length`` 24; trained).
-        stage: ``align`` (stage 1) or ``fuse`` (stage 2; initialise from stage 1 with ``init_from``).
+        stage: ``face`` (train the backbone as a face recogniser), ``align`` (stage 1) or ``fuse`` (stage 2;
+            initialise each from the previous one with ``init_from``).
         feature_dim: size of every aligned feature (words, sentence, regions, face): 256.
         ngram_sizes: the text head's n-grams.
         gamma1 / gamma2 / gamma3: word-region attention sharpness, word-score aggregation, logit scale.
@@ -162,7 +167,7 @@ class TGFR(RetrievalModule):
         loss_weights: stage-1 weights of ``word``, ``sentence``, ``global``, ``text_id``, ``image_id``
             (missing keys keep :data:`DEFAULT_WEIGHTS`; 0 = off).
         text_margin / image_margin / fused_margin: ``(scale, margin)`` of the ArcFace heads on the sentence,
-            the face and the fused embedding ((35, 0.5), (30, 0.5), (30, 0.5)).
+            the face (also the backbone's in stage ``face``) and the fused embedding ((35, 0.5), (30, 0.5), (30, 0.5)).
         focal_gamma: focal loss exponent after every ArcFace head (2).
         fine_dim: output of FCFM's fine branch (128; fused size = fine_dim + 2 feature_dim).
         **kwargs: :class:`RetrievalModule` options (``lr`` = the text encoder's, ``new_module_lr_factor`` for
@@ -173,7 +178,7 @@ class TGFR(RetrievalModule):
         self,
         face_encoder: IResNet,
         text_encoder: TextEncoder,
-        stage: Literal["align", "fuse"] = "align",
+        stage: Literal["face", "align", "fuse"] = "align",
         feature_dim: int = 256,
         ngram_sizes: tuple[int, ...] = (2, 3, 4),
         gamma1: float = 4.0,
@@ -189,8 +194,8 @@ class TGFR(RetrievalModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if stage not in ("align", "fuse"):
-            raise ValueError(f"stage must be 'align' or 'fuse', got {stage!r}")
+        if stage not in ("face", "align", "fuse"):
+            raise ValueError(f"stage must be 'face', 'align' or 'fuse', got {stage!r}")
         unknown = set(loss_weights or {}) - set(DEFAULT_WEIGHTS)
         if unknown:
             raise ValueError(f"unknown loss_weights keys {sorted(unknown)}; expected some of {sorted(DEFAULT_WEIGHTS)}")
@@ -202,30 +207,37 @@ class TGFR(RetrievalModule):
         self.fusion = FCFM(feature_dim, map_size, fine_dim) if stage == "fuse" else None
         self.loss_weights = {**DEFAULT_WEIGHTS, **(loss_weights or {})}
         self.stage = stage
+        if stage == "face":  # only the backbone learns
+            self.requires_grad_(False)
+            self.face_encoder.requires_grad_(True)
+            self.face_encoder.features.weight.requires_grad_(False)  # insightface keeps the last BN's scale at 1
 
     # -- identity heads ------------------------------------------------------------------
     def build_identity_modules(self, num_classes: int) -> None:
         hp, dim = self.hparams, self.hparams.feature_dim
-        if self.stage == "align":
+        if self.stage == "face":
+            self.face_arcface = ArcFaceHead(self.face_encoder.out_dim, num_classes, *hp.image_margin)
+        elif self.stage == "align":
             self.text_arcface = ArcFaceHead(dim, num_classes, *hp.text_margin)
             self.image_arcface = ArcFaceHead(dim, num_classes, *hp.image_margin)
         else:
             self.fused_arcface = ArcFaceHead(self.fusion.out_dim, num_classes, *hp.fused_margin)
 
     def backbone_modules(self) -> list[nn.Module]:
-        return [self.text_encoder.transformer]
+        return [self.face_encoder] if self.stage == "face" else [self.text_encoder.transformer]
 
     def train(self, mode: bool = True) -> "TGFR":
         super().train(mode)
-        self.face_encoder.eval()  # frozen: BatchNorm statistics and dropout stay as loaded
+        if self.stage != "face":
+            self.face_encoder.eval()  # frozen: BatchNorm statistics and dropout stay as loaded
         return self
 
     # -- features ------------------------------------------------------------------------
-    @torch.no_grad()
     def face_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B, 3, 112, 112)`` uint8 -> the frozen backbone's embedding ``(B, 512)`` and map ``(B, 256, 14, 14)``."""
-        self.face_encoder.eval()
-        embedding, local = self.face_encoder(images)
+        """``(B, 3, 112, 112)`` uint8 -> the backbone's embedding ``(B, 512)`` and map ``(B, 256, 14, 14)`` (no
+        gradient unless in stage ``face``)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.stage == "face"):
+            embedding, local = self.face_encoder(images)
         return embedding.float(), local.float()
 
     def image_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -254,7 +266,10 @@ class TGFR(RetrievalModule):
         return self.image_features(batch["image"])[1]
 
     def encode_faces(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """``fused`` (face + its caption) and ``image_only`` (the frozen backbone's embedding), each ``(B, .)``."""
+        """``fused`` (face + its caption) and ``image_only`` (the frozen backbone's embedding), each ``(B, .)``
+        (stage ``face``: ``image_only``)."""
+        if self.stage == "face":
+            return {"image_only": self.face_features(batch["image"])[0]}
         embedding, face, regions = self.image_features(batch["image"])
         words, word_mask, sentence = self.text_features(batch["text"])
         return {"fused": self.fuse(regions, words, word_mask, face, sentence), "image_only": embedding}
@@ -262,6 +277,9 @@ class TGFR(RetrievalModule):
     # -- losses --------------------------------------------------------------------------
     def training_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         labels = batch["pid"]
+        if self.stage == "face":
+            embedding = self.face_features(batch["image"])[0]
+            return weighted_sum({"face_id": self.face_arcface.loss(embedding, labels, self.hparams.focal_gamma)}, {"face_id": 1.0})
         _, face, regions = self.image_features(batch["image"])
         words, word_mask, sentence = self.text_features(batch["text"])
         hp, weights, terms = self.hparams, self.loss_weights, {}
