@@ -121,36 +121,49 @@ def generated_pairs(pids: np.ndarray, pairs_per_image: int = 1, folds: int = 10,
     return np.asarray(first, dtype=np.int64), np.asarray(second, dtype=np.int64), np.asarray(same, dtype=bool), fold
 
 
-def _dataset_pairs(pairs: Any, images: list[ImageRecord]) -> tuple[np.ndarray, ...] | None:
-    """The dataset's pair list restricted to pairs whose two images are in ``images`` (``None`` if none is)."""
-    position = {str(r.path.resolve()): i for i, r in enumerate(images)}
+def _restricted(pairs: Any, position: dict[str, int]) -> tuple[np.ndarray, ...] | None:
+    """One pair list restricted to pairs whose two images have a ``position`` (``None`` if no same and no
+    different pair is left)."""
     kept = [(position.get(str(a.resolve())), position.get(str(b.resolve())), s, f)
             for a, b, s, f in zip(pairs.first, pairs.second, pairs.same, pairs.fold)]
     kept = [row for row in kept if row[0] is not None and row[1] is not None]
     same = np.asarray([row[2] for row in kept], dtype=bool)
     if len(kept) == 0 or same.all() or not same.any():
         return None
-    if len(kept) < len(pairs):
-        log.warning("%s: %d of %d pairs have both images in this split; the others are left out",
-                    pairs.source, len(kept), len(pairs))
     columns = list(zip(*kept))
     return (np.asarray(columns[0], dtype=np.int64), np.asarray(columns[1], dtype=np.int64), same,
             np.asarray(columns[3], dtype=np.int64))
 
 
+def _dataset_pairs(pairs: Any, images: list[ImageRecord]) -> tuple[tuple[np.ndarray, ...], str] | None:
+    """The dataset's pair list (or, from a ``{name: pairs}`` dict such as LFW's View 1 / View 2 files, the one
+    keeping the most pairs) restricted to pairs whose two images are in ``images``; ``None`` if none is usable.
+    Pairs with an image outside the split (another split's people, or people left out of the gallery) are
+    dropped, and the count is logged."""
+    position = {str(r.path.resolve()): i for i, r in enumerate(images)}
+    lists = pairs.values() if isinstance(pairs, dict) else [pairs]
+    found = [(kept, candidate) for candidate in lists if (kept := _restricted(candidate, position)) is not None]
+    if not found:
+        return None
+    kept, chosen = max(found, key=lambda item: len(item[0][2]))
+    if len(kept[2]) < len(chosen):
+        log.warning("%s: %d of %d pairs have both images in this split; the others are left out",
+                    chosen.source, len(kept[2]), len(chosen))
+    return kept, str(chosen.source)
+
+
 def verification_protocol(images: list[ImageRecord], extras: dict[str, Any], options: VerificationOptions) -> VerificationProtocol:
     """The pairs and identification sets of one split (``images`` in evaluation order)."""
     pids = np.asarray([r.pid for r in images], dtype=np.int64)
-    found = None
-    if options.pairs != "generated" and extras.get("pairs") is not None:
-        found = _dataset_pairs(extras["pairs"], images)
-    if found is None and options.pairs == "dataset":
-        raise ValueError("data.verification.pairs='dataset': the dataset has no pair list with both images of "
-                         "same and different pairs in this split (use 'auto' or 'generated')")
-    source = str(extras["pairs"].source) if found is not None else f"generated (seed {options.seed})"
-    if found is None:
-        found = generated_pairs(pids, options.pairs_per_image, options.folds, options.seed)
-    first, second, same, fold = found
+    listed = _dataset_pairs(extras["pairs"], images) if options.pairs != "generated" and extras.get("pairs") else None
+    if listed is None and options.pairs == "dataset":
+        raise ValueError("data.verification.pairs='dataset': the dataset has no pair list with same and different "
+                         "pairs whose images are both in this split (use 'auto' or 'generated')")
+    if listed is not None:
+        (first, second, same, fold), source = listed
+    else:
+        first, second, same, fold = generated_pairs(pids, options.pairs_per_image, options.folds, options.seed)
+        source = f"generated (seed {options.seed})"
     if not same.any() or same.all():
         raise ValueError(f"cannot build verification pairs: the split's {len(images)} images need two people, one "
                          "of them with two images or more")

@@ -199,7 +199,8 @@ class TGFR(RetrievalModule):
         unknown = set(loss_weights or {}) - set(DEFAULT_WEIGHTS)
         if unknown:
             raise ValueError(f"unknown loss_weights keys {sorted(unknown)}; expected some of {sorted(DEFAULT_WEIGHTS)}")
-        self.face_encoder = face_encoder.requires_grad_(False).eval()
+        self.face_encoder = face_encoder.requires_grad_(False)
+        self.face_encoder.train(stage == "face")  # frozen (eval mode: BatchNorm statistics kept) unless trained
         self.text_encoder = text_encoder
         map_size = 14  # layer 3 of an iResNet on 112x112 faces
         self.text_head = NGramTextHead(text_encoder.out_dim, feature_dim, tuple(ngram_sizes))
