@@ -67,8 +67,9 @@ class NGramTextHead(nn.Module):
 
     Word ``j`` = the element-wise max of the n-gram features starting at ``j`` (the last positions have only the
     shorter n-grams), L2-normalised; sentence = per-n max over the words, averaged over n, L2-normalised.
-    Padding positions (an n-gram starting after the caption's last token) are masked out of the sentence max
-    (the authors' code pools over padding too)."""
+    Padding states are zeroed first (an n-gram at the end of a caption reads zeros beyond it, however far the
+    batch was padded), and n-grams starting in the padding are masked out of the sentence max (the authors'
+    code pools over BERT's outputs at padding positions)."""
 
     def __init__(self, in_dim: int, out_dim: int = 256, ngram_sizes: tuple[int, ...] = (2, 3, 4)) -> None:
         super().__init__()
@@ -82,6 +83,7 @@ class NGramTextHead(nn.Module):
         if positions < 1:
             raise ValueError(f"captions of {states.shape[1]} tokens are shorter than the smallest n-gram {min(self.ngram_sizes)}")
         word_mask = mask[:, :positions].bool()
+        states = states * mask[..., None].to(states.dtype)  # padding reads as zeros, whatever the batch padded to
         maps, pooled = [], []
         for conv in self.convs:
             features = F.relu(conv(states.transpose(1, 2)))  # (B, D, L - n + 1), >= 0
