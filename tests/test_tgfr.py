@@ -221,3 +221,15 @@ def test_both_stages_train_and_test_from_the_cli_with_the_degraded_protocol(tmp_
     for name in ("fused", "image_only"):
         assert {f"{name}/AUC", f"{name}/EER", f"{name}/TAR@FAR=1e-06", f"{name}/TAR@FAR=0.001", f"{name}/Rank1", f"{name}/Acc"} <= set(metrics)
     assert 0 <= metrics["fused/AUC"] <= 100 and "R1" in metrics
+
+
+@pytest.mark.slow
+def test_any_method_gets_the_face_protocol_on_its_image_embedding(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    results = tmp_path / "r.sqlite"
+    assert main(["test", "--config", str(CONFIGS / "tiny" / "dual_encoder.yaml"), "--results", str(results),
+                 "--data.root", str(tmp_path / "data"), "--data.verification", "{pairs_per_image: 2, seed: 3}"]) == 0
+    assert "| image |" in capsys.readouterr().out
+    with sqlite3.connect(results) as db:
+        metrics = json.loads(db.execute("SELECT metrics FROM runs").fetchone()[0])
+    assert {"image/AUC", "image/EER", "image/Rank1", "image/Acc", "R1"} <= set(metrics)
