@@ -60,6 +60,20 @@ def test_fit_then_test_records_results(tmp_path, capsys, monkeypatch):
     assert time.perf_counter() - started < 90
 
 
+@pytest.mark.slow
+def test_last_checkpoint_is_the_latest_epoch_even_when_val_stops_improving(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    # monitoring the epoch number with mode "min": only epoch 0 ever "improves"
+    assert main(["fit", "--config", CONFIG, "--data.root", str(tmp_path / "data"), "--trainer.max_epochs", "2",
+                 "--trainer.limit_train_batches", "2", "--checkpoint.monitor", "epoch", "--checkpoint.mode", "min"]) == 0
+    folder = tmp_path / "runs" / "tiny" / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["best-epoch00.ckpt", "last.ckpt"]
+    last = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=False)
+    assert (last["epoch"], last["global_step"]) == (1, 4)
+
+
 @pytest.mark.parametrize("config", sorted(str(p) for p in (Path(__file__).parents[1] / "configs").rglob("*.yaml")))
 def test_every_config_parses(config, capsys):
     """Each shipped config is valid for its classes (parsed and type-checked, nothing instantiated)."""

@@ -49,7 +49,7 @@ def _lightning_cli(args: list[str]) -> None:
             parser.set_defaults({
                 "checkpoint.monitor": "val/R1",
                 "checkpoint.mode": "max",
-                "checkpoint.save_last": True,
+                "checkpoint.save_last": False,  # Lightning's copies only epochs that improved; see before_fit
                 "checkpoint.filename": "best-epoch{epoch:02d}",
                 "checkpoint.auto_insert_metric_name": False,
             })
@@ -60,6 +60,12 @@ def _lightning_cli(args: list[str]) -> None:
         def before_fit(self) -> None:
             self.datamodule.prepare_data()  # generate synthetic data before anything reads it
             self.datamodule.load_index()  # parse once up front; logs when selection falls back to test
+            # last.ckpt = the weights after the latest epoch. Lightning's save_last=True only copies a checkpoint
+            # its top-k keeps, so there last.ckpt silently stays at the best epoch once val stops improving.
+            best = self.trainer.checkpoint_callback
+            self.trainer.callbacks.append(ModelCheckpoint(
+                dirpath=best.dirpath if best is not None else None, filename="last", monitor=None, save_top_k=1,
+                enable_version_counter=False))
 
         def after_fit(self) -> None:
             if self._get(self.config, "test_after_fit"):

@@ -157,8 +157,8 @@ class TGFR(RetrievalModule):
     """TGFR in two stages (``align`` = FCAM, ``fuse`` = FCFM); see the module docstring.
 
     Args:
-        face_encoder: the frozen face backbone (:class:`~xsearch.models.iresnet.IResNet`, insightface weights via
-            its ``weights``); always in eval mode, no gradient.
+        face_encoder: the face backbone (:class:`~xsearch.models.iresnet.IResNet`, insightface weights via its
+            ``weights``); frozen (eval mode, no gradient) except in stage ``face``.
         text_encoder: BERT-family :class:`~xsearch.models.encoders.TextEncoder` (``max_length`` 24; trained).
         stage: ``face`` (train the backbone as a face recogniser), ``align`` (stage 1) or ``fuse`` (stage 2;
             initialise each from the previous one with ``init_from``).
