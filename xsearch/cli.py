@@ -146,7 +146,8 @@ def _data_command(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="xsearch data", description="Generate or check datasets.")
     sub = parser.add_subparsers(dest="action", required=True)
     synth = sub.add_parser("synth", help="write a synthetic dataset in an official layout")
-    synth.add_argument("kind", choices=["pedes", "faces"], help="pedes: CUHK-PEDES layout; faces: CelebA layout + captions")
+    synth.add_argument("kind", choices=["pedes", "faces", "pfs"],
+                       help="pedes: CUHK-PEDES layout; faces: CelebA layout + captions; pfs: COCO-PFS layout (scenes, face descriptors)")
     synth.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     synth.add_argument("--identities", type=int, default=None, help="number of identities (default: quickstart size)")
     synth.add_argument("--seed", type=int, default=0)
@@ -161,9 +162,9 @@ def _data_command(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     if args.action == "synth":
-        from xsearch.datamodules import synthetic
+        from xsearch.datamodules import SYNTHESIZERS
 
-        generate = {"pedes": synthetic.generate_pedes, "faces": synthetic.generate_faces}[args.kind]
+        generate = SYNTHESIZERS.get(f"synth_{args.kind}")
         options: dict[str, Any] = {"seed": args.seed, "overwrite": args.overwrite}
         if args.identities is not None:
             options["identities"] = args.identities

@@ -65,7 +65,10 @@ class ImageStore:
 
 
 class TrainPairs(Dataset):
-    """One item per training caption: ``{"image", "text", "pid" (0..n-1 label), "index", "image_index"}``."""
+    """One item per training caption: ``{"image", "text", "pid" (0..n-1 label), "index", "image_index"}``, plus
+    ``"face"`` (the image's face descriptor) when ``faces`` maps image indices to them (COCO-PFS)."""
+
+    faces: dict[int, torch.Tensor] | None = None
 
     def __init__(self, captions: list[CaptionRecord], labels: dict[int, int], images: ImageStore, augment: Callable) -> None:
         self.captions, self.labels, self.images, self.augment = captions, labels, images, augment
@@ -77,13 +80,16 @@ class TrainPairs(Dataset):
         return self.item(self.captions[i])
 
     def item(self, caption: CaptionRecord) -> dict[str, Any]:
-        return {
+        item = {
             "image": self.augment(self.images(caption.image_index)),
             "text": caption.text,
             "pid": self.labels[caption.pid],
             "index": caption.index,
             "image_index": caption.image_index,
         }
+        if self.faces is not None:
+            item["face"] = self.faces[caption.image_index]
+        return item
 
 
 class TrainImages(TrainPairs):
@@ -107,15 +113,18 @@ class QuerySet(Dataset):
 
     relevance = None  # the metric's default: positives by pid
 
-    def __init__(self, captions: list[CaptionRecord]) -> None:
-        self.captions = captions
+    def __init__(self, captions: list[CaptionRecord], faces: dict[int, torch.Tensor] | None = None) -> None:
+        self.captions, self.faces = captions, faces
 
     def __len__(self) -> int:
         return len(self.captions)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         c = self.captions[i]
-        return {"text": c.text, "pid": c.pid, "index": c.index, "image_index": c.image_index}
+        item = {"text": c.text, "pid": c.pid, "index": c.index, "image_index": c.image_index}
+        if self.faces is not None:
+            item["face"] = self.faces[c.image_index]  # the identity's face, as seen in the caption's image
+        return item
 
 
 class GallerySet(Dataset):
@@ -266,6 +275,17 @@ class RetrievalDataModule(L.LightningDataModule):
                 )
         return self.index
 
+    def face_descriptors(self) -> dict[int, torch.Tensor] | None:
+        """``{image index: (D,) float32 face descriptor}`` when the dataset ships them (COCO-PFS), else ``None``."""
+        index = self.load_index()
+        if "face_features" not in index.extras:
+            return None
+        if getattr(self, "_faces", None) is None:
+            from xsearch.datamodules.coco_pfs import face_descriptor
+
+            self._faces = {r.index: torch.from_numpy(face_descriptor(index, r)) for r in index.images}
+        return self._faces
+
     @property
     def num_train_identities(self) -> int:
         self.load_index()
@@ -280,6 +300,7 @@ class RetrievalDataModule(L.LightningDataModule):
                                self._degrade("train"))
             items = TrainImages if self.hparams.train_items == "images" else TrainPairs
             self.train_set = items(captions, self.labels, store, build_train_augment(size, self.augment_config))
+            self.train_set.faces = self.face_descriptors()
             if self.composed is not None:
                 table = self.attribute_table()
                 candidates = reference_candidates(index.split_images("train"), table, self.composed)
@@ -294,7 +315,7 @@ class RetrievalDataModule(L.LightningDataModule):
                 table = self.attribute_table()
                 queries = ComposedQuerySet(composed_pairs(images, table, self.composed), store, images, table)
             else:
-                queries = QuerySet(index.split_captions(split))
+                queries = QuerySet(index.split_captions(split), self.face_descriptors())
             self.eval_sets[split] = (queries, GallerySet(images, store))
             if self.verification is not None:
                 protocol = verification_protocol(images, index.extras, self.verification)

@@ -10,7 +10,7 @@ Coordinates of the pedestrian are in *figure units*: ``x`` relative to the body'
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -238,15 +238,16 @@ def _draw_leg(f: _Fig, hip, knee, ankle, skin: RGB, bottom: str | None, bcol: RG
 
 
 def render_person(a: dict[str, Any], rng: np.random.Generator, size: tuple[int, int] = (160, 64),
-                  camera: str = "Market") -> tuple[Image.Image, dict[str, Any]]:
+                  camera: str = "Market", background: Callable[[np.random.Generator, int, int], Image.Image] | None = None,
+                  ) -> tuple[Image.Image, dict[str, Any]]:
     """Draw one image of the identity described by ``a`` (see ``synthetic.PersonAttributes.render``).
 
-    Returns the image (``size`` is (H, W)) and per-image details: ``view`` in {front, back, side},
-    ``occluded`` (bool).
+    ``background(rng, width, height)`` draws the backdrop (default :func:`street_background`). Returns the image
+    (``size`` is (H, W)) and per-image details: ``view`` in {front, back, side}, ``occluded`` (bool).
     """
     H, W = size
     h2, w2 = H * SS, W * SS
-    img = street_background(rng, w2, h2)
+    img = (background or street_background)(rng, w2, h2)
     d = ImageDraw.Draw(img)
 
     view = str(rng.choice(["front", "back", "side"], p=[0.4, 0.3, 0.3]))

@@ -4,11 +4,12 @@ from xsearch.models.clip import CLIPTowers
 from xsearch.models.cmsn import CMSN
 from xsearch.models.dual_encoder import DualEncoder
 from xsearch.models.encoders import ImageEncoder, Projection, SentenceEncoder, TextEncoder
+from xsearch.models.idclip import IdCLIP
 from xsearch.models.iresnet import IResNet
 from xsearch.models.irra import IRRA
 from xsearch.models.partlevel import PartLevel
 from xsearch.models.tgfr import TGFR
 from xsearch.models.xmodal import XModal
 
-__all__ = ["CLIPTowers", "CMSN", "DualEncoder", "IRRA", "IResNet", "ImageEncoder", "PartLevel", "Projection", "RetrievalModule",
+__all__ = ["CLIPTowers", "CMSN", "DualEncoder", "IRRA", "IdCLIP", "IResNet", "ImageEncoder", "PartLevel", "Projection", "RetrievalModule",
            "SentenceEncoder", "TGFR", "TextEncoder", "XModal"]
