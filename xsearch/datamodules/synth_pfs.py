@@ -18,7 +18,10 @@ and entity retrieval run offline on a CPU (registered as the synthesizer and dat
   first). Each has a VGGFace2-style class id ``n%06d`` (distinct, seeded), a unique synthetic
   "First Last" name matching its gender (``identity_meta.csv``: ``Class_ID, Name, Sample_Num, Flag,
   Gender`` with ``Flag`` 1 for train identities, 0 otherwise), a fixed look (the pedestrian attributes
-  and renderer of :mod:`xsearch.datamodules.synthetic`) and a random unit 512-d face-descriptor centre.
+  and renderer of :mod:`xsearch.datamodules.synthetic`) and a unit 512-d face-descriptor centre that is
+  partly a function of that look (:data:`APPEARANCE_SHARE`, see :func:`appearance_vector`) and partly
+  random: a face model's embedding reflects what the person looks like, so a translator trained on some
+  identities can say something about unseen ones, as Id-CLIP needs.
 * Every image is one COCO image (12-digit ``file_name``, distinct seeded id) holding exactly one
   identity: a scene of one of :data:`CONTEXTS` (beach, street, park, kitchen, snow; layout, colours and
   an optional prop vary per image) with the identity's rendered pedestrian pasted in. It is saved as
@@ -41,6 +44,7 @@ import copy
 import json
 import math
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -528,6 +532,23 @@ class _Identity:
     centre: np.ndarray  # unit (512,)
 
 
+APPEARANCE_SHARE = 0.8
+"""Weight of the look in a descriptor centre: ``centre = a * appearance + sqrt(1 - a^2) * random`` (unit parts)."""
+APPEARANCE_FIELDS = ("gender", "hair_length", "hair_colour", "top", "top_colour", "bottom", "bottom_colour", "bag",
+                     "hat", "glasses")
+"""The visible attributes a descriptor centre depends on."""
+
+
+def appearance_vector(person: PersonAttributes) -> np.ndarray:
+    """Unit ``(512,)``: the sum of one fixed random vector per ``field=value`` of :data:`APPEARANCE_FIELDS`
+    (seeded by the text, the same in every dataset: one "face model"), normalised."""
+    total = np.zeros(FACE_DIM)
+    for name in APPEARANCE_FIELDS:
+        key = f"{name}={getattr(person, name)}"
+        total += np.random.default_rng(zlib.crc32(key.encode())).standard_normal(FACE_DIM)
+    return total / np.linalg.norm(total)
+
+
 def _identities(identities: int, seed: int, split_fractions: Sequence[float]) -> list[_Identity]:
     n_train, n_val, _ = split_counts(identities, split_fractions)
     people = pedes_attributes(identities, seed)
@@ -536,7 +557,8 @@ def _identities(identities: int, seed: int, split_fractions: Sequence[float]) ->
     out = []
     for i, (person, name, number) in enumerate(zip(people, names, numbers.tolist())):
         split = "train" if i < n_train else ("val" if i < n_train + n_val else "test")
-        centre = _rng(seed, _T_CENTRE, i).standard_normal(FACE_DIM)
+        own = _rng(seed, _T_CENTRE, i).standard_normal(FACE_DIM)
+        centre = APPEARANCE_SHARE * appearance_vector(person) + math.sqrt(1 - APPEARANCE_SHARE**2) * own / np.linalg.norm(own)
         out.append(_Identity(i, split, f"n{number:06d}", name, person, centre / np.linalg.norm(centre)))
     return out
 
