@@ -233,3 +233,17 @@ def test_any_method_gets_the_face_protocol_on_its_image_embedding(tmp_path, caps
     with sqlite3.connect(results) as db:
         metrics = json.loads(db.execute("SELECT metrics FROM runs").fetchone()[0])
     assert {"image/AUC", "image/EER", "image/Rank1", "image/Acc", "R1"} <= set(metrics)
+
+
+def test_tgfr_nearest_tar_rule_reaches_the_metrics():
+    images = [ImageRecord(i, f"/x/{i}.jpg", pid, "test") for i, pid in enumerate([1, 1, 2, 2, 3, 3])]
+    protocol = verification_protocol(images, {}, VerificationOptions(tar_rule="nearest", pairs_per_image=2))
+    assert protocol.tar_rule == "nearest"
+    embeddings = torch.randn(6, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    pids = torch.tensor([1, 1, 2, 2, 3, 3])
+    got = face_protocol_metrics(embeddings, pids, protocol.first, protocol.second, protocol.same, protocol.fold,
+                                protocol.probes, protocol.gallery, rule=protocol.tar_rule)
+    unit = F.normalize(embeddings, dim=1)
+    scores = (unit[protocol.first] * unit[protocol.second]).sum(1).numpy()
+    expected = verification_metrics(scores, protocol.same.astype(int), rule="nearest")
+    assert {k: got[k] for k in expected} == pytest.approx(expected)

@@ -39,12 +39,15 @@ class VerificationOptions:
         pairs_per_image: generated same-person pairs per image (and as many different-person pairs).
         folds: folds of the generated pairs (contiguous, balanced), for the k-fold accuracy.
         seed: seed of the generated pairs.
+        tar_rule: TAR at a FAR target: ``at_most`` (the best TPR with FPR <= target) or ``nearest`` (the ROC
+            point with the closest FPR, TGFR's code; it can sit above the target).
     """
 
     pairs: Literal["auto", "dataset", "generated"] = "auto"
     pairs_per_image: int = 1
     folds: int = 10
     seed: int = 0
+    tar_rule: Literal["at_most", "nearest"] = "at_most"
 
 
 @dataclass
@@ -58,6 +61,7 @@ class VerificationProtocol:
     probes: np.ndarray
     gallery: np.ndarray
     source: str
+    tar_rule: str = "at_most"
 
     def __len__(self) -> int:
         return len(self.same)
@@ -168,4 +172,4 @@ def verification_protocol(images: list[ImageRecord], extras: dict[str, Any], opt
         raise ValueError(f"cannot build verification pairs: the split's {len(images)} images need two people, one "
                          "of them with two images or more")
     probes, gallery = _identification(pids)
-    return VerificationProtocol(first, second, same, fold, probes, gallery, source)
+    return VerificationProtocol(first, second, same, fold, probes, gallery, source, options.tar_rule)

@@ -212,7 +212,7 @@ class RetrievalModule(L.LightningModule):
         for name, chunks in collected.items():
             embeddings = torch.cat(chunks)[order]
             results[name] = face_protocol_metrics(embeddings, pids, protocol.first, protocol.second, protocol.same,
-                                                  protocol.fold, protocol.probes, protocol.gallery)
+                                                  protocol.fold, protocol.probes, protocol.gallery, rule=protocol.tar_rule)
             self.log_dict({f"{prefix}/{name}/{k}": v for k, v in results[name].items()}, add_dataloader_idx=False)
         return results
 
