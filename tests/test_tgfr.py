@@ -221,6 +221,14 @@ def test_both_stages_train_and_test_from_the_cli_with_the_degraded_protocol(tmp_
     for name in ("fused", "image_only"):
         assert {f"{name}/AUC", f"{name}/EER", f"{name}/TAR@FAR=1e-06", f"{name}/TAR@FAR=0.001", f"{name}/Rank1", f"{name}/Acc"} <= set(metrics)
     assert 0 <= metrics["fused/AUC"] <= 100 and "R1" in metrics
+    # testing the trained stage 2 needs only its own checkpoint: init_from is skipped when --ckpt_path gives weights
+    stage1.unlink()
+    assert main(["test", *common, "--model.init_args.stage", "fuse", "--model.init_args.init_from", str(stage1),
+                 "--ckpt_path", str(tmp_path / "stage2" / "ckpt" / "last.ckpt"), "--data.degrade", "{}"]) == 0
+    with sqlite3.connect(results) as db:
+        again = json.loads(db.execute("SELECT metrics FROM runs ORDER BY id DESC").fetchone()[0])
+    assert again["fused/AUC"] == pytest.approx(metrics["fused/AUC"])  # one epoch: best == last
+    assert again["image_only/Rank1"] == pytest.approx(metrics["image_only/Rank1"])
 
 
 @pytest.mark.slow

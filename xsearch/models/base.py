@@ -40,7 +40,8 @@ class RetrievalModule(L.LightningModule):
         visualize_queries: test queries drawn with their top-5 gallery images (0 = none).
         init_from: a checkpoint (of this method or another) whose tensors of matching name and shape
             initialise the model before training (e.g. TGFR's stage 2 from its stage 1); the others are
-            listed in the log. ``--ckpt_path`` instead resumes a run of the same config.
+            listed in the log. Used by ``fit`` only: ``validate`` / ``test`` take their weights from
+            ``--ckpt_path``, so a trained stage 2 is tested without its stage-1 file.
 
     With ``data.verification`` set, validation and test also report face verification and identification
     of each embedding :meth:`encode_faces` returns (``<split>/<name>/AUC``, ``.../TAR@FAR=0.0001``,
@@ -120,8 +121,8 @@ class RetrievalModule(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if stage == "fit" and datamodule is not None and hasattr(datamodule, "num_train_identities"):
             self._ensure_identity_modules(datamodule.num_train_identities)
-        if self.hparams.init_from and self._initialised_from != self.hparams.init_from:
-            self.initialise_from(self.hparams.init_from)
+        if stage == "fit" and self.hparams.init_from and self._initialised_from != self.hparams.init_from:
+            self.initialise_from(self.hparams.init_from)  # a resumed fit then restores its own checkpoint over it
 
     def initialise_from(self, path: str | Path) -> None:
         """Copy the tensors of a checkpoint whose name and shape match this model's; raise if none does.
