@@ -81,3 +81,23 @@ def test_every_config_parses(config, capsys):
         main(["fit", "--config", config, "--print_config"])
     assert exit_info.value.code in (0, None)
     assert "class_path" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_instance_positives_are_their_own_benchmark_and_never_score_above_identity(tmp_path, monkeypatch):
+    from xsearch.datamodules.base import QuerySet
+    from xsearch.datamodules.records import CaptionRecord
+
+    captions = [CaptionRecord(7, 3, "a man", 1, "test"), CaptionRecord(8, 4, "a man", 1, "test")]
+    assert dict(QuerySet(captions, instance=True).relevance.positives) == {7: [3], 8: [4]}
+    assert QuerySet(captions).relevance is None
+    monkeypatch.chdir(tmp_path)
+    results = tmp_path / "r.sqlite"
+    common = ["test", "--config", CONFIG, "--data.root", str(tmp_path / "data"), "--results", str(results)]
+    assert main(common) == 0 and main([*common, "--data.positives", "instance"]) == 0
+    with sqlite3.connect(results) as db:
+        rows = {d: json.loads(m) for d, m in db.execute("SELECT dataset, metrics FROM runs")}
+    assert set(rows) == {"synth_pedes", "synth_pedes:instance"}
+    for k in ("R1", "R5", "R10"):
+        assert rows["synth_pedes:instance"][k] <= rows["synth_pedes"][k]
+    assert rows["synth_pedes:instance"]["R10"] < rows["synth_pedes"]["R10"]  # several images per person

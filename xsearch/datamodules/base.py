@@ -30,6 +30,7 @@ from xsearch.datamodules.files import DatasetFormatError
 from xsearch.datamodules.loading import load_dataset, resolve_root
 from xsearch.datamodules.records import CaptionRecord, DatasetIndex, ImageRecord
 from xsearch.datamodules.samplers import IdentityBatchSampler
+from xsearch.evaluation.composed import QueryRelevance
 from xsearch.datamodules.transforms import AugmentConfig, build_train_augment, load_image
 from xsearch.registry import DATASETS, Registry
 
@@ -109,12 +110,16 @@ class TrainImages(TrainPairs):
 
 
 class QuerySet(Dataset):
-    """Evaluation queries: ``{"text", "pid", "index", "image_index"}``; every same-pid image is a positive."""
+    """Evaluation queries: ``{"text", "pid", "index", "image_index"}``; every same-pid image is a positive, or
+    with ``instance`` only the caption's own image (instance-level R@K, Id-CLIP's general retrieval)."""
 
     relevance = None  # the metric's default: positives by pid
 
-    def __init__(self, captions: list[CaptionRecord], faces: dict[int, torch.Tensor] | None = None) -> None:
+    def __init__(self, captions: list[CaptionRecord], faces: dict[int, torch.Tensor] | None = None,
+                 instance: bool = False) -> None:
         self.captions, self.faces = captions, faces
+        if instance:  # COCO-style: only the caption's own image is correct
+            self.relevance = QueryRelevance({c.index: [c.image_index] for c in captions})
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -176,6 +181,8 @@ class RetrievalDataModule(L.LightningDataModule):
         verification: also evaluate face verification (pairs: ROC AUC, EER, TAR@FAR, k-fold accuracy) and
             rank-1 identification on each evaluation split (:mod:`xsearch.datamodules.face_pairs`): a third
             loader of face samples; ``None``: retrieval only.
+        positives: text queries' positives: every image of the person (``identity``, person search) or only
+            the caption's own image (``instance``, COCO-style; results stored as ``<dataset>:instance``).
     """
 
     def __init__(
@@ -202,6 +209,7 @@ class RetrievalDataModule(L.LightningDataModule):
         composed: ComposedOptions | None = None,
         query_mode: Literal["text", "composed"] = "text",
         verification: VerificationOptions | None = None,
+        positives: Literal["identity", "instance"] = "identity",
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -230,6 +238,7 @@ class RetrievalDataModule(L.LightningDataModule):
         """Name results are stored and compared under: the dataset, then ``:composed`` for composed queries and
         ``:degraded`` when the test images are degraded (each protocol is its own leaderboard table)."""
         protocol = [self.query_mode] if self.query_mode != "text" else []
+        protocol += ["instance"] if self.hparams.positives == "instance" and self.query_mode == "text" else []
         protocol += ["degraded"] if self._degrade("test") is not None else []
         return ":".join([self.dataset, *protocol])
 
@@ -315,7 +324,7 @@ class RetrievalDataModule(L.LightningDataModule):
                 table = self.attribute_table()
                 queries = ComposedQuerySet(composed_pairs(images, table, self.composed), store, images, table)
             else:
-                queries = QuerySet(index.split_captions(split), self.face_descriptors())
+                queries = QuerySet(index.split_captions(split), self.face_descriptors(), self.hparams.positives == "instance")
             self.eval_sets[split] = (queries, GallerySet(images, store))
             if self.verification is not None:
                 protocol = verification_protocol(images, index.extras, self.verification)
