@@ -33,7 +33,7 @@ def _option_args(options: dict) -> list[str]:
 
 
 def test_every_registered_dataset_has_a_fixture():
-    synthetic_only = {"synth_pedes"}  # the generator is the fixture (tests/test_synthetic.py)
+    synthetic_only = {"synth_pedes", "synth_pfs"}  # the generator is the fixture (tests/test_synthetic.py, test_synth_pfs.py)
     assert set(DATASETS.names()) - synthetic_only <= set(BUILDERS), "every parser needs a layout in tests/layouts"
 
 
