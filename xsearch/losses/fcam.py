@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xsearch.losses.contrastive import info_nce
+from xsearch.losses.cria import cosine_logits
 from xsearch.losses.identity import _check_labels
 
 __all__ = [
@@ -147,23 +149,7 @@ def sentence_image_loss(
     Returns:
         Scalar tensor.
     """
-    if images.dim() != 2 or images.shape != sentences.shape:
-        raise ValueError(
-            "expected images and sentences of the same shape (B, D), got "
-            f"{tuple(images.shape)} and {tuple(sentences.shape)}"
-        )
-    batch_size = images.shape[0]
-    image_norm = F.normalize(images, dim=-1, eps=_COSINE_EPS)
-    sentence_norm = F.normalize(sentences, dim=-1, eps=_COSINE_EPS)
-    logits = scale * (image_norm @ sentence_norm.t())  # (B_img, B_sent)
-    if pids is not None:
-        if pids.shape != (batch_size,):
-            raise ValueError(f"expected pids of shape ({batch_size},), got {tuple(pids.shape)}")
-        same_identity = pids.view(-1, 1) == pids.view(1, -1)
-        eye = torch.eye(batch_size, dtype=torch.bool, device=logits.device)
-        logits = logits.masked_fill(same_identity & ~eye, float("-inf"))
-    targets = torch.arange(batch_size, device=logits.device)
-    return F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)
+    return 2.0 * info_nce(images, sentences, scale, pids)  # info_nce averages the two directions; TGFR sums them
 
 
 def global_contrastive_loss(images: Tensor, sentences: Tensor, scale: float = 10.0) -> Tensor:
@@ -202,14 +188,10 @@ def arcface_logits(
     Returns:
         (B, C) logits.
     """
-    if embeddings.dim() != 2 or weight.dim() != 2 or embeddings.shape[1] != weight.shape[1]:
-        raise ValueError(
-            f"expected embeddings (B, D) and weight (C, D), got {tuple(embeddings.shape)} and {tuple(weight.shape)}"
-        )
+    cosine = cosine_logits(embeddings, weight, 1.0)  # (B, C); checks the shapes
     if labels.shape != (embeddings.shape[0],):
         raise ValueError(f"expected labels of shape ({embeddings.shape[0]},), got {tuple(labels.shape)}")
     _check_labels(labels, weight.shape[0])
-    cosine = F.normalize(embeddings, dim=-1) @ F.normalize(weight, dim=-1).t()  # (B, C)
     index = labels.long().unsqueeze(1)  # (B, 1)
     target_cos = cosine.gather(1, index)  # (B, 1); the margin only touches the target column
     sine = (1.0 - target_cos.pow(2)).clamp(0.0, 1.0).sqrt()
