@@ -12,7 +12,7 @@ from xsearch.datamodules import GALLERY, QUERIES, RetrievalDataModule
 from xsearch.datamodules.cuhk_pedes import parse
 from xsearch.datamodules.files import DatasetFormatError
 from xsearch.datamodules.samplers import IdentityBatchSampler
-from xsearch.datamodules.transforms import AugmentConfig, build_train_augment, load_image
+from xsearch.datamodules.transforms import AugmentConfig, build_train_augment, center_box, load_image
 
 FIXTURE = Path(__file__).parent / "fixtures" / "cuhk_pedes"
 
@@ -116,6 +116,19 @@ def test_load_image_crops_the_box_before_resizing(tmp_path):
     assert int(whole[0, 0, 0]) == 0 and int(whole[0, 4, 2]) == 255
     with pytest.raises(ValueError, match="crop must be"):
         RetrievalDataModule("cuhk_pedes", str(FIXTURE), crop=(0.5, 0.0, 0.4, 1.0))
+
+
+def test_center_crop_keeps_the_middle_square_like_clip_preprocessing(tmp_path):
+    from PIL import Image
+
+    pixels = np.zeros((40, 100, 3), dtype=np.uint8)  # H 40, W 100: green sides (30 px each), a red 40x40 middle
+    pixels[:, :30] = pixels[:, 70:] = (0, 255, 0)
+    pixels[:, 30:70] = (255, 0, 0)
+    Image.fromarray(pixels).save(tmp_path / "wide.png")
+    square = load_image(tmp_path / "wide.png", (8, 8), crop="center")
+    assert bool((square[0] == 255).all()) and bool((square[1] == 0).all())  # only the red middle is left
+    assert center_box(100, 40, (8, 8)) == (30, 0, 70, 40) and center_box(40, 100, (8, 8)) == (0, 30, 40, 70)
+    assert center_box(100, 40, (10, 20)) == (10, 0, 90, 40)  # W/H = 2
 
 
 def test_load_image_error_names_file(tmp_path):

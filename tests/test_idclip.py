@@ -2,11 +2,14 @@
 the visual prompts learn."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
+from xsearch.losses import entity_info_nce
 from xsearch.models.clip import EOT_ID, SOT_ID, CLIPTowers, tiny_clip_config
-from xsearch.models.idclip import TOKEN_ID, IdCLIP, tokenize_with_token
+from xsearch.models.idclip import CONFS, TOKEN_ID, IdCLIP, fill_query, tokenize_with_token
 
 
 def _model(prompt_tokens: int = 5, learnable_temperature: bool = False) -> IdCLIP:
@@ -66,7 +69,7 @@ def test_only_the_translator_and_the_visual_prompts_receive_gradients():
     out = model.training_losses(batch)
     out["loss"].backward()
     with_grad = {name for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
-    assert with_grad == {"translator.net.0.weight", "translator.net.2.weight", "clip.vision.embeddings.prompts"}
+    assert with_grad == {"translator.net.0.weight", "translator.net.2.weight", "visual_prompts"}
     assert out["itc"].item() > 0
     assert model.log_scale.exp().item() == pytest.approx(1 / 0.07)
     learnable = _model(learnable_temperature=True)
@@ -83,5 +86,88 @@ def test_visual_prompts_are_appended_after_cls_and_patches():
 
 
 def test_queries_without_faces_are_refused():
-    with pytest.raises(KeyError, match="idclip needs face descriptors in the batch"):
-        _model().encode_queries({"text": ["a man"]})
+    with pytest.raises(KeyError, match=r"idclip needs face descriptors in the batch \('face'\) for captions with \[TOK\]"):
+        _model().encode_queries({"text": ["A [ENTITY] on a bike."]})
+
+
+def test_confs_fill_the_slot_as_the_authors_test_configurations():
+    caption = "A man ([ENTITY]) on the beach."
+    expected = {
+        "conf1": "A man ([TOK]) on the beach.",
+        "conf2": "A man ([TOK] Ada Lovelace) on the beach.",
+        "conf3": "A man (Ada Lovelace [TOK]) on the beach.",
+        "conf4": "An image with [TOK]. A man (Ada Lovelace) on the beach.",
+        "conf5": "[TOK]. A man (Ada Lovelace) on the beach.",
+        "conf6": "[TOK]. A man ([TOK]) on the beach.",
+        "name": "A man (Ada Lovelace) on the beach.",
+        "none": "A man (a person) on the beach.",
+    }
+    assert set(expected) == set(CONFS)
+    for conf, text in expected.items():
+        assert fill_query(caption, conf, "Ada Lovelace") == text, conf
+    with pytest.raises(KeyError, match="conf 'conf2' puts the identity's name into the caption"):
+        fill_query(caption, "conf2")
+    with pytest.raises(ValueError, match="conf must be one of conf1, .*, none, got 'conf7'"):
+        _model().__class__(CLIPTowers(config=tiny_clip_config(width=32, embed_dim=16), image_size=(64, 64)), conf="conf7")
+
+
+def test_name_and_none_baselines_are_plain_clip_and_need_no_face():
+    model = _model(prompt_tokens=0).eval()
+    model.conf = "name"
+    with torch.no_grad():
+        got = model.encode_queries({"text": ["A picture of [ENTITY]."], "name": ["Ada Lovelace"]})
+        plain = model.clip.encode_text(model.clip.tokenize(["A picture of Ada Lovelace."])).global_features
+    torch.testing.assert_close(got, torch.nn.functional.normalize(plain, dim=-1))
+
+
+def test_ensembled_entity_queries_average_text_features_before_normalising():
+    model = _model().eval()
+    faces = torch.randn(2, 8)
+    prompts = [("An image with [ENTITY]", "An image with [ENTITY]"), ("[ENTITY] in the image", "[ENTITY] in the image")]
+    with torch.no_grad():
+        got = model.encode_queries({"prompts": prompts, "face": faces, "name": ["a", "b"]})
+        features = [model.text_features([p.replace("[ENTITY]", "[TOK]") for p in group], faces) for group in prompts]
+    torch.testing.assert_close(got, torch.nn.functional.normalize((features[0] + features[1]) / 2, dim=-1))
+    assert not torch.allclose(got[0], got[1])  # the faces differ
+
+
+def test_clip_stage_trains_the_towers_and_its_checkpoint_keys_initialise_the_idclip_stage():
+    torch.manual_seed(0)
+    clip_stage = IdCLIP(CLIPTowers(config=tiny_clip_config(width=32, embed_dim=16), image_size=(64, 64), context_length=24),
+                        face_dim=8, translator_hidden=12, prompt_tokens=5, stage="clip").train()
+    assert clip_stage.visual_prompts is None and clip_stage.conf == "none"
+    batch = {"image": torch.randint(0, 255, (3, 3, 64, 64), dtype=torch.uint8), "text": ["A [ENTITY] on a bike."] * 3,
+             "pid": torch.arange(3)}
+    clip_stage.training_losses(batch)["loss"].backward()
+    trained = {n for n, p in clip_stage.named_parameters() if p.grad is not None}
+    assert not any(n.startswith("translator") for n in trained)
+    assert {"clip.text.embeddings.token_embedding.weight", "clip.vision.embeddings.patch_embedding.weight"} <= trained
+    idclip = _model(prompt_tokens=5)
+    clip_keys = {k for k in idclip.state_dict() if k.startswith("clip.")}
+    assert clip_keys == {k for k in clip_stage.state_dict() if k.startswith("clip.")}  # prompts live outside clip.*
+    assert set(idclip.state_dict()) - clip_keys == {"translator.net.0.weight", "translator.net.2.weight", "visual_prompts",
+                                                    "log_scale"}
+
+
+def test_entity_aware_infonce_matches_hand_computed_targets():
+    image = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    text = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    pids = torch.tensor([7, 7, 3])
+    logits = 2.0 * torch.nn.functional.normalize(image, dim=1) @ torch.nn.functional.normalize(text, dim=1).T
+    same = torch.tensor([[1.0, 1, 0], [1, 1, 0], [0, 0, 1]])
+    e = math.e
+    soft = torch.tensor([[e, e, 1], [e, e, 1], [1, 1, e]])
+    soft = soft / soft.sum(1, keepdim=True)
+    expected = 0.5 * sum(-(soft[i] * logits[i].log_softmax(0)).sum() / 3 + -(soft[i] * logits.T[i].log_softmax(0)).sum() / 3
+                         for i in range(3))
+    assert entity_info_nce(image, text, pids, 2.0).item() == pytest.approx(expected.item(), rel=1e-6)
+    bce = -(same * torch.sigmoid(logits).log() + (1 - same) * torch.sigmoid(-logits).log()).mean()
+    assert entity_info_nce(image, text, pids, 2.0, targets="bce").item() == pytest.approx(bce.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="targets must be 'softmax' or 'bce'"):
+        entity_info_nce(image, text, pids, 2.0, targets="kl")
+    model = _model(prompt_tokens=0)
+    model.entity_loss_weight = 0.5
+    batch = {"image": torch.randint(0, 255, (3, 3, 64, 64), dtype=torch.uint8), "face": torch.randn(3, 8),
+             "text": ["[ENTITY] on a bike."] * 3, "pid": pids}
+    terms = model.training_losses(batch)
+    assert terms["loss"].item() == pytest.approx((terms["itc"] + 0.5 * terms["entity"]).item(), rel=1e-6)

@@ -3,6 +3,7 @@ from the CLI on a tiny synthetic set (a newly registered method is covered autom
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from pathlib import Path
 
@@ -35,7 +36,7 @@ def test_tiny_config_fits_tests_and_records(name, tmp_path, capsys, monkeypatch)
             "--tag", "smoke"]
     assert main(args) == 0
     dataset = yaml.safe_load((CONFIGS / "tiny" / f"{name}.yaml").read_text())["data"]["dataset"]
-    assert f"{name} on {dataset} (test): R1" in capsys.readouterr().out
+    assert re.search(rf"{name} on {dataset}(:\w+)* \(test\): R1", capsys.readouterr().out)
     assert (tmp_path / "runs" / "tiny" / "test_top5.png").is_file()
     if name == "partlevel":  # what each shared part token reads
         assert (tmp_path / "runs" / "tiny" / "test_parts.png").is_file()
@@ -43,3 +44,5 @@ def test_tiny_config_fits_tests_and_records(name, tmp_path, capsys, monkeypatch)
         method, metrics, extra = db.execute("SELECT method, metrics, extra FROM runs").fetchone()
     assert method == name and set(json.loads(metrics)) >= {"R1", "R5", "R10", "mAP", "mINP"}
     assert json.loads(extra) == {"tag": "smoke"}
+    if name == "idclip":  # general retrieval both ways + entity retrieval in the same row
+        assert set(json.loads(metrics)) >= {"i2t_R1", "R50", "entity_R@1", "kmin_R@10", "mAP@10"}

@@ -110,7 +110,8 @@ def _lightning_cli(args: list[str]) -> None:
             )
             store = ResultsStore(config["results"])
             row = store.append(record)
-            shown = ", ".join(f"{k} {metrics[k]:.2f}" for k in ("R1", "R5", "R10", "mAP", "mINP") if k in metrics)
+            shown = ", ".join(f"{k} {metrics[k]:.2f}" for k in ("R1", "R5", "R10", "mAP", "mINP", "entity_R@10", "kmin_R@10",
+                                                               "mAP@10") if k in metrics)
             print(f"\n[xsearch] {method} on {record.dataset} (test): {shown}")
             print(f"[xsearch] appended run #{row} to {store.path}\n")
             print(render_store(store, dataset=record.dataset, fmt="md"))

@@ -18,6 +18,8 @@ from typing import Any
 from xsearch.results import ResultsStore, RunRecord
 
 DEFAULT_METRICS: tuple[str, ...] = ("R1", "R5", "R10", "mAP", "mINP")
+PROTOCOL_METRICS: tuple[str, ...] = ("R50", "i2t_R1", "entity_R@1", "entity_R@10", "kmin_R@10", "mAP@10")
+"""Shown after the defaults when the selected runs have them (Id-CLIP's general and entity retrieval)."""
 FORMATS: tuple[str, ...] = ("md", "csv", "json", "html")
 MISSING = "-"
 _KEY_COLUMNS = ("dataset", "method", "config_hash", "n")
@@ -207,5 +209,9 @@ def render_store(
     store = store if isinstance(store, ResultsStore) else ResultsStore(store)
     if not store.path.exists():
         return render([], fmt, metrics, source=store.path)
-    rows = leaderboard_table(store.rows(), dataset=dataset, metrics=metrics)
+    records = store.rows()
+    if tuple(metrics) == DEFAULT_METRICS:
+        present = {name for r in records if dataset in (None, r.dataset, r.dataset.split(":")[0]) for name in r.metrics}
+        metrics = [*DEFAULT_METRICS, *(name for name in PROTOCOL_METRICS if name in present)]
+    rows = leaderboard_table(records, dataset=dataset, metrics=metrics)
     return render(rows, fmt, metrics, source=store.path)

@@ -25,6 +25,7 @@ from xsearch.datamodules.composed import (
     reference_candidates,
 )
 from xsearch.datamodules.degrade import DegradeConfig, degrade
+from xsearch.datamodules.entity_queries import EntityOptions, EntityQuerySet, entity_queries
 from xsearch.datamodules.face_pairs import FaceSampleSet, VerificationOptions, VerificationProtocol, verification_protocol
 from xsearch.datamodules.files import DatasetFormatError
 from xsearch.datamodules.loading import load_dataset, resolve_root
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 
 QUERIES, GALLERY, FACES = 0, 1, 2
 """Dataloader indices of the evaluation loaders (``FACES`` only with ``verification``)."""
+EVAL_ROLES = ("queries", "gallery", "faces", "entities")
+"""What an evaluation loader holds; :attr:`RetrievalDataModule.eval_roles` lists them in loader order."""
 
 SYNTHESIZERS: Registry[Callable[..., Path]] = Registry("synthetic dataset generator")
 """Generators of synthetic datasets by dataset name, used when ``generate`` is set and the root is missing."""
@@ -47,7 +50,8 @@ class ImageStore:
     """Loads images as resized ``uint8 (3, H, W)`` tensors, optionally keeping them all in RAM."""
 
     def __init__(self, images: list[ImageRecord], size: tuple[int, int], cache: bool, desc: str = "caching images",
-                 crop: tuple[float, float, float, float] | None = None, degraded: DegradeConfig | None = None) -> None:
+                 crop: tuple[float, float, float, float] | Literal["center"] | None = None,
+                 degraded: DegradeConfig | None = None) -> None:
         self.images, self.size, self.crop, self.degraded = images, size, crop, degraded
         self.by_index = {r.index: r for r in images}
         self.cache: dict[int, torch.Tensor] | None = None
@@ -67,9 +71,11 @@ class ImageStore:
 
 class TrainPairs(Dataset):
     """One item per training caption: ``{"image", "text", "pid" (0..n-1 label), "index", "image_index"}``, plus
-    ``"face"`` (the image's face descriptor) when ``faces`` maps image indices to them (COCO-PFS)."""
+    ``"face"`` (the image's face descriptor) and ``"name"`` (the identity's display name) when ``faces`` maps image
+    indices to descriptors and ``names`` dataset pids to names (COCO-PFS)."""
 
     faces: dict[int, torch.Tensor] | None = None
+    names: dict[int, str] | None = None
 
     def __init__(self, captions: list[CaptionRecord], labels: dict[int, int], images: ImageStore, augment: Callable) -> None:
         self.captions, self.labels, self.images, self.augment = captions, labels, images, augment
@@ -90,6 +96,8 @@ class TrainPairs(Dataset):
         }
         if self.faces is not None:
             item["face"] = self.faces[caption.image_index]
+        if self.names is not None:
+            item["name"] = self.names.get(caption.pid, str(caption.pid))
         return item
 
 
@@ -110,14 +118,15 @@ class TrainImages(TrainPairs):
 
 
 class QuerySet(Dataset):
-    """Evaluation queries: ``{"text", "pid", "index", "image_index"}``; every same-pid image is a positive, or
-    with ``instance`` only the caption's own image (instance-level R@K, Id-CLIP's general retrieval)."""
+    """Evaluation queries: ``{"text", "pid", "index", "image_index"}`` (+ ``"face"``, ``"name"`` as in
+    :class:`TrainPairs`); every same-pid image is a positive, or with ``instance`` only the caption's own image
+    (instance-level R@K, Id-CLIP's general retrieval)."""
 
     relevance = None  # the metric's default: positives by pid
 
     def __init__(self, captions: list[CaptionRecord], faces: dict[int, torch.Tensor] | None = None,
-                 instance: bool = False) -> None:
-        self.captions, self.faces = captions, faces
+                 instance: bool = False, names: dict[int, str] | None = None) -> None:
+        self.captions, self.faces, self.names = captions, faces, names
         if instance:  # COCO-style: only the caption's own image is correct
             self.relevance = QueryRelevance({c.index: [c.image_index] for c in captions})
 
@@ -129,6 +138,8 @@ class QuerySet(Dataset):
         item = {"text": c.text, "pid": c.pid, "index": c.index, "image_index": c.image_index}
         if self.faces is not None:
             item["face"] = self.faces[c.image_index]  # the identity's face, as seen in the caption's image
+        if self.names is not None:
+            item["name"] = self.names.get(c.pid, str(c.pid))
         return item
 
 
@@ -155,7 +166,8 @@ class RetrievalDataModule(L.LightningDataModule):
             ``$XSEARCH_DATA`` (default ``./data``), so configs name only the folder.
         image_size: ``(H, W)`` every image is resized to.
         crop: ``(top, left, bottom, right)`` box, as fractions of each image's height / width, cut out before
-            resizing (e.g. the face region of aligned face images); ``None`` keeps the whole image.
+            resizing (e.g. the face region of aligned face images), or ``center``: the largest centred box with the
+            aspect ratio of ``image_size`` (CLIP's resize-shorter-side + centre crop); ``None`` keeps the whole image.
         batch_size: training pairs per batch (per device).
         sampler: ``random`` or ``identity`` (P x K batches, ``instances`` pairs per identity).
         val_split: split used for validation and checkpoint selection; a dataset without it
@@ -183,6 +195,9 @@ class RetrievalDataModule(L.LightningDataModule):
             loader of face samples; ``None``: retrieval only.
         positives: text queries' positives: every image of the person (``identity``, person search) or only
             the caption's own image (``instance``, COCO-style; results stored as ``<dataset>:instance``).
+        entity_retrieval: also evaluate Id-CLIP's entity retrieval (identity-only prompts + a face -> every image
+            of the identity; :mod:`xsearch.datamodules.entity_queries`) on each evaluation split, for datasets with
+            face descriptors: one more loader; ``None``: no entity queries.
     """
 
     def __init__(
@@ -190,7 +205,7 @@ class RetrievalDataModule(L.LightningDataModule):
         dataset: str,
         root: str,
         image_size: tuple[int, int] = (384, 128),
-        crop: tuple[float, float, float, float] | None = None,
+        crop: tuple[float, float, float, float] | Literal["center"] | None = None,
         batch_size: int = 64,
         eval_batch_size: int = 256,
         num_workers: int = 4,
@@ -210,6 +225,7 @@ class RetrievalDataModule(L.LightningDataModule):
         query_mode: Literal["text", "composed"] = "text",
         verification: VerificationOptions | None = None,
         positives: Literal["identity", "instance"] = "identity",
+        entity_retrieval: EntityOptions | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -217,7 +233,7 @@ class RetrievalDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.dataset, self.root = dataset, resolve_root(root).absolute()
         self.image_size = tuple(image_size)
-        if crop is not None and not (0 <= crop[0] < crop[2] <= 1 and 0 <= crop[1] < crop[3] <= 1):
+        if crop not in (None, "center") and not (0 <= crop[0] < crop[2] <= 1 and 0 <= crop[1] < crop[3] <= 1):
             raise ValueError(f"crop must be (top, left, bottom, right) fractions with top < bottom, left < right, got {crop}")
         self.augment_config = augment or AugmentConfig()
         self.index: DatasetIndex | None = None
@@ -226,9 +242,11 @@ class RetrievalDataModule(L.LightningDataModule):
         self.composed = composed if composed is not None or query_mode == "text" else ComposedOptions()
         self.query_mode = query_mode
         # kept as given: LightningCLI replaces ``hparams`` with the parsed config, where dataclasses are dicts
-        self.degrade_config, self.verification = degrade, verification
+        self.degrade_config, self.verification, self.entity_retrieval = degrade, verification, entity_retrieval
         self._attribute_table: AttributeTable | None = None
         self.face_sets: dict[str, tuple[FaceSampleSet, VerificationProtocol]] = {}
+        self.entity_sets: dict[str, EntityQuerySet] = {}
+        self.eval_roles: list[str] = list(EVAL_ROLES[:2])
 
     def _degrade(self, split: str) -> DegradeConfig | None:
         return self.degrade_config if split in self.hparams.degrade_splits else None
@@ -295,6 +313,10 @@ class RetrievalDataModule(L.LightningDataModule):
             self._faces = {r.index: torch.from_numpy(face_descriptor(index, r)) for r in index.images}
         return self._faces
 
+    def identity_names(self) -> dict[int, str] | None:
+        """Display names by dataset pid for datasets with face descriptors (the name-based Id-CLIP configurations)."""
+        return self.load_index().identity_names if self.face_descriptors() is not None else None
+
     @property
     def num_train_identities(self) -> int:
         self.load_index()
@@ -309,13 +331,13 @@ class RetrievalDataModule(L.LightningDataModule):
                                self._degrade("train"))
             items = TrainImages if self.hparams.train_items == "images" else TrainPairs
             self.train_set = items(captions, self.labels, store, build_train_augment(size, self.augment_config))
-            self.train_set.faces = self.face_descriptors()
+            self.train_set.faces, self.train_set.names = self.face_descriptors(), self.identity_names()
             if self.composed is not None:
                 table = self.attribute_table()
                 candidates = reference_candidates(index.split_images("train"), table, self.composed)
                 self.train_set = ComposedTrainPairs(self.train_set, candidates, table, self.hparams.seed)
         splits = {"fit": self.eval_split, "validate": self.eval_split, "test": "test", "predict": "test"}
-        self.eval_sets, self.face_sets = {}, {}
+        self.eval_sets, self.face_sets, self.entity_sets = {}, {}, {}
         for split in {splits[stage]} | ({"test"} if stage == "test" else set()):
             images = index.split_images(split)
             store = ImageStore(images, size, self.hparams.cache_images, f"caching {split} images", self.hparams.crop,
@@ -324,13 +346,22 @@ class RetrievalDataModule(L.LightningDataModule):
                 table = self.attribute_table()
                 queries = ComposedQuerySet(composed_pairs(images, table, self.composed), store, images, table)
             else:
-                queries = QuerySet(index.split_captions(split), self.face_descriptors(), self.hparams.positives == "instance")
+                queries = QuerySet(index.split_captions(split), self.face_descriptors(), self.hparams.positives == "instance",
+                                   self.identity_names())
             self.eval_sets[split] = (queries, GallerySet(images, store))
             if self.verification is not None:
                 protocol = verification_protocol(images, index.extras, self.verification)
                 log.info("%s %s: %d verification pairs (%s), %d identification probes vs %d gallery faces",
                          self.dataset, split, len(protocol), protocol.source, len(protocol.probes), len(protocol.gallery))
                 self.face_sets[split] = (FaceSampleSet(images, index.split_captions(split), store), protocol)
+            if self.entity_retrieval is not None:
+                faces = self.face_descriptors()
+                if faces is None:
+                    raise ValueError(f"{self.dataset}: entity retrieval needs per-image face descriptors, which this "
+                                     "dataset does not have (coco_pfs and synth_pfs do)")
+                self.entity_sets[split] = entity_queries(index, images, faces, self.entity_retrieval)
+                log.info("%s %s: %d entity queries, %d query-face images left out of the entity gallery", self.dataset,
+                         split, len(self.entity_sets[split]), len(self.entity_sets[split].excluded))
 
     # -- loaders -------------------------------------------------------------------------
     def _loader(self, dataset: Dataset, **kwargs: Any) -> DataLoader:
@@ -353,8 +384,13 @@ class RetrievalDataModule(L.LightningDataModule):
         queries, gallery = self.eval_sets[split]
         size = self.hparams.eval_batch_size
         loaders = [self._loader(queries, batch_size=size), self._loader(gallery, batch_size=size)]
+        self.eval_roles = list(EVAL_ROLES[:2])
         if split in self.face_sets:
             loaders.append(self._loader(self.face_sets[split][0], batch_size=size))
+            self.eval_roles.append("faces")
+        if split in self.entity_sets:
+            loaders.append(self._loader(self.entity_sets[split], batch_size=size))
+            self.eval_roles.append("entities")
         return loaders
 
     def val_dataloader(self) -> list[DataLoader]:

@@ -27,8 +27,9 @@ and entity retrieval run offline on a CPU (registered as the synthesizer and dat
   an optional prop vary per image) with the identity's rendered pedestrian pasted in. It is saved as
   ``<file_name>_<class id>.jpg`` (double extension) in the split's image folder.
 * Each COCO image has 5 captions naming the context (and the prop, if any) and exactly one generic
-  person word ("man", "lady", "person"...) so the parser's identity insertion anchors to it; the
-  identity's name never appears (the parser inserts it).
+  person word ("man", "lady", "person"...) so the parser's identity insertion anchors to it; about half
+  of them also say one garment the person wears ("a man in a red jacket"), as COCO captions often do, so
+  that a CLIP trained on them sees the person; the identity's name never appears (the parser inserts it).
 * A split's features file maps ``"<COCO image id>_<class id>"`` to the identity's centre plus Gaussian
   noise (std ``face_noise``, by default such that the cosine to the centre is about 0.8), L2-normalised,
   512 floats (6 decimals).
@@ -473,8 +474,25 @@ def _sentence(text: str) -> str:
     return text[:1].upper() + text[1:] + "."
 
 
-def _captions(gender: str, context: Context, prop: PropKind | None, rng: np.random.Generator) -> list[str]:
-    """5 COCO-style captions: the context, the prop (when there is one) and exactly one person word."""
+def _outfit(person: PersonAttributes, rng: np.random.Generator) -> str:
+    """What the person wears, as a COCO caption might say it: " in a red jacket", " wearing blue jeans"..."""
+    options = [_article(f"{person.top_colour} {person.top}")]
+    if person.bottom is not None:
+        plural = person.bottom in ("trousers", "jeans", "shorts")
+        options.append(f"{person.bottom_colour} {person.bottom}" if plural else _article(f"{person.bottom_colour} {person.bottom}"))
+    if person.hat is not None:
+        options.append(_article(f"{person.hat_colour} {person.hat}"))
+    return f" {_choice(rng, ['in', 'wearing'])} {_choice(rng, options)}"
+
+
+OUTFIT_SHARE = 0.5
+"""Share of captions that say what the person wears (COCO captions often do; names never)."""
+
+
+def _captions(person: PersonAttributes, context: Context, prop: PropKind | None, rng: np.random.Generator) -> list[str]:
+    """5 COCO-style captions: the context, the prop (when there is one), exactly one person word, and in about
+    :data:`OUTFIT_SHARE` of them one visible garment of the person (the images show it)."""
+    gender = person.gender
     templates = [
         "{subj} {verb} {place}{prop}",
         "{subj} is {verb} {place}{prop}",
@@ -493,8 +511,9 @@ def _captions(gender: str, context: Context, prop: PropKind | None, rng: np.rand
         prop_part = ""
         if prop is not None and rng.random() < 0.6:
             prop_part = f" {_choice(rng, ['next to', 'near', 'beside', 'with'])} {_article(noun)}"
+        outfit = _outfit(person, rng) if rng.random() < OUTFIT_SHARE else ""
         text = templates[int(t)].format(
-            subj=_article(_choice(rng, words)), verb=_choice(rng, VERBS), place=_choice(rng, context.places),
+            subj=_article(_choice(rng, words)) + outfit, verb=_choice(rng, VERBS), place=_choice(rng, context.places),
             scene=_choice(rng, context.scenes).lower(), prop=prop_part, a_prop=_article(noun))
         out.append(_sentence(text))
     return out
@@ -630,7 +649,7 @@ def generate_pfs(out: str | Path, identities: int = 200, images_per_identity: in
                     image = _scene_image(p.person, context, prop, rng, size)
                     _save_jpeg(image, tmp / files.images / f"{file_name}_{p.class_id}.jpg", jpeg_quality)
                     book["images"].append({"id": coco_id, "file_name": file_name, "height": size[0], "width": size[1]})
-                    for text in _captions(p.person.gender, context, prop, _rng(seed, _T_CAPTION, p.index, k)):
+                    for text in _captions(p.person, context, prop, _rng(seed, _T_CAPTION, p.index, k)):
                         book["annotations"].append({"image_id": coco_id, "id": len(book["annotations"]) + 1,
                                                     "caption": text})
                     features[p.split][f"{coco_id}_{p.class_id}"] = _descriptor(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -17,17 +17,34 @@ from PIL import Image
 from torchvision.transforms import v2
 
 
-def load_image(path: str | Path, size: tuple[int, int], crop: tuple[float, float, float, float] | None = None) -> torch.Tensor:
+def center_box(width: int, height: int, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The largest centred ``(left, top, right, bottom)`` box of a ``width x height`` image with the aspect ratio of
+    ``size = (H, W)`` (CLIP's preprocessing: shorter side to the size, centre crop)."""
+    target = size[1] / size[0]  # W / H
+    if width / height > target:  # too wide: cut the sides
+        keep = round(height * target)
+        left = (width - keep) // 2
+        return left, 0, left + keep, height
+    keep = round(width / target)
+    top = (height - keep) // 2
+    return 0, top, width, top + keep
+
+
+def load_image(path: str | Path, size: tuple[int, int],
+               crop: tuple[float, float, float, float] | Literal["center"] | None = None) -> torch.Tensor:
     """Read an image file as RGB, optionally crop the box ``crop = (top, left, bottom, right)`` given as
-    fractions of the height / width (e.g. the face of an aligned face image), resize to ``size = (H, W)``
-    ignoring aspect ratio.
+    fractions of the height / width (e.g. the face of an aligned face image) or ``"center"`` (the largest centred
+    box with the aspect ratio of ``size``: CLIP's resize + centre crop), resize to ``size = (H, W)``; without a
+    crop, the aspect ratio is ignored.
 
     Returns a ``uint8`` tensor ``(3, H, W)``. Errors name the file.
     """
     try:
         with Image.open(path) as image:
             image = image.convert("RGB")
-            if crop is not None:
+            if crop == "center":
+                image = image.crop(center_box(*image.size, size))
+            elif crop is not None:
                 top, left, bottom, right = crop
                 width, height = image.size
                 image = image.crop((round(left * width), round(top * height), round(right * width), round(bottom * height)))

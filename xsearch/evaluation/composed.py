@@ -63,6 +63,19 @@ class QueryRelevance:
         return PositiveLists.from_lists(positive_lists, device), excluded
 
 
+    def inverse(self, query_indexes: torch.Tensor, gallery_indexes: torch.Tensor) -> PositiveLists:
+        """Image-to-text positives: for every gallery column, the query rows it is a positive of."""
+        column = {int(g): j for j, g in enumerate(gallery_indexes.tolist())}
+        lists: list[list[int]] = [[] for _ in column]
+        for row, query in enumerate(query_indexes.tolist()):
+            if query not in self.positives:
+                raise KeyError(f"query index {query} has no relevance entry (is the query set composed?)")
+            for g in self.positives[query]:
+                if g in column:
+                    lists[column[g]].append(row)
+        return PositiveLists.from_lists(lists, gallery_indexes.device)
+
+
 def relevance_metrics(
     similarity: torch.Tensor,
     positives: PositiveLists,

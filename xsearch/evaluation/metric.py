@@ -77,7 +77,8 @@ class RetrievalMetric(Metric):
 
     Protocols whose positives are not "same pid" (composed queries) set :attr:`relevance` (a
     :class:`~xsearch.evaluation.composed.QueryRelevance` by dataset index) before :meth:`compute`; it then
-    scores text-to-image only, with those positives and per-query exclusions.
+    scores text-to-image with those positives and per-query exclusions, and image-to-text (an image's positives
+    are the queries it is a positive of) when nothing is excluded (instance-level R@K, COCO-style).
     Use the update methods, not ``forward``: a batch alone has no meaningful retrieval score.
     """
 
@@ -177,7 +178,13 @@ class RetrievalMetric(Metric):
         if self.relevance is not None:
             positives, excluded = self.relevance.resolve(gathered.query_indexes, gathered.gallery_indexes)
             self.skipped_queries = {"t2i": int((positives.count == 0).sum())}
-            return relevance_metrics(similarity, positives, excluded, self.ks, self.on_missing)
+            metrics = relevance_metrics(similarity, positives, excluded, self.ks, self.on_missing)
+            if self.image_to_text and not len(excluded[0]):  # e.g. instance-level: an image finds its own captions
+                inverse = self.relevance.inverse(gathered.query_indexes, gathered.gallery_indexes)
+                self.skipped_queries["i2t"] = int((inverse.count == 0).sum())
+                i2t = relevance_metrics(similarity.T, inverse, None, self.ks, self.i2t_on_missing)
+                metrics.update({f"i2t_{name}": value for name, value in i2t.items()})
+            return metrics
         directions = [("t2i", "", similarity, gathered.query_pids, gathered.gallery_pids, self.on_missing)]
         if self.image_to_text:
             directions.append(

@@ -3,6 +3,7 @@
 from xsearch.losses.contrastive import (
     LossOutput,
     clamp_logit_scale,
+    entity_info_nce,
     info_nce,
     sdm_from_similarity,
     sdm_loss,
@@ -35,6 +36,7 @@ from xsearch.losses.parts import cmr_loss, part_commonality, part_diversity, par
 from xsearch.losses.triplet import spt_loss
 
 __all__ = [
+    "entity_info_nce",
     "EASY",
     "HARD",
     "LEVEL_NAMES",

@@ -87,6 +87,43 @@ def info_nce(
     return 0.5 * (loss_i2t + loss_t2i)
 
 
+def entity_info_nce(
+    image_embeddings: Tensor,
+    text_embeddings: Tensor,
+    pids: Tensor,
+    logit_scale: Tensor | float,
+    targets: str = "softmax",
+) -> Tensor:
+    """Id-CLIP's entity-aware InfoNCE: every same-identity pair in the batch is a positive.
+
+    With ``M_ij = [pid_i == pid_j]`` (float 0/1) and ``S = s I T^T`` (rows images, columns texts):
+
+    * ``softmax`` (the authors' ``InfoNCELossEntityAware``): ``1/2 [CE(S, softmax_row(M)) + CE(S^T, softmax_row(M^T))]``
+      with soft targets. ``softmax`` of a 0/1 row keeps a little mass (``1/e`` of a positive's) on every negative,
+      as the authors compute it. Their text direction takes ``softmax(M, dim=0)`` row by row, which is not a
+      distribution when identities repeat unevenly; xsearch uses its transpose (the column-wise softmax read
+      as rows), which is what a symmetric loss means and equal to theirs for symmetric ``M``.
+    * ``bce``: ``BCE-with-logits(S, M)`` averaged over all ``B x B`` pairs (the ``info-nce-entity-bce`` setup).
+
+    Args:
+        image_embeddings, text_embeddings: (B, D), L2-normalised inside; row i of each is one training pair.
+        pids: (B,) identities.
+        logit_scale: ``s = 1 / tau``.
+
+    Returns:
+        Scalar tensor. With all pids distinct, ``softmax`` is a label-smoothed :func:`info_nce`.
+    """
+    _check_pair(image_embeddings, text_embeddings)
+    _check_pids(pids, image_embeddings.shape[0])
+    logits = logit_scale * _cosine_similarity(image_embeddings, text_embeddings)  # (B, B)
+    same = (pids.view(-1, 1) == pids.view(1, -1)).to(logits.dtype)
+    if targets == "softmax":
+        return 0.5 * (F.cross_entropy(logits, same.softmax(dim=1)) + F.cross_entropy(logits.t(), same.t().softmax(dim=1)))
+    if targets == "bce":
+        return F.binary_cross_entropy_with_logits(logits, same)
+    raise ValueError(f"targets must be 'softmax' or 'bce', got {targets!r}")
+
+
 def sdm_loss(
     image_embeddings: Tensor,
     text_embeddings: Tensor,

@@ -17,8 +17,9 @@ import lightning as L
 import torch
 from torch import nn
 
-from xsearch.datamodules.base import FACES, GALLERY, QUERIES
+from xsearch.datamodules.base import EVAL_ROLES
 from xsearch.evaluation import RetrievalMetric, cosine_similarity
+from xsearch.evaluation.entity import entity_metrics
 from xsearch.evaluation.verification import face_protocol_metrics
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,9 @@ class RetrievalModule(L.LightningModule):
 
     With ``data.verification`` set, validation and test also report face verification and identification
     of each embedding :meth:`encode_faces` returns (``<split>/<name>/AUC``, ``.../TAR@FAR=0.0001``,
-    ``.../Rank1``...).
+    ``.../Rank1``...). With ``data.entity_retrieval`` set, they also report Id-CLIP's entity retrieval of the
+    entity queries (``encode_queries`` of ``prompts`` / ``text`` + ``face``) against the gallery:
+    ``<split>/entity_R@K``, ``kmin_R@K``, ``mAP@10``.
 
     Throughput (``train/samples_per_s``) and the share of time spent waiting for data
     (``train/data_wait_fraction``) are logged every epoch.
@@ -70,6 +73,7 @@ class RetrievalModule(L.LightningModule):
         self.val_metric = RetrievalMetric(ks=ks, similarity_fn=self.similarity)
         self.test_metric = RetrievalMetric(ks=ks, similarity_fn=self.similarity)
         self._faces: dict[str, list[torch.Tensor]] = {}
+        self._entities: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._initialised_from: str | None = None
 
     # -- what a method provides --------------------------------------------------------
@@ -185,18 +189,46 @@ class RetrievalModule(L.LightningModule):
         return terms["loss"]
 
     # -- evaluation ----------------------------------------------------------------------
+    def _eval_roles(self) -> list[str]:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        return list(getattr(datamodule, "eval_roles", EVAL_ROLES))
+
     def _eval_step(self, metric: RetrievalMetric, batch: dict[str, Any], dataloader_idx: int) -> None:
-        if dataloader_idx == QUERIES:
+        roles = self._eval_roles()
+        if not 0 <= dataloader_idx < len(roles):
+            raise ValueError(f"unexpected evaluation dataloader {dataloader_idx}: the datamodule's loaders are {roles}")
+        role = roles[dataloader_idx]
+        if role == "queries":
             metric.update_queries(self.encode_queries(batch).float(), batch["pid"], batch["index"])
-        elif dataloader_idx == GALLERY:
+        elif role == "gallery":
             metric.update_gallery(self.encode_gallery(batch).float(), batch["pid"], batch["index"])
-        elif dataloader_idx == FACES:
+        elif role == "faces":
             for name, embeddings in self.encode_faces(batch).items():
                 self._faces.setdefault(name, []).append(embeddings.detach().float().cpu())
             self._faces.setdefault("_position", []).append(torch.as_tensor(batch["position"]).cpu())
+        elif role == "entities":
+            self._entities.append((self.encode_queries(batch).detach().float().cpu(), torch.as_tensor(batch["pid"]).cpu()))
         else:
-            raise ValueError(f"unexpected evaluation dataloader {dataloader_idx}: expected {QUERIES} (queries), "
-                             f"{GALLERY} (gallery) or {FACES} (face samples)")
+            raise ValueError(f"unknown evaluation loader role {role!r}; known: {EVAL_ROLES}")
+
+    def _log_entity_metrics(self, metric: RetrievalMetric, split: str, prefix: str) -> dict[str, float]:
+        """Entity retrieval of the collected entity queries against the gallery of ``metric``'s last compute (the
+        query faces' own images left out); resets."""
+        collected, self._entities = self._entities, []
+        if not collected:
+            return {}
+        if self.trainer.world_size > 1:
+            raise NotImplementedError("entity retrieval is evaluated in one process; run validate/test with trainer.devices=1")
+        gathered = metric.gathered()
+        excluded = self.trainer.datamodule.entity_sets[split].excluded
+        keep = torch.tensor([int(i) not in excluded for i in gathered.gallery_indexes.tolist()], dtype=torch.bool)
+        queries = torch.cat([q for q, _ in collected])
+        pids = torch.cat([p for _, p in collected])
+        gallery = gathered.gallery_embeddings[keep.to(gathered.gallery_embeddings.device)]
+        similarity = self.similarity(queries.to(gallery.device), gallery)
+        values = entity_metrics(similarity.cpu(), pids, gathered.gallery_pids.cpu()[keep], self.hparams.ks)
+        self.log_dict({f"{prefix}/{k}": v for k, v in values.items()}, add_dataloader_idx=False)
+        return values
 
     def _log_face_metrics(self, split: str, prefix: str) -> dict[str, dict[str, float]]:
         """Verification / identification of every collected face embedding (``{name: metrics}``); resets."""
@@ -244,15 +276,18 @@ class RetrievalModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             self.val_metric.reset()
-            self._faces = {}
+            self._faces, self._entities = {}, []
             return
+        split = getattr(self.trainer.datamodule, "eval_split", "val")
         values = self._log_metrics(self.val_metric, "val")
         self.log("val_R1", float(values["R1"]), prog_bar=True, logger=False)
+        self._log_entity_metrics(self.val_metric, split, "val")
         self.val_metric.reset()
-        self._log_face_metrics(getattr(self.trainer.datamodule, "eval_split", "val"), "val")
+        self._log_face_metrics(split, "val")
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics(self.test_metric, "test")
+        self._log_entity_metrics(self.test_metric, "test", "test")
         faces = self._log_face_metrics("test", "test")
         if faces and self.trainer.is_global_zero:
             print(face_table(faces))

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xsearch.datamodules.entity_captions import SLOT, fill_entity
-from xsearch.losses import info_nce
+from xsearch.losses import entity_info_nce, info_nce
 from xsearch.models.base import RetrievalModule
 from xsearch.models.clip import EOT_ID, PAD_ID, SOT_ID, CLIPTowers
 from xsearch.registry import METHODS
@@ -58,18 +58,29 @@ class Translator(nn.Module):
         return self.net(faces)
 
 
-class PromptedEmbeddings(nn.Module):
-    """Shallow visual prompt tuning: the image embeddings ``(B, 1 + P, W)`` followed by ``count`` learnable
-    tokens ``(count, W)`` (N(0, 1) init), before CLIP's pre-LayerNorm; the output is still read at CLS."""
+CONFS: dict[str, tuple[str, str]] = {
+    "conf1": ("", TOKEN),
+    "conf2": ("", TOKEN + " {name}"),
+    "conf3": ("", "{name} " + TOKEN),
+    "conf4": ("An image with " + TOKEN + ". ", "{name}"),
+    "conf5": (TOKEN + ". ", "{name}"),
+    "conf6": (TOKEN + ". ", TOKEN),
+    "name": ("", "{name}"),
+    "none": ("", "a person"),
+}
+"""How a caption's ``[ENTITY]`` slot is filled, as ``(prefix, fill)``: the authors' test configurations conf1..conf6
+(METHODS.md 5.5; ``{name}`` = the identity's display name, ``[TOK]`` = the face pseudo-word), and the zero-shot
+CLIP baselines ``name`` (the real name, no face) and ``none`` (no identity: the slot says "a person")."""
 
-    def __init__(self, embeddings: nn.Module, width: int, count: int) -> None:
-        super().__init__()
-        self.embeddings = embeddings
-        self.prompts = nn.Parameter(torch.randn(count, width))
 
-    def forward(self, pixel_values: Tensor, **kwargs: Any) -> Tensor:
-        tokens = self.embeddings(pixel_values, **kwargs)
-        return torch.cat([tokens, self.prompts.to(tokens.dtype).expand(tokens.shape[0], -1, -1)], dim=1)
+def fill_query(text: str, conf: str, name: str | None = None) -> str:
+    """A caption or prompt with an ``[ENTITY]`` slot, filled per ``conf`` (:data:`CONFS`); text without a slot only
+    gets the prefix. Raises if ``conf`` needs the name and none is given."""
+    prefix, fill = CONFS[conf]
+    if "{name}" in fill and name is None:
+        raise KeyError(f"idclip conf {conf!r} puts the identity's name into the caption: the batch needs 'name' "
+                       "(a dataset with identity names: coco_pfs, synth_pfs)")
+    return prefix + fill_entity(text, fill.format(name=name)) if SLOT in text else prefix + text
 
 
 @METHODS.register("idclip")
@@ -77,14 +88,23 @@ class IdCLIP(RetrievalModule):
     """Id-CLIP (see the module docstring).
 
     Args:
-        clip: CLIP towers (``image_size`` square, e.g. 336 for ViT-L/14@336); frozen.
+        clip: CLIP towers (``image_size`` square, e.g. 336 for ViT-L/14@336).
         face_dim: size of the face descriptors (512).
         translator_hidden / translator_bias: the translator MLP.
         prompt_tokens: shallow visual prompt tokens (0 = none; the paper: 5).
         temperature: InfoNCE temperature (0.07); ``learnable_temperature`` trains it (clamped at 100 x).
-        entity_fill: what the caption's ``[ENTITY]`` slot becomes; ``[TOK]`` marks where the face goes.
-        **kwargs: :class:`RetrievalModule` options (``lr`` is the translator's and the prompts' learning
-            rate: 5e-5 in the paper, with AdamW, wd 0.01, no schedule).
+        conf: how queries carry the identity (:data:`CONFS`): ``conf1`` (the paper's training and main test
+            setting: ``[TOK]`` in place of the name) .. ``conf6``, or the zero-shot baselines ``name`` / ``none``.
+        entity_loss_weight: weight of :func:`~xsearch.losses.entity_info_nce` (every same-identity pair in the
+            batch is a positive) added to the InfoNCE; 0 = the paper setting. Use ``data.sampler: identity`` so
+            batches hold several images per identity.
+        entity_targets: ``softmax`` or ``bce`` targets of that loss.
+        stage: ``idclip`` trains the translator and prompts on a frozen CLIP; ``clip`` trains the CLIP towers
+            themselves on the captions with no identity (``a person``), no translator or prompts: a stand-in for
+            OpenAI's pretraining on synthetic data, where no CLIP weights exist. Its checkpoint initialises
+            the ``idclip`` stage (``init_from``) and is the plain CLIP of the zero-shot baselines.
+        **kwargs: :class:`RetrievalModule` options (``lr`` x ``new_module_lr_factor`` is the translator's and the
+            prompts' learning rate: 5e-5 in the paper, with AdamW, wd 0.01, no schedule).
     """
 
     def __init__(
@@ -96,21 +116,41 @@ class IdCLIP(RetrievalModule):
         prompt_tokens: int = 5,
         temperature: float = 0.07,
         learnable_temperature: bool = False,
-        entity_fill: str = TOKEN,
+        conf: str = "conf1",
+        entity_loss_weight: float = 0.0,
+        entity_targets: Literal["softmax", "bce"] = "softmax",
+        stage: Literal["clip", "idclip"] = "idclip",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.clip = clip.requires_grad_(False).eval()
+        if conf not in CONFS:
+            raise ValueError(f"idclip conf must be one of {', '.join(CONFS)}, got {conf!r}")
+        if stage not in ("clip", "idclip"):
+            raise ValueError(f"idclip stage must be 'clip' or 'idclip', got {stage!r}")
+        self.clip = clip.requires_grad_(stage == "clip")
         self.translator = Translator(face_dim, translator_hidden, clip.text_width, translator_bias)
-        if prompt_tokens:
-            clip.vision.embeddings = PromptedEmbeddings(clip.vision.embeddings, clip.vision_width, prompt_tokens)
+        self.translator.requires_grad_(stage == "idclip")
+        self.visual_prompts = None
+        if prompt_tokens and stage == "idclip":
+            # shallow VPT: N(0, 1) tokens after CLS + patches, before CLIP's pre-LayerNorm; read out at CLS
+            self.visual_prompts = nn.Parameter(torch.randn(prompt_tokens, clip.vision_width))
+            clip.vision.embeddings.register_forward_hook(self._append_prompts)
         self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)), requires_grad=learnable_temperature)
-        self.entity_fill = entity_fill
+        self.conf, self.stage = conf if stage == "idclip" else "none", stage
+        self.entity_loss_weight, self.entity_targets = entity_loss_weight, entity_targets
+
+    def _append_prompts(self, module: nn.Module, inputs: Any, tokens: Tensor) -> Tensor:
+        """Forward hook of the image embeddings: ``(B, 1 + P, W)`` -> ``(B, 1 + P + N, W)``."""
+        return torch.cat([tokens, self.visual_prompts.to(tokens.dtype).expand(tokens.shape[0], -1, -1)], dim=1)
 
     def train(self, mode: bool = True) -> "IdCLIP":
         super().train(mode)
-        self.clip.eval()  # frozen
+        if self.stage == "idclip":
+            self.clip.eval()  # frozen
         return self
+
+    def backbone_modules(self) -> list[nn.Module]:
+        return [self.clip]
 
     @contextmanager
     def _injected(self, positions: Tensor, vectors: Tensor) -> Iterator[None]:
@@ -124,25 +164,43 @@ class IdCLIP(RetrievalModule):
         finally:
             handle.remove()
 
-    def encode_texts(self, texts: Sequence[str], faces: Tensor) -> Tensor:
-        """``B`` captions (``[ENTITY]`` slot or ``[TOK]``) + ``(B, 512)`` faces -> ``(B, D)`` normalised."""
-        filled = [fill_entity(t, self.entity_fill) if SLOT in t else t for t in texts]
-        ids, positions = tokenize_with_token(self.clip.tokenizer._bpe, filled, self.clip.context_length)
+    def text_features(self, texts: Sequence[str], faces: Tensor | None) -> Tensor:
+        """``B`` finished captions (``[TOK]`` where a face goes) + ``(B, face_dim)`` faces -> ``(B, D)`` projected
+        EOT features, not normalised."""
+        ids, positions = tokenize_with_token(self.clip.tokenizer._bpe, texts, self.clip.context_length)
         device = self.log_scale.device
         ids, positions = ids.to(device), positions.to(device)
+        if not bool(positions.any()):
+            return self.clip.encode_text(ids).global_features.float()
+        if faces is None:
+            raise KeyError("idclip needs face descriptors in the batch ('face') for captions with [TOK]: use a dataset "
+                           "with them (coco_pfs, synth_pfs), or conf 'name' / 'none'")
         ids = ids.masked_fill(positions, PAD_ID)  # a valid id for the lookup; its embedding is replaced
         with self._injected(positions, self.translator(faces.to(device).float())):
-            features = self.clip.encode_text(ids).global_features
-        return F.normalize(features.float(), dim=-1)
+            return self.clip.encode_text(ids).global_features.float()
+
+    def encode_texts(self, texts: Sequence[str], faces: Tensor | None = None, names: Sequence[str] | None = None) -> Tensor:
+        """``B`` captions with an ``[ENTITY]`` slot (or finished ones) -> ``(B, D)`` normalised, the slot filled per
+        :attr:`conf` with ``faces`` ``(B, face_dim)`` and display ``names``."""
+        filled = [fill_query(t, self.conf, names[i] if names is not None else None) for i, t in enumerate(texts)]
+        return F.normalize(self.text_features(filled, faces), dim=-1)
 
     def encode_images(self, images: Tensor) -> Tensor:
         """``(B, 3, H, W)`` uint8 -> ``(B, D)`` normalised (through the visual prompts)."""
         return F.normalize(self.clip.encode_image(images).global_features.float(), dim=-1)
 
     def encode_queries(self, batch: dict[str, Any]) -> Tensor:
-        if "face" not in batch:
-            raise KeyError("idclip needs face descriptors in the batch ('face'): use a dataset with them (coco_pfs, synth_pfs)")
-        return self.encode_texts(batch["text"], batch["face"])
+        """``text`` (B captions with a slot), ``face`` (B, face_dim), ``name`` -> ``(B, D)``. Entity queries bring
+        ``prompts`` instead: T lists of B identity-only prompts, whose text features are averaged before the L2
+        normalisation (prompt-template ensembling)."""
+        if "prompts" not in batch:
+            return self.encode_texts(batch["text"], batch.get("face"), batch.get("name"))
+        names = batch.get("name")
+        total = 0
+        for prompts in batch["prompts"]:
+            filled = [fill_query(t, self.conf, names[i] if names is not None else None) for i, t in enumerate(prompts)]
+            total = total + self.text_features(filled, batch.get("face"))
+        return F.normalize(total / len(batch["prompts"]), dim=-1)
 
     def encode_gallery(self, batch: dict[str, Any]) -> Tensor:
         return self.encode_images(batch["image"])
@@ -151,5 +209,9 @@ class IdCLIP(RetrievalModule):
         images = self.encode_images(batch["image"])
         texts = self.encode_queries(batch)
         scale = self.log_scale.exp().clamp(max=100.0)
-        loss = info_nce(images, texts, scale)
-        return {"itc": loss, "loss": loss}
+        terms = {"itc": info_nce(images, texts, scale)}
+        if self.entity_loss_weight:
+            terms["entity"] = entity_info_nce(images, texts, torch.as_tensor(batch["pid"], device=images.device), scale,
+                                              self.entity_targets)
+        terms["loss"] = terms["itc"] + self.entity_loss_weight * terms.get("entity", 0.0)
+        return terms
