@@ -162,3 +162,36 @@ def test_validate_reports_entity_metrics_equal_to_brute_force_on_the_held_out_ga
     for name, value in expected.items():
         assert logged[f"test/{name}"] == pytest.approx(value, abs=1e-4), name
     assert "test/i2t_R1" in logged and "test/R5" in logged
+    query = data.eval_sets["test"][0][0]  # general-retrieval queries carry the face and the name for conf2..conf5
+    assert query["name"] == data.index.identity_names[query["pid"]] and query["face"].shape == (512,)
+
+
+@pytest.mark.slow
+def test_clip_stage_idclip_stage_and_zero_shot_baselines_land_on_one_leaderboard(tmp_path, monkeypatch, capsys):
+    import sqlite3
+
+    from xsearch.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    config = str(Path(__file__).parents[1] / "configs" / "tiny" / "idclip.yaml")
+    common = ["--config", config, "--data.root", str(tmp_path / "data"), "--results", "r.sqlite",
+              "--trainer.limit_train_batches", "3"]
+    assert main(["fit", *common, "--model.init_args.stage", "clip", "--model.init_args.prompt_tokens", "0",
+                 "--checkpoint.dirpath", "clip"]) == 0
+    clip = tmp_path / "clip" / "last.ckpt"
+    for conf in ("none", "name"):  # the same plain CLIP, no translator or prompts
+        assert main(["test", *common, "--ckpt_path", str(clip), "--model.init_args.prompt_tokens", "0",
+                     "--model.init_args.conf", conf, "--tag", f"clip-zero-shot-{conf}"]) == 0
+    assert main(["fit", *common, "--model.init_args.init_from", str(clip), "--test_after_fit", "true"]) == 0
+    with sqlite3.connect(tmp_path / "r.sqlite") as db:
+        rows = [(d, json.loads(m), json.loads(e or "null")) for d, m, e in db.execute("SELECT dataset, metrics, extra FROM runs")]
+    assert [d for d, _, _ in rows] == ["synth_pfs:instance"] * 3
+    assert [(e or {}).get("tag") for _, _, e in rows] == ["clip-zero-shot-none", "clip-zero-shot-name", None]
+    # without identity every entity query is the same text and face-free: one ranking for all, whose first image
+    # belongs to exactly one identity, so entity_R@1 = (1 / n_rel) / identities
+    test = load_dataset("synth_pfs", tmp_path / "data", {"entity": "slot"}, cache=False).split_images("test")
+    identities = len({r.pid for r in test})
+    n_rel = len(test) // identities - 1  # one image per identity held out as the query face
+    assert rows[0][1]["entity_R@1"] == pytest.approx(100.0 / n_rel / identities)
+    out = capsys.readouterr().out
+    assert "clip-zero-shot-name" in out and "entity_R@10" in out

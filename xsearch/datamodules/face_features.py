@@ -23,11 +23,14 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
 from xsearch.registry import Registry
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = ["FACE_EXTRACTORS", "FaceExtractor", "FacenetExtractor", "write_features_json"]
 
@@ -35,7 +38,7 @@ __all__ = ["FACE_EXTRACTORS", "FaceExtractor", "FacenetExtractor", "write_featur
 class FaceExtractor(Protocol):
     """RGB face photos -> ``(N, D)`` float32 descriptors, one row per photo."""
 
-    def __call__(self, faces: Sequence["PIL.Image.Image"]) -> np.ndarray: ...  # noqa: F821
+    def __call__(self, faces: Sequence[Image.Image]) -> np.ndarray: ...
 
 
 FACE_EXTRACTORS: Registry[Callable[[], FaceExtractor]] = Registry("face extractor")
@@ -55,7 +58,7 @@ class FacenetExtractor:
         self.model = InceptionResnetV1(pretrained="vggface2").eval().to(device)
         self.device = device
 
-    def __call__(self, faces: Sequence["PIL.Image.Image"]) -> np.ndarray:  # noqa: F821
+    def __call__(self, faces: Sequence[Image.Image]) -> np.ndarray:
         import torch
         import torch.nn.functional as F
 

@@ -442,8 +442,8 @@ def _scene_image(person: PersonAttributes, context: Context, prop: PropKind | No
     canvas = Image.new("RGB", (w, h))
     d = ImageDraw.Draw(canvas)
     ground = context.draw(d, rng, w, h)
-    feet = ground + (h - ground) * rng.uniform(0.35, 0.95)  # canvas px
-    height = min(h * rng.uniform(0.5, 0.78), feet - h * 0.02)  # person height, canvas px
+    feet = ground + (h - ground) * rng.uniform(0.6, 0.98)  # canvas px
+    height = min(h * rng.uniform(0.6, 0.88), feet - h * 0.02)  # person height, canvas px: the subject of the photo
     cx = w * rng.uniform(0.25, 0.75)
     if prop is not None:
         side = 1.0 if rng.random() < 0.5 else -1.0

@@ -628,7 +628,6 @@ def render_face(attrs: dict[str, bool], ident: dict[str, Any], rng: np.random.Ge
     if attrs["Oval_Face"]:
         fw *= 0.93
         fhh *= 1.05
-    male = attrs["Male"]
     bald = attrs["Bald"]
     young = attrs["Young"]
     cloth = ident["cloth"]

@@ -7,8 +7,10 @@ person. Only the translator and ``prompt_tokens`` learnable visual prompt tokens
 CLS + patches at the input layer) train; CLIP stays frozen, so the gallery never needs re-indexing for a new
 identity. Loss: symmetric InfoNCE at a fixed temperature 0.07 (learnable as an option).
 
-Captions come from the ``coco_pfs`` parser with ``entity: slot`` (``[ENTITY]`` where the identity goes);
-``entity_fill`` says what the slot becomes (``[TOK]`` = the paper's conf1). Batches carry ``face`` ``(B, 512)``.
+Captions come from the ``coco_pfs`` parser with ``entity: slot`` (``[ENTITY]`` where the identity goes); ``conf``
+says what the slot becomes (:data:`CONFS`: ``[TOK]`` = the paper's conf1, conf2..conf6 mix in the name, ``name`` and
+``none`` are the zero-shot CLIP baselines). Batches carry ``face`` ``(B, 512)`` and ``name``. Entity-retrieval queries
+(:mod:`xsearch.datamodules.entity_queries`) bring ``prompts`` instead of ``text``: their text features are averaged.
 """
 from __future__ import annotations
 
