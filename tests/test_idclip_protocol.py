@@ -177,8 +177,9 @@ def test_clip_stage_idclip_stage_and_zero_shot_baselines_land_on_one_leaderboard
     common = ["--config", config, "--data.root", str(tmp_path / "data"), "--results", "r.sqlite",
               "--trainer.limit_train_batches", "3"]
     assert main(["fit", *common, "--model.init_args.stage", "clip", "--model.init_args.prompt_tokens", "0",
-                 "--checkpoint.dirpath", "clip"]) == 0
+                 "--model.init_args.clip_id_weight", "1.0", "--checkpoint.dirpath", "clip"]) == 0
     clip = tmp_path / "clip" / "last.ckpt"
+    assert "id_centres" in torch.load(clip, weights_only=True)["state_dict"]  # dropped when loaded without one
     for conf in ("none", "name"):  # the same plain CLIP, no translator or prompts
         assert main(["test", *common, "--ckpt_path", str(clip), "--model.init_args.prompt_tokens", "0",
                      "--model.init_args.conf", conf, "--tag", f"clip-zero-shot-{conf}"]) == 0

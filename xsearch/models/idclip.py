@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xsearch.datamodules.entity_captions import SLOT, fill_entity
-from xsearch.losses import entity_info_nce, info_nce
+from xsearch.losses import cosine_logits, entity_info_nce, info_nce
 from xsearch.models.base import RetrievalModule
 from xsearch.models.clip import EOT_ID, PAD_ID, SOT_ID, CLIPTowers
 from xsearch.registry import METHODS
@@ -105,6 +105,9 @@ class IdCLIP(RetrievalModule):
             themselves on the captions with no identity (``a person``), no translator or prompts: a stand-in for
             OpenAI's pretraining on synthetic data, where no CLIP weights exist. Its checkpoint initialises
             the ``idclip`` stage (``init_from``) and is the plain CLIP of the zero-shot baselines.
+        clip_id_weight: stage ``clip`` only: weight of a cosine identity classifier (scale 30) on the image features
+            over the *training* identities, so that the stand-in CLIP tells people apart by their look, as a CLIP
+            pretrained on the web does; captions alone barely make a small CLIP look at the person. 0 = captions only.
         **kwargs: :class:`RetrievalModule` options (``lr`` x ``new_module_lr_factor`` is the translator's and the
             prompts' learning rate: 5e-5 in the paper, with AdamW, wd 0.01, no schedule).
     """
@@ -122,6 +125,7 @@ class IdCLIP(RetrievalModule):
         entity_loss_weight: float = 0.0,
         entity_targets: Literal["softmax", "bce"] = "softmax",
         stage: Literal["clip", "idclip"] = "idclip",
+        clip_id_weight: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -140,6 +144,18 @@ class IdCLIP(RetrievalModule):
         self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)), requires_grad=learnable_temperature)
         self.conf, self.stage = conf if stage == "idclip" else "none", stage
         self.entity_loss_weight, self.entity_targets = entity_loss_weight, entity_targets
+        self.clip_id_weight = clip_id_weight if stage == "clip" else 0.0
+        self.id_centres: nn.Parameter | None = None
+
+    def build_identity_modules(self, num_classes: int) -> None:
+        if self.clip_id_weight:
+            self.id_centres = nn.Parameter(torch.randn(num_classes, self.clip.embed_dim) * 0.01)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A ``clip``-stage checkpoint has identity centres the other uses (baselines, ``idclip``) do not build."""
+        super().on_load_checkpoint(checkpoint)
+        if self.id_centres is None:
+            checkpoint["state_dict"].pop("id_centres", None)
 
     def _append_prompts(self, module: nn.Module, inputs: Any, tokens: Tensor) -> Tensor:
         """Forward hook of the image embeddings: ``(B, 1 + P, W)`` -> ``(B, 1 + P + N, W)``."""
@@ -212,8 +228,11 @@ class IdCLIP(RetrievalModule):
         texts = self.encode_queries(batch)
         scale = self.log_scale.exp().clamp(max=100.0)
         terms = {"itc": info_nce(images, texts, scale)}
+        if self.clip_id_weight:
+            labels = torch.as_tensor(batch["pid"], device=images.device)
+            terms["id"] = F.cross_entropy(cosine_logits(images, self.id_centres, 30.0), labels)
         if self.entity_loss_weight:
             terms["entity"] = entity_info_nce(images, texts, torch.as_tensor(batch["pid"], device=images.device), scale,
                                               self.entity_targets)
-        terms["loss"] = terms["itc"] + self.entity_loss_weight * terms.get("entity", 0.0)
+        terms["loss"] = terms["itc"] + self.entity_loss_weight * terms.get("entity", 0.0) + self.clip_id_weight * terms.get("id", 0.0)
         return terms
