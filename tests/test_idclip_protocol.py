@@ -162,6 +162,7 @@ def test_validate_reports_entity_metrics_equal_to_brute_force_on_the_held_out_ga
     for name, value in expected.items():
         assert logged[f"test/{name}"] == pytest.approx(value, abs=1e-4), name
     assert "test/i2t_R1" in logged and "test/R5" in logged
+    assert logged["test/rsum"] == pytest.approx(logged["test/R1"] + logged["test/R2"] + logged["test/R5"])  # selection rule
     query = data.eval_sets["test"][0][0]  # general-retrieval queries carry the face and the name for conf2..conf5
     assert query["name"] == data.index.identity_names[query["pid"]] and query["face"].shape == (512,)
 

@@ -187,7 +187,7 @@ def test_cli_stores_text_and_composed_rows(tmp_path, capsys, monkeypatch):
     assert [r[0] for r in rows] == ["synth_faces", "synth_faces:composed", "synth_faces:composed"]
     assert [json.loads(r[2] or "{}").get("tag") for r in rows[1:]] == ["fused", "reference"]
     composed = json.loads(rows[1][1])
-    assert set(composed) == {"R1", "R5", "R10", "mAP", "mINP"}  # composed: text-to-image only
+    assert set(composed) == {"R1", "R5", "R10", "mAP", "mINP", "rsum"}  # composed: text-to-image only
     assert json.loads(rows[1][1]) != json.loads(rows[2][1])  # the query mode changes the numbers
 
 

@@ -269,7 +269,10 @@ class RetrievalModule(L.LightningModule):
         self._eval_step(self.test_metric, batch, dataloader_idx)
 
     def _log_metrics(self, metric: RetrievalMetric, prefix: str) -> dict[str, float]:
+        """Compute and log the retrieval metrics, plus ``rsum`` = the sum of the text-to-image R@K (Id-CLIP's
+        selection rule: ``checkpoint.monitor: val/rsum``)."""
         values = metric.compute()
+        values["rsum"] = sum(float(values[f"R{k}"]) for k in metric.ks)
         self.log_dict({f"{prefix}/{k}": float(v) for k, v in values.items()}, prog_bar=False, add_dataloader_idx=False)
         return values
 
