@@ -141,14 +141,15 @@ def test_instance_level_image_to_text_counts_an_images_own_captions_only():
         assert values[f"R{k}"] == pytest.approx(100 * t2i) and values[f"i2t_R{k}"] == pytest.approx(100 * i2t)
 
 
-def test_validate_reports_entity_metrics_equal_to_brute_force_on_the_held_out_gallery(pfs_root):
+def test_validate_reports_entity_metrics_equal_to_brute_force_on_the_held_out_gallery(pfs_root, tmp_path):
     data = RetrievalDataModule("synth_pfs", str(pfs_root), image_size=(64, 64), batch_size=4, eval_batch_size=5,
                                num_workers=0, dataset_options={"entity": "slot"}, positives="instance",
                                entity_retrieval=EntityOptions(), cache_index=False)
     torch.manual_seed(0)
     clip = CLIPTowers(config=tiny_clip_config(width=32, embed_dim=16), image_size=(64, 64), context_length=24)
     model = IdCLIP(clip, translator_hidden=12, prompt_tokens=2, ks=(1, 2, 5))
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path)
     logged = {k: v for per_loader in trainer.test(model, datamodule=data, verbose=False) for k, v in per_loader.items()}
     assert data.eval_roles == ["queries", "gallery", "entities"]
     entity = data.entity_sets["test"]
