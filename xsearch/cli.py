@@ -5,7 +5,8 @@
   with ``--test_after_fit true``) appends a row to the results store and prints the leaderboard.
 - ``xsearch data synth {pedes,faces} --out DIR``: write a synthetic dataset.
 - ``xsearch data check NAME --root DIR``: parse a dataset, print per-split counts as JSON.
-- ``xsearch leaderboard [--dataset NAME] [--format md|csv|json|html]``: render the results store.
+- ``xsearch leaderboard [show] [--dataset NAME] [--format md|csv|json|html]``: render the results store.
+- ``xsearch leaderboard run --grid FILE``: run a grid of methods x datasets x seeds (:mod:`xsearch.grid`).
 """
 from __future__ import annotations
 
@@ -70,7 +71,6 @@ def _lightning_cli(args: list[str]) -> None:
         def after_fit(self) -> None:
             if self._get(self.config, "test_after_fit"):
                 best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
-                self._started = time.perf_counter()
                 self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
                 self._record(best or "(last weights)")
 
@@ -104,9 +104,9 @@ def _lightning_cli(args: list[str]) -> None:
                 config_hash=config_hash(experiment),
                 checkpoint=str(checkpoint),
                 seed=dumped.get("seed_everything") if isinstance(dumped.get("seed_everything"), int) else None,
-                wall_time_s=time.perf_counter() - self._started,
+                wall_time_s=time.perf_counter() - self._started,  # the whole command: fit + test, or test
                 git_commit=git_commit(),
-                extra={"tag": config["tag"]} if config.get("tag") else None,
+                extra=_record_extra(config.get("tag")),
             )
             store = ResultsStore(config["results"])
             row = store.append(record)
@@ -138,6 +138,25 @@ def _lightning_cli(args: list[str]) -> None:
     for logger in cli.trainer.loggers:  # close W&B runs so a second in-process command starts its own
         if type(logger).__name__ == "WandbLogger" and getattr(logger, "_experiment", None) is not None:
             logger.experiment.finish()
+
+
+def _record_extra(tag: str | None) -> dict[str, Any]:
+    """What a results row keeps besides the metrics: the tag, the grid and cell that ran it (set by
+    :mod:`xsearch.grid` in the environment) and the peak memory of this process (CPU RSS, and GPU when used)."""
+    import resource
+
+    import torch
+
+    from xsearch.grid import CELL_ENV, GRID_ENV
+
+    extra: dict[str, Any] = {"peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if torch.cuda.is_available():
+        extra["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    if tag:
+        extra["tag"] = tag
+    if os.environ.get(GRID_ENV) and os.environ.get(CELL_ENV):
+        extra.update(grid=os.environ[GRID_ENV], cell=os.environ[CELL_ENV])
+    return extra
 
 
 # --------------------------------------------------------------------------------------
@@ -223,20 +242,75 @@ def _undecodable(index: Any) -> list[str]:
 
 
 def _leaderboard_command(argv: list[str]) -> int:
+    """``xsearch leaderboard [show] ...`` renders the store; ``xsearch leaderboard run --grid FILE`` runs a grid."""
+    if argv[:1] == ["run"]:
+        return _leaderboard_run(argv[1:])
     from xsearch.leaderboard import FORMATS, render_store
 
-    parser = argparse.ArgumentParser(prog="xsearch leaderboard", description="Render the results store.")
+    parser = argparse.ArgumentParser(prog="xsearch leaderboard [show]", description="Render the results store.")
     parser.add_argument("--dataset", default=None, help="only this dataset")
     parser.add_argument("--format", default="md", choices=FORMATS)
     parser.add_argument("--results", default="results/xsearch.sqlite", help="SQLite results store")
     parser.add_argument("--out", default=None, help="write to this file instead of standard output")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv[1:] if argv[:1] == ["show"] else argv)
     text = render_store(args.results, dataset=args.dataset, fmt=args.format)
     if args.out:
-        Path(args.out).write_text(text, encoding="utf-8")
+        _write_atomic(Path(args.out), text)
     else:
         print(text)
     return 0
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False, encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(handle.name, path)
+
+
+def _leaderboard_run(argv: list[str]) -> int:
+    from xsearch.grid import load_grid, run_grid
+
+    parser = argparse.ArgumentParser(prog="xsearch leaderboard run",
+                                     description="Run a grid of methods x datasets x seeds; finished cells are skipped.")
+    parser.add_argument("--grid", required=True, help="grid file (configs/leaderboard/*.yaml)")
+    parser.add_argument("--results", default="results/leaderboard.sqlite", help="SQLite results store")
+    parser.add_argument("--out", default="runs/leaderboard", help="folder of the runs (checkpoints, logs)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="only these seeds (default: the grid's)")
+    parser.add_argument("--cells", nargs="+", default=None, help="only these cells")
+    parser.add_argument("--jobs", type=int, default=1, help="cells run at once, each in its own processes")
+    parser.add_argument("--force", action="store_true", help="rerun cells already in the store")
+    args = parser.parse_args(argv)
+    grid = load_grid(args.grid)
+    report = run_grid(grid, args.results, args.out, args.seeds, args.cells, args.jobs, args.force)
+    print(f"[xsearch] grid {grid.name}: {len(report.ran)} cell x seed runs done, {len(report.skipped)} already in "
+          f"{args.results}, {len(report.failed)} failed")
+    for cell, seed, error in report.failed:
+        print(f"[xsearch]   failed: {cell} seed {seed}: {error}", file=sys.stderr)
+    from xsearch.leaderboard import render_store
+
+    print(render_store(args.results))
+    _log_wandb_table(grid.name, args.results, args.out)
+    return 1 if report.failed else 0
+
+
+def _log_wandb_table(grid: str, results: str, out: str) -> None:
+    """Log the grid's leaderboard as a ``wandb.Table`` in the grid's W&B group (offline unless WANDB_MODE says)."""
+    import wandb
+
+    from xsearch.leaderboard import leaderboard_table
+    from xsearch.results import ResultsStore
+
+    rows = [r for r in leaderboard_table(ResultsStore(results).rows()) if r.get("n")]
+    if not rows:
+        return
+    columns = sorted({k for r in rows for k in r if not isinstance(r[k], (list, dict))})
+    table = wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])
+    Path(out).mkdir(parents=True, exist_ok=True)
+    with wandb.init(project="xsearch", group=grid, job_type="leaderboard", name=f"{grid}-leaderboard", dir=out) as run:
+        run.log({"leaderboard": table})
 
 
 def main(argv: list[str] | None = None) -> int:

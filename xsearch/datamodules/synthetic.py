@@ -682,9 +682,12 @@ def _atomic_dir(out: Path, overwrite: bool) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         yield tmp
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        if out.exists() and any(out.iterdir()) and not overwrite:
+            shutil.rmtree(tmp)  # another process wrote it meanwhile (same arguments, same bytes): keep theirs
+        else:
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

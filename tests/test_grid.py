@@ -1,0 +1,156 @@
+"""The leaderboard grid: parsing, resume after an interruption, placeholders, concurrent writers, end to end."""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from xsearch.grid import CELL_ENV, GRID_ENV, finished, load_grid, run_grid
+from xsearch.results import ResultsStore, RunRecord
+
+GRID = """
+name: g
+seeds: [0, 1]
+cells:
+  a:
+    - fit: [--config, a.yaml]
+  b:
+    - fit: [--config, b0.yaml]
+      record: false
+    - fit: [--config, b1.yaml, --model.init_args.init_from, "{step0}/checkpoints/last.ckpt"]
+    - test: [--config, b2.yaml, --ckpt_path, "{step0}/checkpoints/last.ckpt", --note, "seed {seed}"]
+      name: b/baseline
+"""
+
+
+def _grid(tmp_path: Path, text: str = GRID) -> Path:
+    path = tmp_path / "grid.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+class FakeRunner:
+    """Stands in for ``python -m xsearch.cli``: records the call and appends the row a recording step would."""
+
+    def __init__(self, results: Path, fail_on: str | None = None) -> None:
+        self.results, self.fail_on, self.calls = results, fail_on, []
+
+    def __call__(self, command: list[str], env: dict[str, str], cwd: Path) -> None:
+        self.calls.append((command, env[CELL_ENV]))
+        if self.fail_on and self.fail_on in command:
+            raise RuntimeError("killed")
+        seed = int(command[command.index("--seed_everything") + 1])
+        if env[CELL_ENV]:
+            ResultsStore(self.results).append(RunRecord(
+                method="m", dataset="d", metrics={"R1": float(seed)}, config={}, checkpoint="c", seed=seed,
+                wall_time_s=1.0, extra={"grid": env[GRID_ENV], "cell": env[CELL_ENV]}))
+
+
+def test_a_grid_file_parses_into_steps_with_names(tmp_path):
+    grid = load_grid(_grid(tmp_path))
+    assert grid.name == "g" and grid.seeds == (0, 1) and list(grid.cells) == ["a", "b"]
+    assert [(s.command, s.name) for s in grid.cells["b"]] == [("fit", None), ("fit", "b"), ("test", "b/baseline")]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("name: g\ncells: {a: []}\n", "cell 'a': expected a non-empty list of steps"),
+    ("name: g\ncells: {a: [{fit: [x], test: [y]}]}\n", "cell 'a' step 0: expected exactly one of"),
+    ("name: g\ncells: {a: [{fit: [x], recrd: false}]}\n", r"unknown key\(s\) \['recrd'\]"),
+    ("name: g\nseeds: [zero]\ncells: {a: [{fit: [x]}]}\n", "seeds: expected a non-empty list of integers"),
+    ("cells: {}\n", "top level: expected a mapping with 'name'"),
+])
+def test_bad_grid_files_name_the_place_and_what_was_expected(tmp_path, text, message):
+    with pytest.raises(ValueError, match=message):
+        load_grid(_grid(tmp_path, text))
+
+
+def test_steps_get_their_own_folders_seeds_and_placeholders(tmp_path):
+    results = tmp_path / "r.sqlite"
+    runner = FakeRunner(results)
+    report = run_grid(load_grid(_grid(tmp_path)), results, tmp_path / "runs", seeds=[1], cells=["b"], runner=runner)
+    assert report.ran == [("b", 1)] and not report.failed
+    (first, _), (second, cell1), (third, cell2) = runner.calls
+    folder = tmp_path / "runs" / "g" / "b" / "seed1"
+    assert first[:3] == ["fit", "--config", "b0.yaml"] and "--test_after_fit" not in first and "--tag" not in first
+    assert first[first.index("--checkpoint.dirpath") + 1] == str(folder / "step0" / "checkpoints")
+    assert second[second.index("--model.init_args.init_from") + 1] == str(folder / "step0" / "checkpoints" / "last.ckpt")
+    assert second[second.index("--test_after_fit") + 1] == "true" and (cell1, cell2) == ("b", "b/baseline")
+    assert third[0] == "test" and "seed 1" in third and third[third.index("--tag") + 1] == "b/baseline"
+    assert finished(ResultsStore(results), "g") == {("b", 1), ("b/baseline", 1)}
+
+
+def test_an_interrupted_grid_runs_only_what_is_missing_when_run_again(tmp_path):
+    results, grid = tmp_path / "r.sqlite", load_grid(_grid(tmp_path))
+    killed = FakeRunner(results, fail_on="b1.yaml")  # cell b dies at its second step, for both seeds
+    report = run_grid(grid, results, tmp_path / "runs", runner=killed)
+    assert sorted(report.ran) == [("a", 0), ("a", 1)] and sorted((c, s) for c, s, _ in report.failed) == [("b", 0), ("b", 1)]
+    again = FakeRunner(results)
+    report = run_grid(grid, results, tmp_path / "runs", runner=again)
+    assert sorted(report.skipped) == [("a", 0), ("a", 1)] and sorted(report.ran) == [("b", 0), ("b", 1)]
+    assert all("b0.yaml" not in command for command, _ in again.calls)  # step 0 finished before: DONE marker
+    assert sorted(cell for _, cell in again.calls) == ["b", "b", "b/baseline", "b/baseline"]
+    assert len(ResultsStore(results).rows()) == 2 + 4  # a x 2 seeds, then b and b/baseline x 2 seeds: no row twice
+    assert run_grid(grid, results, tmp_path / "runs", runner=FakeRunner(results)).ran == []  # nothing left
+    forced = FakeRunner(results)
+    run_grid(grid, results, tmp_path / "runs", cells=["a"], seeds=[0], force=True, runner=forced)
+    assert [cell for _, cell in forced.calls] == ["a"]
+
+
+def _append_rows(path: str, writer: int, count: int) -> None:
+    store = ResultsStore(path)
+    for i in range(count):
+        store.append(RunRecord(method=f"w{writer}", dataset="d", metrics={"R1": float(i)}, config={"i": i},
+                               checkpoint="c", seed=i, wall_time_s=0.0, extra={"grid": "g", "cell": f"w{writer}"}))
+
+
+def test_two_processes_writing_the_store_at_once_lose_no_row(tmp_path):
+    path = str(tmp_path / "r.sqlite")
+    ResultsStore(path).rows()  # schema created once up front, as a grid does
+    context = multiprocessing.get_context("spawn")
+    writers = [context.Process(target=_append_rows, args=(path, w, 40)) for w in range(2)]
+    for p in writers:
+        p.start()
+    for p in writers:
+        p.join(120)
+    assert [p.exitcode for p in writers] == [0, 0]
+    rows = ResultsStore(path).rows()
+    assert len(rows) == 80 and len({r.id for r in rows}) == 80
+    assert {(r.method, r.seed) for r in rows} == {(f"w{w}", i) for w in range(2) for i in range(40)}
+
+
+def test_unknown_cells_are_refused_with_the_list(tmp_path):
+    with pytest.raises(KeyError, match=r"unknown cell\(s\) \['c'\] in grid 'g'; cells: a, b"):
+        run_grid(load_grid(_grid(tmp_path)), tmp_path / "r.sqlite", cells=["c"], runner=FakeRunner(tmp_path))
+
+
+@pytest.mark.slow
+def test_xsearch_leaderboard_run_records_grid_cells_and_resumes(tmp_path, monkeypatch, capsys):
+    from xsearch.cli import main
+
+    configs = Path(__file__).parents[1] / "configs" / "tiny"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XSEARCH_DATA", str(tmp_path / "data"))
+    _grid(tmp_path, f"""
+    name: tiny
+    seeds: [0]
+    cells:
+      dual_encoder:
+        - fit: [--config, {configs / 'dual_encoder.yaml'}, --trainer.limit_train_batches, "2", --trainer.logger, "false"]
+      dual_encoder/untrained:
+        - test: [--config, {configs / 'dual_encoder.yaml'}, --trainer.logger, "false"]
+    """)
+    args = ["leaderboard", "run", "--grid", "grid.yaml", "--results", "r.sqlite", "--out", "runs"]
+    assert main(args) == 0
+    rows = ResultsStore(tmp_path / "r.sqlite").rows()
+    assert sorted(r.extra["cell"] for r in rows) == ["dual_encoder", "dual_encoder/untrained"]
+    assert all(r.extra["grid"] == "tiny" and r.seed == 0 and r.extra["peak_memory_mb"] > 0 for r in rows)
+    fit = next(r for r in rows if r.extra["cell"] == "dual_encoder")
+    assert Path(fit.checkpoint).parent == tmp_path / "runs" / "tiny" / "dual_encoder" / "seed0" / "step0" / "checkpoints"
+    assert fit.wall_time_s > next(r for r in rows if r.extra["cell"] != "dual_encoder").wall_time_s  # fit + test
+    out = capsys.readouterr().out
+    assert "2 cell x seed runs done, 0 already in" in out
+    assert main(args) == 0 and "0 cell x seed runs done, 2 already in" in capsys.readouterr().out
+    assert len(ResultsStore(tmp_path / "r.sqlite").rows()) == 2

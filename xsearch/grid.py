@@ -1,0 +1,219 @@
+"""Leaderboard grid: methods x datasets x seeds from the configs, resumable, one process per step.
+
+A grid file (``configs/leaderboard/*.yaml``)::
+
+    name: synthetic
+    seeds: [0, 1, 2]
+    cells:
+      irra:                                  # a cell: its steps run in order, per seed
+        - fit: [--config, configs/irra/synth_pedes.yaml]
+      tgfr:
+        - fit: [--config, configs/tgfr/synth_faces_face.yaml]
+          record: false                      # an intermediate step: trains, records nothing
+        - fit: [--config, configs/tgfr/synth_faces_align.yaml,
+                --model.init_args.init_from, "{step0}/checkpoints/last.ckpt"]
+      idclip:
+        - ...
+        - test: [--config, configs/idclip/synth_pfs_baseline_none.yaml, --ckpt_path, "{step0}/checkpoints/last.ckpt"]
+          name: idclip/clip-zero-shot-none   # its own leaderboard row
+
+Every step is one ``xsearch fit`` (with ``--test_after_fit true`` when it records) or ``xsearch test`` in its own
+process, with ``--seed_everything <seed>`` and its own folder ``<out>/<grid>/<cell>/seed<seed>/step<i>`` (also
+``{step<i>}`` in the arguments; ``{seed}`` is the seed). A recording step appends one row to the results store
+with ``extra = {"grid", "cell" (the step's name, default the cell's), "tag", "peak_memory_mb", ...}``
+(the CLI reads ``XSEARCH_GRID`` / ``XSEARCH_GRID_CELL`` from the environment) and is done when that row exists; an
+intermediate step is done when its ``DONE`` marker exists (written after it exits 0). So an interrupted grid,
+run again, runs only what is missing; ``force`` reruns everything. Cells x seeds run one at a time or ``jobs`` at
+once (each process then gets ``cpus / jobs`` threads). W&B: every run of a grid is in the group ``<grid name>``
+(``WANDB_RUN_GROUP``).
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import yaml
+
+from xsearch.results import ResultsStore
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Grid", "Step", "Unit", "load_grid", "run_grid", "finished"]
+
+GRID_ENV, CELL_ENV = "XSEARCH_GRID", "XSEARCH_GRID_CELL"
+"""Environment variables through which a grid step tells the CLI what to record in ``extra``."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One ``xsearch <command> <args>``; ``name`` = its leaderboard row (``None``: records nothing)."""
+
+    command: str
+    args: tuple[str, ...]
+    name: str | None
+
+
+@dataclass(frozen=True)
+class Grid:
+    name: str
+    seeds: tuple[int, ...]
+    cells: dict[str, tuple[Step, ...]]
+    source: Path | None = None
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One cell at one seed: what runs in one worker, steps in order."""
+
+    cell: str
+    seed: int
+    steps: tuple[Step, ...]
+
+
+def _fail(source: Any, where: str, what: str) -> ValueError:
+    return ValueError(f"{source}: {where}: {what}")
+
+
+def load_grid(path: str | Path) -> Grid:
+    """Parse a grid file; errors name the file, the cell and step, and what was expected."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise FileNotFoundError(f"{path}: cannot read grid file ({error.strerror})") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: not valid YAML ({error})") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str) or not isinstance(raw.get("cells"), dict):
+        raise _fail(path, "top level", "expected a mapping with 'name' (string), 'seeds' (list of int) and 'cells'")
+    seeds = raw.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise _fail(path, "seeds", f"expected a non-empty list of integers, got {seeds!r}")
+    cells: dict[str, tuple[Step, ...]] = {}
+    for cell, steps in raw["cells"].items():
+        if not isinstance(steps, list) or not steps:
+            raise _fail(path, f"cell {cell!r}", "expected a non-empty list of steps")
+        parsed = []
+        for i, step in enumerate(steps):
+            where = f"cell {cell!r} step {i}"
+            commands = [c for c in ("fit", "test") if c in (step or {})] if isinstance(step, dict) else []
+            if len(commands) != 1 or not isinstance(step[commands[0]], list):
+                raise _fail(path, where, "expected exactly one of 'fit: [args]' or 'test: [args]'")
+            unknown = set(step) - {"fit", "test", "record", "name"}
+            if unknown:
+                raise _fail(path, where, f"unknown key(s) {sorted(unknown)}; expected fit|test, record, name")
+            records = step.get("record", True)
+            name = (step.get("name") or cell) if records else None
+            parsed.append(Step(commands[0], tuple(str(a) for a in step[commands[0]]), name))
+        names = [s.name for s in parsed if s.name]
+        if len(names) != len(set(names)):
+            raise _fail(path, f"cell {cell!r}", f"two steps record under the same name: {names}")
+        cells[str(cell)] = tuple(parsed)
+    return Grid(raw["name"], tuple(seeds), cells, path)
+
+
+def finished(store: ResultsStore, grid: str) -> set[tuple[str, int]]:
+    """``(row name, seed)`` of the rows this grid has already stored."""
+    done = set()
+    for row in store.rows() if store.path.exists() else []:
+        extra = row.extra or {}
+        if extra.get("grid") == grid and extra.get("cell") and row.seed is not None:
+            done.add((extra["cell"], row.seed))
+    return done
+
+
+def unit_dir(out: Path, grid: Grid, unit: Unit) -> Path:
+    return out / grid.name / unit.cell.replace("/", "-") / f"seed{unit.seed}"
+
+
+def step_command(grid: Grid, unit: Unit, index: int, folder: Path, results: Path) -> list[str]:
+    """The ``xsearch`` arguments of step ``index`` of ``unit`` (placeholders filled)."""
+    step = unit.steps[index]
+    values = {f"step{i}": str(folder / f"step{i}") for i in range(len(unit.steps))} | {"seed": str(unit.seed)}
+    try:
+        args = [a.format(**values) for a in step.args]
+    except (KeyError, IndexError) as error:
+        raise ValueError(f"{grid.source}: cell {unit.cell!r} step {index}: unknown placeholder {error} in {step.args}") from None
+    own = folder / f"step{index}"
+    command = [step.command, *args, "--seed_everything", str(unit.seed), "--results", str(results),
+               "--trainer.default_root_dir", str(own)]
+    if step.command == "fit":
+        command += ["--checkpoint.dirpath", str(own / "checkpoints")]
+        if step.name:
+            command += ["--test_after_fit", "true"]
+    if step.name:
+        command += ["--tag", step.name]
+    return command
+
+
+Runner = Callable[[list[str], dict[str, str], Path], None]
+
+
+def subprocess_runner(command: list[str], env: dict[str, str], cwd: Path) -> None:
+    """Run ``python -m xsearch.cli <command>``; raise on a non-zero exit."""
+    completed = subprocess.run([sys.executable, "-m", "xsearch.cli", *command], env=env, cwd=cwd)
+    if completed.returncode:
+        raise RuntimeError(f"xsearch {' '.join(command)} exited with {completed.returncode}")
+
+
+def run_unit(grid: Grid, unit: Unit, out: Path, results: Path, done: set[tuple[str, int]], force: bool,
+             threads: int, cwd: Path, runner: Runner) -> float:
+    """Run the steps of one cell x seed that are not done yet; returns the wall time."""
+    started = time.perf_counter()
+    folder = unit_dir(out, grid, unit)
+    for index, step in enumerate(unit.steps):
+        marker = folder / f"step{index}" / "DONE"
+        if not force and ((step.name and (step.name, unit.seed) in done) or (not step.name and marker.exists())):
+            continue
+        marker.unlink(missing_ok=True)
+        env = {**os.environ, GRID_ENV: grid.name, CELL_ENV: step.name or "", "WANDB_RUN_GROUP": grid.name,
+               "OMP_NUM_THREADS": str(threads)}
+        log.info("grid %s: %s seed %d step %d: xsearch %s", grid.name, unit.cell, unit.seed, index, step.command)
+        runner(step_command(grid, unit, index, folder, results), env, cwd)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("done\n")
+    return time.perf_counter() - started
+
+
+@dataclass
+class GridReport:
+    ran: list[tuple[str, int]] = field(default_factory=list)
+    skipped: list[tuple[str, int]] = field(default_factory=list)
+    failed: list[tuple[str, int, str]] = field(default_factory=list)
+
+
+def run_grid(grid: Grid, results: str | Path, out: str | Path = "runs/leaderboard", seeds: Sequence[int] | None = None,
+             cells: Sequence[str] | None = None, jobs: int = 1, force: bool = False, cwd: str | Path = ".",
+             runner: Runner = subprocess_runner) -> GridReport:
+    """Run every missing cell x seed of ``grid`` (``seeds`` / ``cells`` restrict it), ``jobs`` at a time."""
+    unknown = sorted(set(cells or ()) - set(grid.cells))
+    if unknown:
+        raise KeyError(f"unknown cell(s) {unknown} in grid {grid.name!r}; cells: {', '.join(grid.cells)}")
+    results, out = Path(results).absolute(), Path(out).absolute()
+    done = set() if force else finished(ResultsStore(results), grid.name)
+    units = [Unit(c, s, grid.cells[c]) for s in (seeds or grid.seeds) for c in (cells or grid.cells)]
+    report = GridReport()
+    todo = []
+    for unit in units:
+        rows = [(s.name, unit.seed) for s in unit.steps if s.name]
+        (report.skipped if rows and all(r in done for r in rows) else todo).append(unit)
+    report.skipped = [(u.cell, u.seed) for u in report.skipped]
+    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = {pool.submit(run_unit, grid, u, out, results, done, force, threads, Path(cwd), runner): u for u in todo}
+        for future in concurrent.futures.as_completed(futures):
+            unit = futures[future]
+            try:
+                seconds = future.result()
+                report.ran.append((unit.cell, unit.seed))
+                log.info("grid %s: %s seed %d finished in %.0f s", grid.name, unit.cell, unit.seed, seconds)
+            except Exception as error:  # one failing cell does not stop the others; reported at the end
+                report.failed.append((unit.cell, unit.seed, str(error)))
+                log.error("grid %s: %s seed %d failed: %s", grid.name, unit.cell, unit.seed, error)
+    return report
