@@ -154,3 +154,28 @@ def test_xsearch_leaderboard_run_records_grid_cells_and_resumes(tmp_path, monkey
     assert "2 cell x seed runs done, 0 already in" in out
     assert main(args) == 0 and "0 cell x seed runs done, 2 already in" in capsys.readouterr().out
     assert len(ResultsStore(tmp_path / "r.sqlite").rows()) == 2
+
+
+def test_placeholders_are_only_steps_and_seed_and_globs_name_one_file(tmp_path, monkeypatch):
+    from xsearch.grid import Unit, step_command
+
+    grid = load_grid(_grid(tmp_path, """
+    name: g
+    cells:
+      a:
+        - fit: [--data.generate, "{identities: 10}", --x, "{seed}"]
+        - test: [--ckpt_path, "{step0}/best-*.ckpt"]
+          name: a/best
+        - test: [--y, "{step9}"]
+          record: false
+    """))
+    unit = Unit("a", 3, grid.cells["a"])
+    first = step_command(grid, unit, 0, tmp_path, tmp_path / "r.sqlite")
+    assert first[1:5] == ["--data.generate", "{identities: 10}", "--x", "3"]
+    with pytest.raises(FileNotFoundError, match=r"best-\*.ckpt should match exactly one file, found 0"):
+        step_command(grid, unit, 1, tmp_path, tmp_path / "r.sqlite")
+    (tmp_path / "step0").mkdir()
+    (tmp_path / "step0" / "best-epoch03.ckpt").write_text("x")
+    assert str(tmp_path / "step0" / "best-epoch03.ckpt") in step_command(grid, unit, 1, tmp_path, tmp_path / "r.sqlite")
+    with pytest.raises(ValueError, match=r"unknown placeholder \{step9\}; known: \{step0\}, \{step1\}, \{step2\}, \{seed\}"):
+        step_command(grid, unit, 2, tmp_path, tmp_path / "r.sqlite")

@@ -17,6 +17,7 @@ A grid file (``configs/leaderboard/*.yaml``)::
         - test: [--config, configs/idclip/synth_pfs_baseline_none.yaml, --ckpt_path, "{step0}/checkpoints/last.ckpt"]
           name: idclip/clip-zero-shot-none   # its own leaderboard row
 
+An argument with ``*`` must match exactly one file when the step starts (``{step2}/checkpoints/best-*.ckpt``).
 Every step is one ``xsearch fit`` (with ``--test_after_fit true`` when it records) or ``xsearch test`` in its own
 process, with ``--seed_everything <seed>`` and its own folder ``<out>/<grid>/<cell>/seed<seed>/step<i>`` (also
 ``{step<i>}`` in the arguments; ``{seed}`` is the seed). A recording step appends one row to the results store
@@ -32,6 +33,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -47,6 +49,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Grid", "Step", "Unit", "load_grid", "run_grid", "finished"]
 
+PLACEHOLDER = re.compile(r"\{(step\d+|seed)\}")
+"""``{step<i>}`` and ``{seed}`` in step arguments; other braces (YAML flow mappings) are left alone."""
 GRID_ENV, CELL_ENV = "XSEARCH_GRID", "XSEARCH_GRID_CELL"
 """Environment variables through which a grid step tells the CLI what to record in ``extra``."""
 
@@ -136,10 +140,15 @@ def step_command(grid: Grid, unit: Unit, index: int, folder: Path, results: Path
     """The ``xsearch`` arguments of step ``index`` of ``unit`` (placeholders filled)."""
     step = unit.steps[index]
     values = {f"step{i}": str(folder / f"step{i}") for i in range(len(unit.steps))} | {"seed": str(unit.seed)}
-    try:
-        args = [a.format(**values) for a in step.args]
-    except (KeyError, IndexError) as error:
-        raise ValueError(f"{grid.source}: cell {unit.cell!r} step {index}: unknown placeholder {error} in {step.args}") from None
+
+    def fill(match: re.Match) -> str:
+        if match.group(1) not in values:
+            raise ValueError(f"{grid.source}: cell {unit.cell!r} step {index}: unknown placeholder {match.group(0)}; "
+                             f"known: {', '.join('{' + k + '}' for k in values)}")
+        return values[match.group(1)]
+
+    args = [PLACEHOLDER.sub(fill, a) for a in step.args]
+    args = [_expand_glob(a, grid, unit, index) for a in args]
     own = folder / f"step{index}"
     command = [step.command, *args, "--seed_everything", str(unit.seed), "--results", str(results),
                "--trainer.default_root_dir", str(own)]
@@ -150,6 +159,17 @@ def step_command(grid: Grid, unit: Unit, index: int, folder: Path, results: Path
     if step.name:
         command += ["--tag", step.name]
     return command
+
+
+def _expand_glob(arg: str, grid: Grid, unit: Unit, index: int) -> str:
+    """An argument with ``*`` names one file (e.g. ``{step2}/checkpoints/best-*.ckpt``): the single match."""
+    if "*" not in arg or "/" not in arg:
+        return arg
+    matches = sorted(Path("/").glob(arg.lstrip("/")) if arg.startswith("/") else Path().glob(arg))
+    if len(matches) != 1:
+        raise FileNotFoundError(f"{grid.source}: cell {unit.cell!r} step {index}: {arg} should match exactly one file, "
+                                f"found {len(matches)}")
+    return str(matches[0])
 
 
 Runner = Callable[[list[str], dict[str, str], Path], None]
