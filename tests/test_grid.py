@@ -179,3 +179,13 @@ def test_placeholders_are_only_steps_and_seed_and_globs_name_one_file(tmp_path, 
     assert str(tmp_path / "step0" / "best-epoch03.ckpt") in step_command(grid, unit, 1, tmp_path, tmp_path / "r.sqlite")
     with pytest.raises(ValueError, match=r"unknown placeholder \{step9\}; known: \{step0\}, \{step1\}, \{step2\}, \{seed\}"):
         step_command(grid, unit, 2, tmp_path, tmp_path / "r.sqlite")
+
+
+def test_seeds_of_one_grid_cell_aggregate_even_when_their_configs_differ(tmp_path):
+    from xsearch.leaderboard import leaderboard_table
+
+    records = [RunRecord(method="tgfr", dataset="d", metrics={"R1": r1}, config={}, config_hash=f"h{seed}",
+                         checkpoint="c", seed=seed, wall_time_s=1.0, extra={"grid": "g", "cell": "tgfr"})
+               for seed, r1 in ((0, 10.0), (1, 14.0))]
+    (row,) = leaderboard_table(records)
+    assert row["n"] == 2 and row["R1_mean"] == 12.0 and row["R1_std"] == pytest.approx(2.0 ** 0.5 * 2) and row["cell"] == "tgfr"

@@ -46,6 +46,7 @@ def _group_row(key: tuple[str, str, str], runs: list[RunRecord], metrics: Sequen
     row["checkpoint"] = latest.checkpoint
     row["git_commit"] = latest.git_commit
     row["tag"] = (latest.extra or {}).get("tag")
+    row["cell"] = (latest.extra or {}).get("cell")
     return row
 
 
@@ -66,7 +67,8 @@ def leaderboard_table(
     for record in records:
         if dataset is not None and dataset not in (record.dataset, record.dataset.split(":")[0]):
             continue
-        groups.setdefault((record.dataset, record.method, record.config_hash), []).append(record)
+        cell = (record.extra or {}).get("cell")  # a grid cell: its seeds aggregate even when their configs differ
+        groups.setdefault((record.dataset, record.method, cell or record.config_hash), []).append(record)
     rows = [_group_row(key, runs, metrics) for key, runs in groups.items()]
     return sorted(rows, key=_sort_key)
 
@@ -96,7 +98,7 @@ def _by_dataset(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 
 
 def _display_cells(row: dict[str, Any], names: list[str]) -> list[str]:
-    config = f'{row["tag"]} ({row["config_hash"]})' if row.get("tag") else str(row["config_hash"])
+    config = row["cell"] if row.get("cell") else (f'{row["tag"]} ({row["config_hash"]})' if row.get("tag") else str(row["config_hash"]))
     return [str(row["method"]), config, str(row["n"])] + [_cell(row, n) for n in names]
 
 
