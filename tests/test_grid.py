@@ -189,3 +189,13 @@ def test_seeds_of_one_grid_cell_aggregate_even_when_their_configs_differ(tmp_pat
                for seed, r1 in ((0, 10.0), (1, 14.0))]
     (row,) = leaderboard_table(records)
     assert row["n"] == 2 and row["R1_mean"] == 12.0 and row["R1_std"] == pytest.approx(2.0 ** 0.5 * 2) and row["cell"] == "tgfr"
+
+
+def test_the_shipped_grid_files_parse_and_name_existing_configs():
+    root = Path(__file__).parents[1]
+    for path in sorted((root / "configs" / "leaderboard").glob("*.yaml")):
+        grid = load_grid(path)
+        for cell, steps in grid.cells.items():
+            for step in steps:
+                config = step.args[step.args.index("--config") + 1]
+                assert (root / config).is_file(), f"{path.name}: {cell}: {config}"
