@@ -252,8 +252,14 @@ def _leaderboard_command(argv: list[str]) -> int:
     parser.add_argument("--format", default="md", choices=FORMATS)
     parser.add_argument("--results", default="results/xsearch.sqlite", help="SQLite results store")
     parser.add_argument("--out", default=None, help="write to this file instead of standard output")
+    parser.add_argument("--references", action="store_true",
+                        help="(md) add the numbers the papers report, per dataset, in separate blocks")
     args = parser.parse_args(argv[1:] if argv[:1] == ["show"] else argv)
     text = render_store(args.results, dataset=args.dataset, fmt=args.format)
+    if args.references and args.format == "md":
+        from xsearch.references import render_references
+
+        text += "\n" + render_references([args.dataset] if args.dataset else None)
     if args.out:
         _write_atomic(Path(args.out), text)
     else:

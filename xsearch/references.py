@@ -1,0 +1,49 @@
+"""Reported numbers: what the papers say, read from the versioned ``reference_results.yaml`` shipped with xsearch.
+
+They are a separate kind of row (``kind: reported``), never averaged with measured runs.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REFERENCES = Path(__file__).with_name("reference_results.yaml")
+FIELDS = {"method": str, "dataset": str, "metrics": dict, "source": str, "note": str}
+
+
+def reference_rows(dataset: str | None = None, path: str | Path = REFERENCES) -> list[dict[str, Any]]:
+    """Entries of the reference file (only ``dataset``'s when given), each ``{method, dataset, metrics, source, note,
+    kind: "reported"}``; a malformed file raises ``ValueError`` naming the entry and the field."""
+    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(raw, dict) or raw.get("version") != 1 or not isinstance(raw.get("entries"), list):
+        raise ValueError(f"{path}: expected a mapping with 'version: 1' and a list 'entries'")
+    rows = []
+    for i, entry in enumerate(raw["entries"]):
+        for name, kind in FIELDS.items():
+            if not isinstance(entry, dict) or not isinstance(entry.get(name), kind):
+                raise ValueError(f"{path}: entry {i}: field {name!r} should be a {kind.__name__}, got "
+                                 f"{type(entry.get(name)).__name__ if isinstance(entry, dict) else type(entry).__name__}")
+        bad = [k for k, v in entry["metrics"].items() if not isinstance(v, (int, float)) or isinstance(v, bool)]
+        if bad:
+            raise ValueError(f"{path}: entry {i}: metrics {bad} should be numbers")
+        if dataset is None or entry["dataset"] == dataset:
+            rows.append({**entry, "metrics": {k: float(v) for k, v in entry["metrics"].items()}, "kind": "reported"})
+    return rows
+
+
+def render_references(datasets: list[str] | None = None, path: str | Path = REFERENCES) -> str:
+    """Markdown: per dataset, a table of the reported rows (method, each metric, source, note), titled as reported."""
+    rows = [r for r in reference_rows(path=path) if datasets is None or r["dataset"] in datasets]
+    parts = []
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        group = [r for r in rows if r["dataset"] == dataset]
+        names = list(dict.fromkeys(k for r in group for k in r["metrics"]))
+        lines = [f"### {dataset}: reported by the papers (not measured by xsearch)", "",
+                 "| method | " + " | ".join(names) + " | source | note |", "|---|" + "---:|" * len(names) + "---|---|"]
+        for r in group:
+            cells = [f"{r['metrics'][n]:.2f}" if n in r["metrics"] else "-" for n in names]
+            lines.append(f"| {r['method']} | " + " | ".join(cells) + f" | {r['source']} | {r['note']} |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n" if parts else ""
