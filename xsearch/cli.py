@@ -253,27 +253,22 @@ def _leaderboard_command(argv: list[str]) -> int:
     parser.add_argument("--results", default="results/xsearch.sqlite", help="SQLite results store")
     parser.add_argument("--out", default=None, help="write to this file instead of standard output")
     parser.add_argument("--references", action="store_true",
-                        help="(md) add the numbers the papers report, per dataset, in separate blocks")
+                        help="add the numbers the papers report (kind: reported), never mixed with measured rows")
+    parser.add_argument("--plot", default=None, metavar="DIR", help="also write a PNG bar chart per dataset into DIR")
     args = parser.parse_args(argv[1:] if argv[:1] == ["show"] else argv)
-    text = render_store(args.results, dataset=args.dataset, fmt=args.format)
-    if args.references and args.format == "md":
-        from xsearch.references import render_references
+    text = render_store(args.results, dataset=args.dataset, fmt=args.format, references=args.references)
+    if args.plot:
+        from xsearch.report import write_charts
 
-        text += "\n" + render_references([args.dataset] if args.dataset else None)
+        for path in write_charts(args.results, args.plot, dataset=args.dataset):
+            print(f"[xsearch] wrote {path}", file=sys.stderr)
     if args.out:
-        _write_atomic(Path(args.out), text)
+        from xsearch.atomic import write_text_atomic
+
+        write_text_atomic(Path(args.out), text)
     else:
         print(text)
     return 0
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False, encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(handle.name, path)
 
 
 def _leaderboard_run(argv: list[str]) -> int:
@@ -288,8 +283,21 @@ def _leaderboard_run(argv: list[str]) -> int:
     parser.add_argument("--cells", nargs="+", default=None, help="only these cells")
     parser.add_argument("--jobs", type=int, default=1, help="cells run at once, each in its own processes")
     parser.add_argument("--force", action="store_true", help="rerun cells already in the store")
+    parser.add_argument("--report", default=None, metavar="DIR",
+                        help="then write <grid>.md/.csv/.json/.html and a PNG per dataset into DIR")
+    parser.add_argument("--readme", default=None, metavar="FILE",
+                        help="then refresh the <!-- leaderboard:<grid> begin/end --> block of FILE (needs --report)")
     args = parser.parse_args(argv)
     grid = load_grid(args.grid)
+    if args.readme:
+        from xsearch.report import replace_block
+
+        if not args.report:
+            parser.error("--readme needs --report DIR (where the charts go)")
+        try:  # the markers are checked before hours of runs, not after
+            replace_block(Path(args.readme).read_text(encoding="utf-8"), grid.name, "", args.readme)
+        except (OSError, ValueError) as error:
+            parser.error(str(error))
     report = run_grid(grid, args.results, args.out, args.seeds, args.cells, args.jobs, args.force)
     print(f"[xsearch] grid {grid.name}: {len(report.ran)} cell x seed runs done, {len(report.skipped)} already in "
           f"{args.results}, {len(report.failed)} failed")
@@ -298,6 +306,12 @@ def _leaderboard_run(argv: list[str]) -> int:
     from xsearch.leaderboard import render_store
 
     print(render_store(args.results))
+    if args.report:
+        from xsearch.report import write_report
+
+        command = " ".join(["xsearch leaderboard run", *argv])
+        for path in write_report(args.results, args.report, grid.name, args.readme, command):
+            print(f"[xsearch] wrote {path}", file=sys.stderr)
     _log_wandb_table(grid.name, args.results, args.out)
     return 1 if report.failed else 0
 

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import csv
-import html
 import io
 import json
 import statistics
@@ -19,11 +18,13 @@ from xsearch.results import ResultsStore, RunRecord
 
 DEFAULT_METRICS: tuple[str, ...] = ("R1", "R5", "R10", "mAP", "mINP")
 PROTOCOL_METRICS: tuple[str, ...] = ("R50", "i2t_R1", "entity_R@1", "entity_R@10", "kmin_R@10", "mAP@10")
-"""Shown after the defaults when the selected runs have them (Id-CLIP's general and entity retrieval)."""
+"""Shown after the defaults when a dataset's runs have them (Id-CLIP's general and entity retrieval)."""
+FACE_METRICS: tuple[str, ...] = ("TAR@FAR=0.0001", "TAR@FAR=0.001", "EER", "Acc", "Rank1")
+"""Face protocol columns, per embedding (``fused/TAR@FAR=0.0001``...), when a dataset's runs have them."""
 FORMATS: tuple[str, ...] = ("md", "csv", "json", "html")
 MISSING = "-"
-_KEY_COLUMNS = ("dataset", "method", "config_hash", "n")
-_TAIL_COLUMNS = ("seeds", "latest_run", "checkpoint", "git_commit")
+_KEY_COLUMNS = ("kind", "dataset", "method", "config_hash", "n")
+_TAIL_COLUMNS = ("seeds", "latest_run", "checkpoint", "git_commit", "source", "note")
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -37,7 +38,7 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 def _group_row(key: tuple[str, str, str], runs: list[RunRecord], metrics: Sequence[str]) -> dict[str, Any]:
     latest = max(runs, key=lambda run: (run.created_at, run.id or 0))
-    row: dict[str, Any] = {"dataset": key[0], "method": key[1], "config_hash": key[2], "n": len(runs)}
+    row: dict[str, Any] = {"kind": "measured", "dataset": key[0], "method": key[1], "config_hash": key[2], "n": len(runs)}
     for name in metrics:
         values = [float(run.metrics[name]) for run in runs if run.metrics.get(name) is not None]
         row[f"{name}_mean"], row[f"{name}_std"] = _mean_std(values)
@@ -51,73 +52,118 @@ def _group_row(key: tuple[str, str, str], runs: list[RunRecord], metrics: Sequen
 
 
 def _sort_key(row: dict[str, Any]) -> tuple[Any, ...]:
-    r1 = row.get("R1_mean")
-    return (row["dataset"], r1 is None, -(r1 or 0.0), row["method"], row["config_hash"])
+    first = next((row[k] for k in row if k.endswith("_mean") and row[k] is not None), None)
+    return (row["dataset"], first is None, -(first or 0.0), row["method"], str(row.get("config_hash")))
+
+
+def dataset_metrics(records: Iterable[RunRecord]) -> list[str]:
+    """The columns of one dataset's table: the retrieval metrics its runs have (R1..mINP), then the protocol ones
+    (Id-CLIP's entity recall...), then the face protocol per embedding (``fused/TAR@FAR=0.0001``...)."""
+    present: dict[str, None] = {}
+    for record in records:
+        present.update(dict.fromkeys(record.metrics))
+    names = [m for m in (*DEFAULT_METRICS, *PROTOCOL_METRICS) if m in present]
+    embeddings = dict.fromkeys(k.split("/")[0] for k in present if "/" in k and k.split("/", 1)[1] in FACE_METRICS)
+    names += [f"{e}/{m}" for e in embeddings for m in FACE_METRICS if f"{e}/{m}" in present]
+    return names or list(DEFAULT_METRICS)
 
 
 def leaderboard_table(
     records: Iterable[RunRecord],
     dataset: str | None = None,
-    metrics: Sequence[str] = DEFAULT_METRICS,
+    metrics: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per (dataset, method, config_hash) with ``<metric>_mean``/``<metric>_std``, ``n``,
-    seeds and the latest run's time/checkpoint; sorted by dataset, then R1 mean descending. ``dataset`` also
-    keeps that dataset's other protocols (``celeba`` shows ``celeba:composed`` too, as its own table)."""
-    groups: dict[tuple[str, str, str], list[RunRecord]] = {}
+    """One row per (dataset, method, grid cell or config_hash) with ``<metric>_mean``/``<metric>_std``, ``n``, seeds,
+    the latest run's time/checkpoint and ``kind: "measured"``; sorted by dataset, then the first metric descending.
+    ``metrics`` defaults to each dataset's own columns (:func:`dataset_metrics`). ``dataset`` also keeps that
+    dataset's other protocols (``celeba`` shows ``celeba:composed`` too, as its own table)."""
+    by_dataset: dict[str, dict[tuple[str, str, str], list[RunRecord]]] = {}
     for record in records:
         if dataset is not None and dataset not in (record.dataset, record.dataset.split(":")[0]):
             continue
         cell = (record.extra or {}).get("cell")  # a grid cell: its seeds aggregate even when their configs differ
+        groups = by_dataset.setdefault(record.dataset, {})
         groups.setdefault((record.dataset, record.method, cell or record.config_hash), []).append(record)
-    rows = [_group_row(key, runs, metrics) for key, runs in groups.items()]
+    rows = []
+    for groups in by_dataset.values():
+        names = metrics if metrics is not None else dataset_metrics(r for runs in groups.values() for r in runs)
+        rows += [_group_row(key, runs, names) for key, runs in groups.items()]
     return sorted(rows, key=_sort_key)
 
 
-def _metric_names(rows: list[dict[str, Any]], metrics: Sequence[str] | None) -> list[str]:
-    if metrics is not None:
-        return list(metrics)
-    names = [key[: -len("_mean")] for key in rows[0] if key.endswith("_mean")] if rows else []
-    return names or list(DEFAULT_METRICS)
+def reported_table(dataset: str | None = None) -> list[dict[str, Any]]:
+    """The papers' numbers (:mod:`xsearch.references`) as table rows of ``kind: "reported"`` (``<metric>_mean``,
+    no std, no seeds), with their ``source`` and ``note``; ``dataset`` filters like :func:`leaderboard_table`."""
+    from xsearch.references import reference_rows
+
+    rows = []
+    for ref in reference_rows():
+        if dataset is not None and dataset not in (ref["dataset"], ref["dataset"].split(":")[0]):
+            continue
+        row: dict[str, Any] = {"kind": "reported", "dataset": ref["dataset"], "method": ref["method"], "n": None}
+        for name, value in ref["metrics"].items():
+            row[f"{name}_mean"], row[f"{name}_std"] = value, None
+        rows.append({**row, "source": ref["source"], "note": ref["note"]})
+    return rows
 
 
-def _cell(row: dict[str, Any], name: str) -> str:
-    """``mean ± std`` with 2 decimals (``mean`` when n == 1), ``-`` when missing."""
+def metric_names(rows: list[dict[str, Any]]) -> list[str]:
+    """The metric columns of ``rows`` in order of first appearance (``R1`` from ``R1_mean``)."""
+    names = dict.fromkeys(key[: -len("_mean")] for row in rows for key in row if key.endswith("_mean"))
+    return list(names) or list(DEFAULT_METRICS)
+
+
+def format_value(row: dict[str, Any], name: str) -> str:
+    """``mean ± std`` with 2 decimals (``mean`` when n <= 1 or reported), ``-`` when missing."""
     mean, std = row.get(f"{name}_mean"), row.get(f"{name}_std")
     if mean is None:
         return MISSING
-    if row.get("n", 1) > 1 and std is not None:
+    if (row.get("n") or 1) > 1 and std is not None:
         return f"{mean:.2f} ± {std:.2f}"
     return f"{mean:.2f}"
 
 
-def _by_dataset(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+def by_dataset(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Rows grouped by dataset, in order of first appearance."""
     grouped: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         grouped.setdefault(row["dataset"], []).append(row)
     return grouped
 
 
-def _display_cells(row: dict[str, Any], names: list[str]) -> list[str]:
-    config = row["cell"] if row.get("cell") else (f'{row["tag"]} ({row["config_hash"]})' if row.get("tag") else str(row["config_hash"]))
-    return [str(row["method"]), config, str(row["n"])] + [_cell(row, n) for n in names]
+def config_label(row: dict[str, Any]) -> str:
+    """What tells rows of one method apart: the grid cell, else ``tag (config hash)``, else the config hash."""
+    if row.get("cell"):
+        return str(row["cell"])
+    return f'{row["tag"]} ({row["config_hash"]})' if row.get("tag") else str(row["config_hash"])
 
 
-def _empty_message(source: str | Path | None) -> str:
+def empty_message(source: str | Path | None) -> str:
     return f"no results in {source if source is not None else 'the results store'}"
 
 
-def _render_md(rows: list[dict[str, Any]], names: list[str], source: str | Path | None) -> str:
-    if not rows:
-        return _empty_message(source) + "\n"
-    header = ["method", "config", "n", *names]
-    parts: list[str] = []
-    for dataset, group in _by_dataset(rows).items():
-        lines = [f"### {dataset}", "", "| " + " | ".join(header) + " |",
-                 "|" + "|".join(["---"] * 3 + ["---:"] * len(names)) + "|"]
-        for row in group:
-            cells = [cell.replace("|", "\\|") for cell in _display_cells(row, names)]
-            lines.append("| " + " | ".join(cells) + " |")
-        parts.append("\n".join(lines))
+REPORTED_TITLE = "reported by the papers (not measured by xsearch)"
+
+
+def _md_table(header: list[str], body: list[list[str]], numeric_from: int, numeric_to: int) -> list[str]:
+    align = ["---:" if numeric_from <= i < numeric_to else "---" for i in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |" for cells in body]
+    return lines
+
+
+def _render_md(rows: list[dict[str, Any]], metrics: Sequence[str] | None, source: str | Path | None,
+               references: list[dict[str, Any]]) -> str:
+    parts: list[str] = [] if rows else [empty_message(source)]
+    for dataset, group in by_dataset(rows).items():
+        names = list(metrics) if metrics is not None else metric_names(group)
+        body = [[str(r["method"]), config_label(r), str(r["n"]), *(format_value(r, n) for n in names)] for r in group]
+        parts.append("\n".join([f"### {dataset}", "", *_md_table(["method", "config", "n", *names], body, 2, 3 + len(names))]))
+    for dataset, group in by_dataset(references).items():
+        names = metric_names(group)
+        body = [[str(r["method"]), *(format_value(r, n) for n in names), r["source"], r["note"]] for r in group]
+        header = ["method", *names, "source", "note"]
+        parts.append("\n".join([f"### {dataset}: {REPORTED_TITLE}", "", *_md_table(header, body, 1, 1 + len(names))]))
     return "\n\n".join(parts) + "\n"
 
 
@@ -129,7 +175,8 @@ def _csv_value(value: Any) -> Any:
     return value
 
 
-def _render_csv(rows: list[dict[str, Any]], names: list[str]) -> str:
+def _render_csv(rows: list[dict[str, Any]], metrics: Sequence[str] | None) -> str:
+    names = list(metrics) if metrics is not None else metric_names(rows)
     columns = [*_KEY_COLUMNS]
     for name in names:
         columns += [f"{name}_mean", f"{name}_std"]
@@ -142,78 +189,45 @@ def _render_csv(rows: list[dict[str, Any]], names: list[str]) -> str:
     return buffer.getvalue()
 
 
-def _render_json(rows: list[dict[str, Any]]) -> str:
-    return json.dumps(rows, indent=2, ensure_ascii=False) + "\n"
-
-
-_HTML_STYLE = (
-    "body{font-family:system-ui,sans-serif;margin:2em;color:#222}"
-    "table{border-collapse:collapse;margin-bottom:2em}"
-    "th,td{border:1px solid #ccc;padding:4px 10px}td.num{text-align:right}"
-    "th{background:#f0f0f0}"
-)
-
-
-def _render_html(rows: list[dict[str, Any]], names: list[str], source: str | Path | None) -> str:
-    body: list[str] = ["<h1>xsearch leaderboard</h1>"]
-    if not rows:
-        body.append(f"<p>{html.escape(_empty_message(source))}</p>")
-    header = "".join(f"<th>{html.escape(h)}</th>" for h in ["method", "config", "n", *names])
-    for dataset, group in _by_dataset(rows).items():
-        body.append(f"<h3>{html.escape(str(dataset))}</h3>")
-        body.append(f"<table><thead><tr>{header}</tr></thead><tbody>")
-        for row in group:
-            cells = _display_cells(row, names)
-            tds = [f"<td>{html.escape(c)}</td>" for c in cells[:2]]
-            tds += [f'<td class="num">{html.escape(c)}</td>' for c in cells[2:]]
-            body.append("<tr>" + "".join(tds) + "</tr>")
-        body.append("</tbody></table>")
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<title>xsearch leaderboard</title><style>{_HTML_STYLE}</style></head><body>\n"
-        + "\n".join(body)
-        + "\n</body></html>\n"
-    )
-
-
 def render(
     rows: list[dict[str, Any]],
     fmt: str = "md",
     metrics: Sequence[str] | None = None,
     source: str | Path | None = None,
+    references: list[dict[str, Any]] | None = None,
 ) -> str:
     """Render ``leaderboard_table`` rows as ``md``, ``csv``, ``json`` or ``html``.
 
-    ``metrics`` defaults to those present in the rows; ``source`` names the store in the
-    "no results in <source>" message shown for an empty table (md/html).
+    ``metrics`` defaults to each dataset's columns (csv: all of them); ``source`` names the store in the
+    "no results in <source>" message shown for an empty table (md/html). ``references`` (:func:`reported_table`) are
+    added after the measured rows, as their own tables (md/html) or as rows of ``kind`` ``reported`` (csv/json).
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown leaderboard format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    names = _metric_names(rows, metrics)
+    references = references or []
     if fmt == "md":
-        return _render_md(rows, names, source)
+        return _render_md(rows, metrics, source, references)
     if fmt == "csv":
-        return _render_csv(rows, names)
+        return _render_csv(rows + references, metrics)
     if fmt == "json":
-        return _render_json(rows)
-    return _render_html(rows, names, source)
+        return json.dumps(rows + references, indent=2, ensure_ascii=False) + "\n"
+    from xsearch.report import render_html
+
+    return render_html(rows, metrics, source, references)
 
 
 def render_store(
     store: ResultsStore | str | Path,
     dataset: str | None = None,
     fmt: str = "md",
-    metrics: Sequence[str] = DEFAULT_METRICS,
+    metrics: Sequence[str] | None = None,
+    references: bool = False,
 ) -> str:
-    """Leaderboard of a results store (object or path) in one call, as used by the CLI."""
+    """Leaderboard of a results store (object or path) in one call, as used by the CLI; ``references`` adds the
+    papers' numbers for the same datasets (all of them without ``dataset``)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown leaderboard format {fmt!r}; expected one of {', '.join(FORMATS)}")
     store = store if isinstance(store, ResultsStore) else ResultsStore(store)
-    if not store.path.exists():
-        return render([], fmt, metrics, source=store.path)
-    records = store.rows()
-    if tuple(metrics) == DEFAULT_METRICS:
-        present = {name for r in records if dataset in (None, r.dataset, r.dataset.split(":")[0]) for name in r.metrics}
-        metrics = [*DEFAULT_METRICS, *(name for name in PROTOCOL_METRICS if name in present)]
+    records = store.rows() if store.path.exists() else []
     rows = leaderboard_table(records, dataset=dataset, metrics=metrics)
-    return render(rows, fmt, metrics, source=store.path)
+    return render(rows, fmt, metrics, source=store.path, references=reported_table(dataset) if references else None)

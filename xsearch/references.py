@@ -32,18 +32,3 @@ def reference_rows(dataset: str | None = None, path: str | Path = REFERENCES) ->
             rows.append({**entry, "metrics": {k: float(v) for k, v in entry["metrics"].items()}, "kind": "reported"})
     return rows
 
-
-def render_references(datasets: list[str] | None = None, path: str | Path = REFERENCES) -> str:
-    """Markdown: per dataset, a table of the reported rows (method, each metric, source, note), titled as reported."""
-    rows = [r for r in reference_rows(path=path) if datasets is None or r["dataset"] in datasets]
-    parts = []
-    for dataset in dict.fromkeys(r["dataset"] for r in rows):
-        group = [r for r in rows if r["dataset"] == dataset]
-        names = list(dict.fromkeys(k for r in group for k in r["metrics"]))
-        lines = [f"### {dataset}: reported by the papers (not measured by xsearch)", "",
-                 "| method | " + " | ".join(names) + " | source | note |", "|---|" + "---:|" * len(names) + "---|---|"]
-        for r in group:
-            cells = [f"{r['metrics'][n]:.2f}" if n in r["metrics"] else "-" for n in names]
-            lines.append(f"| {r['method']} | " + " | ".join(cells) + f" | {r['source']} | {r['note']} |")
-        parts.append("\n".join(lines))
-    return "\n\n".join(parts) + "\n" if parts else ""

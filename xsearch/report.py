@@ -1,0 +1,212 @@
+"""Leaderboard reports: the self-contained sortable HTML page, a PNG bar chart per dataset, and the README block.
+
+``write_report`` writes ``<name>.{md,csv,json,html}`` and ``<name>-<dataset>.png`` into a folder and, given a README,
+replaces the text between ``<!-- leaderboard:<name> begin -->`` and ``<!-- leaderboard:<name> end -->`` with the
+Markdown tables and charts; every file is written atomically.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from xsearch.atomic import atomic_path, write_text_atomic
+from xsearch.leaderboard import (REPORTED_TITLE, by_dataset, config_label, empty_message, format_value,
+                                 leaderboard_table, metric_names, render, reported_table)
+from xsearch.results import ResultsStore
+
+_STYLE = (
+    "body{font-family:system-ui,sans-serif;margin:2em;color:#222}"
+    "table{border-collapse:collapse;margin-bottom:1.5em}"
+    "th,td{border:1px solid #ccc;padding:4px 10px}td.num{text-align:right;white-space:nowrap}"
+    "th{background:#f0f0f0;cursor:pointer;user-select:none}th[aria-sort=ascending]::after{content:' \\25B2'}"
+    "th[aria-sort=descending]::after{content:' \\25BC'}table.reported th{background:#fdf3e1}"
+    "img{max-width:100%;display:block;margin-bottom:1em}p.note{color:#666}"
+)
+# Click a header to sort its table by that column (numbers by data-v, missing values last; again to reverse).
+_SCRIPT = """
+document.querySelectorAll('table.sortable th').forEach(function (th, _) {
+  th.addEventListener('click', function () {
+    var table = th.closest('table'), col = Array.prototype.indexOf.call(th.parentNode.children, th);
+    var desc = th.getAttribute('aria-sort') !== 'descending';
+    table.querySelectorAll('th').forEach(function (h) { h.removeAttribute('aria-sort'); });
+    th.setAttribute('aria-sort', desc ? 'descending' : 'ascending');
+    var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
+    function key(row) { var c = row.cells[col]; return c.hasAttribute('data-v') ? c.getAttribute('data-v') : c.textContent; }
+    rows.sort(function (a, b) {
+      var x = key(a), y = key(b);
+      if (x === '' || y === '') { return (x === '') - (y === ''); }
+      var nx = parseFloat(x), ny = parseFloat(y), r = (isNaN(nx) || isNaN(ny)) ? x.localeCompare(y) : nx - ny;
+      return desc ? -r : r;
+    });
+    rows.forEach(function (row) { body.appendChild(row); });
+  });
+});
+"""
+
+
+def _num_td(row: dict[str, Any], name: str) -> str:
+    mean = row.get(f"{name}_mean")
+    value = "" if mean is None else repr(float(mean))
+    return f'<td class="num" data-v="{value}">{html.escape(format_value(row, name))}</td>'
+
+
+def _table(header: list[str], rows_html: list[str], css: str) -> str:
+    head = "".join(f'<th scope="col">{html.escape(h)}</th>' for h in header)
+    return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>\n' + "\n".join(rows_html) + "\n</tbody></table>"
+
+
+def _source_html(source: str) -> str:
+    if re.match(r"https?://", source):
+        url = source.split()[0]
+        return f'<a href="{html.escape(url)}">{html.escape(source)}</a>'
+    return html.escape(source)
+
+
+def render_html(
+    rows: list[dict[str, Any]],
+    metrics: Sequence[str] | None = None,
+    source: str | Path | None = None,
+    references: list[dict[str, Any]] | None = None,
+    images: dict[str, bytes] | None = None,
+) -> str:
+    """One self-contained page (inline CSS/JS, charts as data URIs): per dataset a sortable table of the measured rows
+    (and its PNG chart from ``images``, dataset -> PNG bytes), then the reported rows in their own tables."""
+    body = ["<h1>xsearch leaderboard</h1>"]
+    if not rows:
+        body.append(f"<p>{html.escape(empty_message(source))}</p>")
+    elif source is not None:
+        body.append(f'<p class="note">measured runs from {html.escape(str(source))}: mean ± sample std over seeds '
+                    "(n = number of seeds); click a column header to sort</p>")
+    for dataset, group in by_dataset(rows).items():
+        names = list(metrics) if metrics is not None else metric_names(group)
+        body.append(f"<h2>{html.escape(str(dataset))}</h2>")
+        if images and dataset in images:
+            data = base64.b64encode(images[dataset]).decode("ascii")
+            body.append(f'<img alt="{html.escape(str(dataset))} chart" src="data:image/png;base64,{data}">')
+        lines = [f"<tr><td>{html.escape(str(r['method']))}</td><td>{html.escape(config_label(r))}</td>"
+                 f'<td class="num" data-v="{r["n"]}">{r["n"]}</td>' + "".join(_num_td(r, n) for n in names) + "</tr>"
+                 for r in group]
+        body.append(_table(["method", "config", "n", *names], lines, "sortable measured"))
+    if references:
+        body.append(f"<h2>{html.escape(REPORTED_TITLE[0].upper() + REPORTED_TITLE[1:])}</h2>")
+        for dataset, group in by_dataset(references).items():
+            names = metric_names(group)
+            body.append(f"<h3>{html.escape(str(dataset))}</h3>")
+            lines = [f"<tr><td>{html.escape(str(r['method']))}</td>" + "".join(_num_td(r, n) for n in names)
+                     + f"<td>{_source_html(r['source'])}</td><td>{html.escape(r['note'])}</td></tr>" for r in group]
+            body.append(_table(["method", *names, "source", "note"], lines, "sortable reported"))
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>xsearch leaderboard</title><style>{_STYLE}</style></head><body>\n" + "\n".join(body)
+            + f"\n<script>{_SCRIPT}</script>\n</body></html>\n")
+
+
+def plot_dataset(group: list[dict[str, Any]], dataset: str, path: str | Path, metrics: Sequence[str] | None = None,
+                 max_metrics: int = 4) -> Path:
+    """Grouped bar chart of one dataset's measured rows: the first ``max_metrics`` metric means (R1, R5, R10, mAP
+    by default) per method, sample std as error bars; written atomically as PNG to ``path``."""
+    from matplotlib.figure import Figure
+
+    names = (list(metrics) if metrics is not None else metric_names(group))[:max_metrics]
+    labels = [f'{r["cell"] if r.get("cell") else r["method"]} (n={r["n"]})' for r in group]
+    figure = Figure(figsize=(max(5.0, 1.1 * len(group) * max(1, len(names)) / 2 + 2), 3.6), layout="constrained")
+    axes = figure.subplots()
+    width = 0.8 / max(1, len(names))
+    for i, name in enumerate(names):
+        means = [r.get(f"{name}_mean") for r in group]
+        stds = [r.get(f"{name}_std") or 0.0 for r in group]
+        xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(group))]
+        axes.bar(xs, [m if m is not None else 0.0 for m in means], width, yerr=stds, capsize=2, label=name)
+    axes.set_xticks(range(len(group)), labels, rotation=20, ha="right", fontsize=8)
+    axes.set_title(f"{dataset}: mean ± std over n seeds", fontsize=10)
+    tops = [(r.get(f"{n}_mean") or 0.0) + (r.get(f"{n}_std") or 0.0) for r in group for n in names]
+    axes.set_ylim(0, 1.2 * max(tops + [1.0]))  # room for the legend
+    axes.set_ylabel("%")
+    axes.grid(axis="y", alpha=0.3)
+    axes.legend(fontsize=8, ncols=len(names), loc="upper right")
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    return Path(path)
+
+
+def _slug(dataset: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset)
+
+
+def begin_marker(name: str) -> str:
+    return f"<!-- leaderboard:{name} begin -->"
+
+
+def end_marker(name: str) -> str:
+    return f"<!-- leaderboard:{name} end -->"
+
+
+def replace_block(text: str, name: str, block: str, where: str = "README") -> str:
+    """``text`` with what lies between the leaderboard ``name`` markers replaced by ``block``; ``ValueError`` naming
+    ``where`` and the expected markers when they are missing or out of order."""
+    begin, end = begin_marker(name), end_marker(name)
+    i, j = text.find(begin), text.find(end)
+    if i < 0 or j < i:
+        raise ValueError(f"{where}: expected the lines {begin!r} and then {end!r} around the leaderboard block")
+    return text[: i + len(begin)] + "\n" + block.rstrip("\n") + "\n" + text[j:]
+
+
+def write_charts(store: ResultsStore | str | Path, out_dir: str | Path, name: str = "leaderboard",
+                 dataset: str | None = None) -> list[Path]:
+    """One ``out_dir/<name>-<dataset>.png`` chart per dataset of the store (only ``dataset``'s when given)."""
+    store = store if isinstance(store, ResultsStore) else ResultsStore(store)
+    rows = leaderboard_table(store.rows() if store.path.exists() else [], dataset=dataset)
+    return [plot_dataset(group, ds, Path(out_dir) / f"{name}-{_slug(ds)}.png") for ds, group in by_dataset(rows).items()]
+
+
+def write_report(store: ResultsStore | str | Path, out_dir: str | Path, name: str, readme: str | Path | None = None,
+                 command: str | None = None, references: bool = False) -> list[Path]:
+    """Write the leaderboard of ``store`` as ``out_dir/<name>.{md,csv,json,html}`` plus one ``<name>-<dataset>.png``
+    per dataset, and refresh the ``name`` block of ``readme`` (tables, charts and ``command``); returns the paths."""
+    store = store if isinstance(store, ResultsStore) else ResultsStore(store)
+    out_dir = Path(out_dir)
+    rows = leaderboard_table(store.rows() if store.path.exists() else [])
+    refs = reported_table() if references else None
+    written: list[Path] = []
+    charts: dict[str, Path] = {}
+    for dataset, group in by_dataset(rows).items():
+        charts[dataset] = plot_dataset(group, dataset, out_dir / f"{name}-{_slug(dataset)}.png")
+    written += charts.values()
+    for fmt in ("md", "csv", "json"):
+        write_text_atomic(out_dir / f"{name}.{fmt}", render(rows, fmt, source=store.path, references=refs))
+        written.append(out_dir / f"{name}.{fmt}")
+    images = {dataset: path.read_bytes() for dataset, path in charts.items()}
+    write_text_atomic(out_dir / f"{name}.html", render_html(rows, None, store.path, refs, images))
+    written.append(out_dir / f"{name}.html")
+    if readme is not None:
+        readme = Path(readme)
+        block = readme_block(rows, charts, readme.parent, command)
+        write_text_atomic(readme, replace_block(readme.read_text(encoding="utf-8"), name, block, str(readme)))
+        written.append(readme)
+    return written
+
+
+def readme_block(rows: list[dict[str, Any]], charts: dict[str, Path], base: Path, command: str | None) -> str:
+    """Markdown for the README: how it was made, then per dataset its chart and its table."""
+    if not rows:
+        return "_no results yet_"
+    commits = sorted({str(r["git_commit"])[:7] for r in rows if r.get("git_commit")})
+    runs = sum(r["n"] for r in rows)
+    lines = [f"{runs} runs, {len(rows)} rows, commit {', '.join(commits) or 'unknown'}, latest "
+             f"{max(str(r['latest_run']) for r in rows)[:10]}" + (f"; regenerate with `{command}`" if command else "") + "."]
+    for dataset, group in by_dataset(rows).items():
+        lines += ["", f"#### {dataset}"]
+        if dataset in charts:
+            lines += ["", f"![{dataset}]({_relative(charts[dataset], base)})"]
+        lines += ["", *render(group, "md").strip().splitlines()[2:]]  # the table, without its "### dataset" title
+    return "\n".join(lines)
+
+
+def _relative(path: Path, base: Path) -> str:
+    try:
+        return path.resolve().relative_to(base.resolve()).as_posix()
+    except ValueError:
+        return path.resolve().as_posix()
