@@ -4,7 +4,9 @@ The (Q, G) similarity matrix of 10,000 queries x 1,000,000 gallery items is 40 G
 holds it. For a block of queries it walks the gallery in chunks twice, recomputing each chunk's scores
 ``queries @ gallery_chunk.T`` in full fp32 (TF32 and autocast off):
 
-1. the scores of the block's positives are read from the chunks that hold them;
+1. the scores of the block's positives are read from the chunks that hold them (the gallery is visited in
+   identity order and queries in the order of their positives, so a block's positives lie in a few chunks and this
+   pass costs a small part of the second);
 2. every chunk adds, per positive ``j`` of query ``q``, ``#{k : s_qk > s_qj}`` and ``#{k < j : s_qk == s_qj}``.
 
 A positive's position is ``1 + both counts``: the same tie rule (equal scores in ascending gallery order) and the
@@ -29,35 +31,39 @@ def _chunks(total: int, size: int) -> list[tuple[int, int]]:
     return [(lo, min(total, lo + size)) for lo in range(0, total, size)]
 
 
-def _block_ranks(queries: torch.Tensor, gallery: torch.Tensor, positive_index: torch.Tensor, valid: torch.Tensor,
-                 chunk: int) -> torch.Tensor:
-    """(C, D) queries, (G, D) gallery, (C, P) positive gallery indices -> (C, P) 1-based positions."""
+def _block_ranks(queries: torch.Tensor, gallery: torch.Tensor, visit: torch.Tensor, place: torch.Tensor,
+                 positive_index: torch.Tensor, valid: torch.Tensor, chunk: int) -> torch.Tensor:
+    """(C, D) queries, (G, D) gallery visited in the order ``visit`` (``place`` its inverse), (C, P) positive gallery
+    indices -> (C, P) 1-based positions (ties: ascending gallery index)."""
     spans = _chunks(gallery.shape[0], chunk)
+
+    def scores_of(lo: int, hi: int) -> torch.Tensor:  # the same operands and shapes in both passes
+        return queries @ gallery.index_select(0, visit[lo:hi]).T
+
     scores = torch.full(positive_index.shape, float("nan"), dtype=queries.dtype, device=queries.device)
-    owner = positive_index // chunk  # which chunk holds each positive
+    position = place[positive_index]  # where each positive is visited
+    owner = position // chunk
     for c in torch.unique(owner[valid]).tolist():
         lo, hi = spans[c]
         inside = valid & (owner == c)
-        block = queries @ gallery[lo:hi].T
-        scores[inside] = block.gather(1, (positive_index - lo).clamp(0, hi - lo - 1))[inside]
+        scores[inside] = scores_of(lo, hi).gather(1, (position - lo).clamp(0, hi - lo - 1))[inside]
     if bool(torch.isnan(scores[valid]).any()):
         raise ValueError("embeddings give NaN similarities")
     before = torch.zeros(positive_index.shape, dtype=torch.int64, device=queries.device)
     target = scores[:, None, :]  # (C, 1, P)
     for lo, hi in spans:
-        block = (queries @ gallery[lo:hi].T)[:, :, None]  # (C, chunk, 1)
+        block = scores_of(lo, hi)[:, :, None]  # (C, chunk, 1)
         if bool(torch.isnan(block).any()):
             raise ValueError("embeddings give NaN similarities")
         before += (block > target).sum(1)
         ties = block == target
         if bool(ties.any()):
-            index = torch.arange(lo, hi, device=queries.device)[None, :, None]
-            before += (ties & (index < positive_index[:, None, :])).sum(1)
+            before += (ties & (visit[lo:hi][None, :, None] < positive_index[:, None, :])).sum(1)
     return before + 1
 
 
 def streaming_per_query(queries: torch.Tensor, gallery: torch.Tensor, positives: PositiveLists,
-                        memory_mb: float = 256.0) -> PerQueryMetrics:
+                        memory_mb: float = 256.0, visit: torch.Tensor | None = None) -> PerQueryMetrics:
     """Per-query first/last positive position, AP and INP of ``queries @ gallery.T`` without forming it.
 
     Args:
@@ -65,6 +71,10 @@ def streaming_per_query(queries: torch.Tensor, gallery: torch.Tensor, positives:
         gallery: (G, D) embeddings, same dtype handling.
         positives: the Q queries' positive gallery positions (:class:`PositiveLists`).
         memory_mb: working-memory budget of the score and comparison blocks.
+        visit: (G,) permutation of the gallery in which chunks are cut (default: gallery order). Queries are
+            processed in the order of their first positive in it, so when it groups each query's positives (gallery
+            sorted by identity), the first pass only computes the chunks that hold them. The result does not depend
+            on it.
     """
     if queries.ndim != 2 or gallery.ndim != 2 or queries.shape[1] != gallery.shape[1] or 0 in (*queries.shape, *gallery.shape):
         raise ValueError(f"expected non-empty (Q, D) queries and (G, D) gallery, got {tuple(queries.shape)} and "
@@ -80,31 +90,34 @@ def streaming_per_query(queries: torch.Tensor, gallery: torch.Tensor, positives:
     num_queries, num_gallery = queries.shape[0], gallery.shape[0]
     if gallery_order.numel() and (int(gallery_order.min()) < 0 or int(gallery_order.max()) >= num_gallery):
         raise ValueError(f"positive gallery positions must lie in [0, {num_gallery})")
+    visit = torch.arange(num_gallery, device=device) if visit is None else visit.to(device=device, dtype=torch.int64)
+    place = torch.empty_like(visit).scatter_(0, visit, torch.arange(num_gallery, device=device))
     first = torch.zeros(num_queries, dtype=torch.int64, device=device)
     last = torch.zeros_like(first)
     average_precision = torch.full((num_queries,), float("nan"), dtype=torch.float64, device=device)
     inverse_negative_penalty = average_precision.clone()
     budget = int(memory_mb * 2**20)
-    counts_sorted, order = torch.sort(count, stable=True)  # similar positive counts share a block: tight padding
-    skip = int((counts_sorted == 0).sum())
-    order, counts_sorted = order[skip:], counts_sorted[skip:]
+    has = torch.nonzero(count > 0).squeeze(1)
+    n = count[has]  # each query's positives, flattened: their owner and where they are visited
+    owner = torch.repeat_interleave(torch.arange(has.numel(), device=device), n)
+    offsets = torch.repeat_interleave(start[has] - (torch.cumsum(n, 0) - n), n) + torch.arange(int(n.sum()), device=device)
+    first_place = torch.full((has.numel(),), num_gallery, dtype=torch.int64, device=device).scatter_reduce(
+        0, owner, place[gallery_order[offsets]], "amin")
+    order = has[torch.argsort(first_place, stable=True)]  # neighbours in the visit order share chunks
     lo = 0
     with full_precision_matmul():
         while lo < order.numel():
-            rows_n = counts_sorted[lo:]
             # rows and chunk such that rows x chunk x (bytes of a score + 3 P comparison bytes) fits the budget
-            per_item = dtype.itemsize + 3 * int(rows_n[min(len(rows_n) - 1, 255)])
-            rows = max(1, min(256, len(rows_n), budget // (per_item * 1024)))
-            hi = lo + rows
-            n = counts_sorted[lo:hi]
-            per_item = dtype.itemsize + 3 * int(n.max())
-            chunk = max(1, min(num_gallery, budget // (per_item * rows)))
-            index = order[lo:hi]
+            widest = int(count[order[lo: lo + 256]].max())
+            rows = max(1, min(256, order.numel() - lo, budget // ((dtype.itemsize + 3 * widest) * 1024)))
+            index = order[lo: lo + rows]
+            n = count[index]
+            chunk = max(1, min(num_gallery, budget // ((dtype.itemsize + 3 * int(n.max())) * rows)))
             positive_index, valid = _padded_positives(gallery_order, start[index], n)
-            ranks = _block_ranks(queries[index], gallery, positive_index, valid, chunk)
+            ranks = _block_ranks(queries[index], gallery, visit, place, positive_index, valid, chunk)
             first[index], last[index], average_precision[index], inverse_negative_penalty[index] = \
                 _summarize_ranks(ranks, valid, n)
-            lo = hi
+            lo += rows
     return PerQueryMetrics(count, first, last, average_precision, inverse_negative_penalty)
 
 
@@ -115,4 +128,5 @@ def streaming_retrieval_metrics(queries: torch.Tensor, gallery: torch.Tensor, qu
     ``queries @ gallery.T`` (every gallery item with the query's pid is a positive), streamed over the gallery."""
     positives = PositiveLists.from_pids(torch.as_tensor(query_pids).to(queries.device),
                                         torch.as_tensor(gallery_pids).to(queries.device))
-    return summarize_per_query(streaming_per_query(queries, gallery, positives, memory_mb), ks, on_missing)
+    visit = torch.argsort(torch.as_tensor(gallery_pids).to(queries.device), stable=True)  # identities together
+    return summarize_per_query(streaming_per_query(queries, gallery, positives, memory_mb, visit), ks, on_missing)
