@@ -8,8 +8,14 @@ from xsearch.evaluation.retrieval import PositiveLists, retrieval_metrics, retri
 from xsearch.evaluation.streaming import streaming_per_query, streaming_retrieval_metrics
 
 
-def _case(seed: int, queries: int, gallery: int, identities: int, integer: bool):
+def _case(seed: int, queries: int, gallery: int, identities: int, integer: bool | str):
     generator = torch.Generator().manual_seed(seed)
+    if integer == "useful":  # positives score high: few candidates, the sparse comparison path
+        qp, gp = torch.randint(identities, (queries,), generator=generator), torch.randint(identities, (gallery,), generator=generator)
+        centres = torch.randn(identities, 16, generator=generator)
+        q = torch.nn.functional.normalize(centres[qp] + 0.3 * torch.randn(queries, 16, generator=generator), dim=1)
+        g = torch.nn.functional.normalize(centres[gp] + 0.3 * torch.randn(gallery, 16, generator=generator), dim=1)
+        return q, g, qp, gp
     if integer:  # small integers: every dot product exact in fp32, so many exact ties
         q = torch.randint(-2, 3, (queries, 6), generator=generator).float()
         g = torch.randint(-2, 3, (gallery, 6), generator=generator).float()
@@ -19,7 +25,7 @@ def _case(seed: int, queries: int, gallery: int, identities: int, integer: bool)
     return q, g, torch.randint(identities, (queries,), generator=generator), torch.randint(identities, (gallery,), generator=generator)
 
 
-@pytest.mark.parametrize("integer", [True, False])
+@pytest.mark.parametrize("integer", [True, False, "useful"])
 @pytest.mark.parametrize("memory_mb", [0.002, 0.05, 64.0])
 def test_streaming_equals_the_full_matrix_evaluator_per_query(integer, memory_mb):
     q, g, qp, gp = _case(0, 70, 300, 25, integer)

@@ -7,7 +7,9 @@ holds it. For a block of queries it walks the gallery in chunks twice, recomputi
 1. the scores of the block's positives are read from the chunks that hold them (the gallery is visited in
    identity order and queries in the order of their positives, so a block's positives lie in a few chunks and this
    pass costs a small part of the second);
-2. every chunk adds, per positive ``j`` of query ``q``, ``#{k : s_qk > s_qj}`` and ``#{k < j : s_qk == s_qj}``.
+2. every chunk adds, per positive ``j`` of query ``q``, ``#{k : s_qk > s_qj}`` and ``#{k < j : s_qk == s_qj}``;
+   only items scoring at least the query's worst positive can count, so when they are few (a useful model) only
+   they are compared, else the whole chunk is.
 
 A positive's position is ``1 + both counts``: the same tie rule (equal scores in ascending gallery order) and the
 same numbers as :func:`xsearch.evaluation.retrieval.retrieval_metrics` on the full matrix. The positives' scores
@@ -25,6 +27,10 @@ from xsearch.evaluation.retrieval import (PerQueryMetrics, PositiveLists, _padde
                                           full_precision_matmul, summarize_per_query)
 
 __all__ = ["streaming_per_query", "streaming_retrieval_metrics"]
+
+# Bytes a candidate costs (row and column indexes, value, gathered positive scores/indexes): the sparse comparison
+# is used while the candidates fit in the memory the dense (C, chunk, P) comparison would take.
+_CANDIDATE_BYTES = 64
 
 
 def _chunks(total: int, size: int) -> list[tuple[int, int]]:
@@ -50,15 +56,25 @@ def _block_ranks(queries: torch.Tensor, gallery: torch.Tensor, visit: torch.Tens
     if bool(torch.isnan(scores[valid]).any()):
         raise ValueError("embeddings give NaN similarities")
     before = torch.zeros(positive_index.shape, dtype=torch.int64, device=queries.device)
-    target = scores[:, None, :]  # (C, 1, P)
+    worst = scores.masked_fill(~valid, float("inf")).amin(1, keepdim=True)  # (C, 1): only items >= it can precede
     for lo, hi in spans:
-        block = scores_of(lo, hi)[:, :, None]  # (C, chunk, 1)
+        block = scores_of(lo, hi)  # (C, chunk)
         if bool(torch.isnan(block).any()):
             raise ValueError("embeddings give NaN similarities")
-        before += (block > target).sum(1)
-        ties = block == target
-        if bool(ties.any()):
-            before += (ties & (visit[lo:hi][None, :, None] < positive_index[:, None, :])).sum(1)
+        candidate = block >= worst
+        found = int(candidate.sum())
+        if found * _CANDIDATE_BYTES <= block.numel() * (block.element_size() + 3 * positive_index.shape[1]):
+            # few candidates (a useful model): compare only them with each positive of their query
+            row, column = candidate.nonzero(as_tuple=True)
+            value, index = block[row, column][:, None], visit[lo + column][:, None]
+            precedes = (value > scores[row]) | ((value == scores[row]) & (index < positive_index[row]))
+            before.index_add_(0, row, precedes.long())
+        else:
+            dense = block[:, :, None]  # (C, chunk, 1) against (C, 1, P)
+            before += (dense > scores[:, None, :]).sum(1)
+            ties = dense == scores[:, None, :]
+            if bool(ties.any()):
+                before += (ties & (visit[lo:hi][None, :, None] < positive_index[:, None, :])).sum(1)
     return before + 1
 
 
