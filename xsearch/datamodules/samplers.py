@@ -14,7 +14,9 @@ class IdentityBatchSampler(Sampler[list[int]]):
     Identities with fewer than ``instances`` samples are drawn with replacement. Each epoch
     covers every identity about ``len(samples) / (ids * instances)`` batches' worth; the batch
     order is shared by all ranks (same ``seed + epoch``) and rank ``r`` takes batches
-    ``r, r + world_size, ...`` so DDP ranks never see the same batch. Call :meth:`set_epoch`.
+    ``r, r + world_size, ...`` so DDP ranks never see the same batch; every rank gets
+    ``len(samples) // (ids * instances) // world_size`` batches (at least one), so steps per epoch shrink with the
+    world size and no rank waits for another. Call :meth:`set_epoch`.
     """
 
     def __init__(
@@ -34,13 +36,15 @@ class IdentityBatchSampler(Sampler[list[int]]):
         self.ids_per_batch, self.instances = ids_per_batch, instances
         self.seed, self.epoch = seed, 0
         self.num_replicas, self.rank = num_replicas, rank
-        self.total_batches = max(1, len(pids) // (ids_per_batch * instances))
+        # every rank gets the same number of batches (a rank with one more would wait forever in DDP's all-reduce)
+        self.batches_per_rank = max(1, len(pids) // (ids_per_batch * instances) // num_replicas)
+        self.total_batches = self.batches_per_rank * num_replicas
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return (self.total_batches - self.rank + self.num_replicas - 1) // self.num_replicas
+        return self.batches_per_rank
 
     def _batches(self) -> list[list[int]]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)

@@ -1,0 +1,42 @@
+"""Cross-rank helpers for DDP: gather a batch's embeddings with gradients so batch-wise losses see the global batch.
+
+With ``all_gather_with_grad`` a contrastive loss computed on the gathered (W x B, D) embeddings on every rank, then
+DDP's gradient averaging, gives exactly the gradient of the same loss on the global batch in one process: each
+rank's backward sums the gradients of all W (identical) losses into its own slice, and DDP divides by W (tested
+with 2 gloo processes). Without a process group, or with one process, every function returns its input.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def world_size() -> int:
+    """Number of processes of the default group (1 without one)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """(B, ...) on each of W ranks -> (W x B, ...) in rank order, differentiable (the local slice keeps its graph and
+    receives the other ranks' gradients). Every rank must pass the same shape (``ValueError`` naming them if not)."""
+    size = world_size()
+    if size == 1:
+        return tensor
+    shape = torch.tensor(list(tensor.shape), device=tensor.device if dist.get_backend() != "gloo" else "cpu")
+    shapes = [torch.zeros_like(shape) for _ in range(size)]
+    dist.all_gather(shapes, shape)
+    if any(not torch.equal(s, shapes[0]) for s in shapes):
+        raise ValueError(f"all_gather_with_grad needs one shape on every rank, got {[tuple(s.tolist()) for s in shapes]} "
+                         "(drop_last / an identity sampler with equal batches per rank)")
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(tensor), dim=0)
+
+
+def all_gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """(B, ...) per rank -> (W x B, ...) without gradients (labels, ids)."""
+    if world_size() == 1:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts, dim=0)
