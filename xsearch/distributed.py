@@ -40,3 +40,11 @@ def all_gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(tensor) for _ in range(world_size())]
     dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts, dim=0)
+
+
+def gather(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Each tensor of this rank's batch -> the global batch (rank order): with gradients when it requires them (the
+    embeddings of a batch-wise loss), without otherwise (pids, masks). The identity with one process."""
+    if world_size() == 1:
+        return tensors
+    return tuple(all_gather_with_grad(t) if t.requires_grad else all_gather_no_grad(t) for t in tensors)

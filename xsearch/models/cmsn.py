@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xsearch.distributed import gather
 from xsearch.losses import IdentityCenters, spt_loss
 from xsearch.models.blocks import CrossModalTransformer, QuickGELU, clip_init
 from xsearch.models.clip import CLIPTowers, TowerOutput
@@ -211,7 +212,7 @@ class CMSN(IRRA):
     def extra_terms(self, image: TowerOutput, text: TowerOutput, labels: Tensor) -> dict[str, Tensor]:
         terms: dict[str, Tensor] = {}
         if self.hparams.spt_weight > 0:
-            terms["spt"] = spt_loss(image.global_features, text.global_features, labels,
+            terms["spt"] = spt_loss(*gather(image.global_features, text.global_features, labels),
                                     self.hparams.spt_margin, self.hparams.spt_semi_margin)
         if self.hparams.cria_weight > 0:
             combined = self.crl(image, text)

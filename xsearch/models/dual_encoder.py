@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from xsearch.distributed import gather
 from xsearch.losses import IdentityClassifier, info_nce, sdm_loss, weighted_sum
 from xsearch.models.base import RetrievalModule
 from xsearch.models.encoders import ImageEncoder, Projection, TextEncoder
@@ -95,11 +96,12 @@ class DualEncoder(RetrievalModule):
         text_embeddings = self.encode_texts(batch["text"])
         pids = batch["pid"]
         terms: dict[str, torch.Tensor] = {}
+        every_image, every_text, every_pid = gather(image_embeddings, text_embeddings, pids)  # DDP: the global batch
         if self.loss_weights["itc"] > 0:
             scale = self.log_scale.exp().clamp(max=100.0)
-            terms["itc"] = info_nce(image_embeddings, text_embeddings, scale, pids if self.hparams.identity_aware_itc else None)
+            terms["itc"] = info_nce(every_image, every_text, scale, every_pid if self.hparams.identity_aware_itc else None)
         if self.loss_weights["sdm"] > 0:
-            terms["sdm"] = sdm_loss(image_embeddings, text_embeddings, pids, self.hparams.sdm_scale)
+            terms["sdm"] = sdm_loss(every_image, every_text, every_pid, self.hparams.sdm_scale)
         if self.loss_weights["id"] > 0:
             if self.id_head is None:
                 raise RuntimeError("id_weight > 0 needs num_classes (or a datamodule with num_train_identities)")

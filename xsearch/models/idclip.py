@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xsearch.datamodules.entity_captions import SLOT, fill_entity
+from xsearch.distributed import gather
 from xsearch.losses import cosine_logits, entity_info_nce, info_nce
 from xsearch.models.base import RetrievalModule
 from xsearch.models.clip import EOT_ID, PAD_ID, SOT_ID, CLIPTowers
@@ -227,12 +228,12 @@ class IdCLIP(RetrievalModule):
         images = self.encode_images(batch["image"])
         texts = self.encode_queries(batch)
         scale = self.log_scale.exp().clamp(max=100.0)
-        terms = {"itc": info_nce(images, texts, scale)}
+        labels = torch.as_tensor(batch["pid"], device=images.device)
+        every_image, every_text, every_label = gather(images, texts, labels)  # DDP: the global batch
+        terms = {"itc": info_nce(every_image, every_text, scale)}
         if self.clip_id_weight:
-            labels = torch.as_tensor(batch["pid"], device=images.device)
             terms["id"] = F.cross_entropy(cosine_logits(images, self.id_centres, 30.0), labels)
         if self.entity_loss_weight:
-            terms["entity"] = entity_info_nce(images, texts, torch.as_tensor(batch["pid"], device=images.device), scale,
-                                              self.entity_targets)
+            terms["entity"] = entity_info_nce(every_image, every_text, every_label, scale, self.entity_targets)
         terms["loss"] = terms["itc"] + self.entity_loss_weight * terms.get("entity", 0.0) + self.clip_id_weight * terms.get("id", 0.0)
         return terms

@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from xsearch.distributed import gather
 from xsearch.losses import IdentityClassifier, sdm_loss, weighted_sum
 from xsearch.losses.mlm import mask_tokens, mlm_loss
 from xsearch.models.base import RetrievalModule
@@ -91,7 +92,7 @@ class IRRA(RetrievalModule):
         """SDM and ID on the (B, D) global features; ``labels`` are the contiguous train ids (B,)."""
         terms = {}
         if self.loss_weights["sdm"] > 0:
-            terms["sdm"] = sdm_loss(image.global_features, text.global_features, labels, self.hparams.sdm_scale)
+            terms["sdm"] = sdm_loss(*gather(image.global_features, text.global_features, labels), self.hparams.sdm_scale)
         if self.loss_weights["id"] > 0:
             if self.id_head is None:
                 raise RuntimeError("id_weight > 0 needs num_classes (or a datamodule with num_train_identities)")

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xsearch.distributed import gather
 from xsearch.evaluation import cosine_similarity
 from xsearch.losses import cmr_loss, part_diversity, part_sdm_loss
 from xsearch.models.blocks import ResidualAttentionBlock, clip_init
@@ -155,6 +156,9 @@ class PartLevel(IRRA):
         image_parts, _ = self.image_parts(image)
         text_parts, _ = self.text_parts(text)
         terms: dict[str, Tensor] = {}
+        if self.loss_weights["diversity"] > 0:  # per sample: this rank's batch
+            terms["diversity"] = 0.5 * (part_diversity(image_parts) + part_diversity(text_parts))
+        image_parts, text_parts, labels = gather(image_parts, text_parts, labels)  # batch-wise: the global batch
         if self.loss_weights["part"] > 0:
             part = part_sdm_loss(image_parts, text_parts, labels, self.hparams.sdm_scale)
             terms["part"] = part["per_part"] + part["aggregated"]
@@ -162,8 +166,6 @@ class PartLevel(IRRA):
             common = None if self.hparams.commonality else image_parts.new_zeros(image_parts.shape[:2])
             terms["cmr"] = cmr_loss(image_parts, text_parts, labels, self.hparams.cmr_base_margin,
                                     self.hparams.cmr_min_margin, self.hparams.cmr_negative, common)
-        if self.loss_weights["diversity"] > 0:
-            terms["diversity"] = 0.5 * (part_diversity(image_parts) + part_diversity(text_parts))
         return terms
 
     # -- what each part token reads ------------------------------------------------------

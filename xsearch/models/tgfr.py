@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xsearch.distributed import gather
 from xsearch.losses import ArcFaceHead, global_contrastive_loss, sentence_image_loss, weighted_sum, word_region_loss
 from xsearch.models.base import RetrievalModule
 from xsearch.models.encoders import TextEncoder
@@ -289,12 +290,14 @@ class TGFR(RetrievalModule):
         if self.stage == "fuse":
             fused = self.fuse(regions, words, word_mask, face, sentence)
             return weighted_sum({"fused_id": self.fused_arcface.loss(fused, labels, hp.focal_gamma)}, {"fused_id": 1.0})
+        every = dict(zip(("words", "mask", "regions", "face", "sentence", "labels"),  # DDP: batch-wise terms, global batch
+                         gather(words, word_mask, regions.flatten(2).transpose(1, 2), face, sentence, labels)))
         if weights["word"]:
-            terms["word"] = word_region_loss(words, word_mask, regions.flatten(2).transpose(1, 2), hp.gamma1, hp.gamma2, hp.gamma3)
+            terms["word"] = word_region_loss(every["words"], every["mask"], every["regions"], hp.gamma1, hp.gamma2, hp.gamma3)
         if weights["sentence"]:
-            terms["sentence"] = sentence_image_loss(face, sentence, labels, hp.sentence_scale)
+            terms["sentence"] = sentence_image_loss(every["face"], every["sentence"], every["labels"], hp.sentence_scale)
         if weights["global"]:
-            terms["global"] = global_contrastive_loss(face, sentence, hp.sentence_scale)
+            terms["global"] = global_contrastive_loss(every["face"], every["sentence"], hp.sentence_scale)
         if weights["text_id"]:
             terms["text_id"] = self.text_arcface.loss(sentence, labels, hp.focal_gamma)
         if weights["image_id"]:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xsearch.distributed import gather
 from xsearch.losses import DifficultyAwareMNRL, weighted_sum
 from xsearch.models.base import RetrievalModule
 from xsearch.models.encoders import ImageEncoder, Projection, SentenceEncoder, TextEncoder
@@ -179,7 +180,8 @@ class XModal(RetrievalModule):
         images = self.encode_images(batch["image"])  # (B, D): positives of both query kinds
         terms: dict[str, torch.Tensor] = {}
         if self.loss_weights["text"] > 0:
-            terms["text"] = self._ranking_loss("text", self.encode_texts(batch["text"]), pids, images, pids)
+            texts, every_image, every_pid = gather(self.encode_texts(batch["text"]), images, pids)  # DDP: global batch
+            terms["text"] = self._ranking_loss("text", texts, every_pid, every_image, every_pid)
         if self.loss_weights["composed"] > 0:
             if "has_reference" not in batch:
                 raise RuntimeError("composed_weight > 0 needs composed training pairs: set data.composed (e.g. `composed: {}`)")
