@@ -91,3 +91,33 @@ def test_identity_sampler_gives_every_rank_as_many_batches_and_its_own_share(tot
     assert len(batches[0]) == (total_samples // 8) // 3  # steps per epoch shrink with the world size
     seen = [tuple(batch) for rank in batches for batch in rank]
     assert len(seen) == len(set(seen))  # no batch on two ranks
+
+
+def test_two_process_ddp_fit_and_test_give_the_one_process_metrics(tmp_path):
+    """`xsearch fit` on 2 CPU processes (gloo DDP, gathered losses, identity sampler per rank), then `xsearch test`
+    of its checkpoint on 2 processes and on 1: the same metrics."""
+    import json
+    import sqlite3
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    config = str(Path(__file__).parents[1] / "configs" / "tiny" / "dual_encoder.yaml")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    common = ["--config", config, "--data.root", str(tmp_path / "data"), "--results", str(tmp_path / "r.sqlite"),
+              "--trainer.logger", "false", "--trainer.accelerator", "cpu"]
+    ddp = ["--trainer.devices", "2", "--trainer.strategy", "ddp"]
+
+    def xsearch(*args: str) -> None:
+        done = subprocess.run([sys.executable, "-m", "xsearch.cli", *args], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    xsearch("fit", *common, *ddp)
+    checkpoint = str(tmp_path / "runs" / "tiny" / "checkpoints" / "last.ckpt")
+    xsearch("test", *common, *ddp, "--ckpt_path", checkpoint)
+    xsearch("test", *common, "--trainer.devices", "1", "--ckpt_path", checkpoint)
+    with sqlite3.connect(tmp_path / "r.sqlite") as db:
+        two, one = (json.loads(row[0]) for row in db.execute("SELECT metrics FROM runs ORDER BY id"))
+    assert set(two) >= {"R1", "R5", "R10", "mAP", "mINP", "i2t_R1"}
+    assert two == pytest.approx(one, abs=1e-9)

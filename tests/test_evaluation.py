@@ -419,11 +419,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, result_file: str) -> None
         dist.destroy_process_group()
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(
-    os.environ.get("XSEARCH_TEST_DDP") != "1",
-    reason="spawns 2 gloo processes (~15 s on 2 cores, mostly imports); set XSEARCH_TEST_DDP=1",
-)
+@pytest.mark.slow  # spawns 2 gloo processes (~15 s on 2 cores, mostly imports)
 def test_metric_gloo_two_processes(tmp_path) -> None:
     import torch.distributed as dist
     import torch.multiprocessing as mp

@@ -127,12 +127,15 @@ def _lightning_cli(args: list[str]) -> None:
 
     warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")  # frozen towers, on purpose
+    # evaluation metrics are computed from the embeddings gathered from every rank: the same value on each, no sync needed
+    warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test)/.*sync_dist=True")
     cli = XSearchCLI(
         RetrievalModule,
         RetrievalDataModule,
         subclass_mode_model=True,
         save_config_callback=LoggedConfig,
         save_config_kwargs={"overwrite": True},
+        trainer_defaults={"use_distributed_sampler": False},  # the datamodule shards its loaders itself (DDP)
         args=args,
     )
     for logger in cli.trainer.loggers:  # close W&B runs so a second in-process command starts its own

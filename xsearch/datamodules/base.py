@@ -13,7 +13,7 @@ from typing import Any, Callable, Literal
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from xsearch.datamodules.composed import (
@@ -364,21 +364,37 @@ class RetrievalDataModule(L.LightningDataModule):
                          split, len(self.entity_sets[split]), len(self.entity_sets[split].excluded))
 
     # -- loaders -------------------------------------------------------------------------
-    def _loader(self, dataset: Dataset, **kwargs: Any) -> DataLoader:
+    def _world(self) -> tuple[int, int]:
+        """(world size, rank) of the attached trainer; (1, 0) without one."""
+        return (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+
+    def _loader(self, dataset: Dataset, shuffle: bool = False, **kwargs: Any) -> DataLoader:
+        """A loader of this rank's share: under DDP a ``DistributedSampler`` (evaluation: padded with repeats, which
+        the metrics drop by sample index), since the Trainer runs with ``use_distributed_sampler=False`` so that it
+        leaves the identity sampler alone."""
         workers = self.hparams.num_workers
+        world, rank = self._world()
+        if world > 1 and "batch_sampler" not in kwargs:
+            kwargs["sampler"] = DistributedSampler(dataset, world, rank, shuffle=shuffle, seed=self.hparams.seed,
+                                                   drop_last=kwargs.get("drop_last", False))
+        elif shuffle:
+            kwargs["shuffle"] = True
         return DataLoader(dataset, num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(), **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         if self.hparams.sampler == "identity":
             instances = self.hparams.instances
-            world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+            world, rank = self._world()
             sampler = IdentityBatchSampler(
                 [self.labels[c.pid] for c in self.train_set.captions], self.hparams.batch_size // instances,
                 instances, seed=self.hparams.seed, num_replicas=world, rank=rank,
             )
             sampler.set_epoch(self.trainer.current_epoch if self.trainer else 0)
             return self._loader(self.train_set, batch_sampler=sampler)
-        return self._loader(self.train_set, batch_size=self.hparams.batch_size, shuffle=True, drop_last=True)
+        loader = self._loader(self.train_set, shuffle=True, batch_size=self.hparams.batch_size, drop_last=True)
+        if isinstance(loader.sampler, DistributedSampler):
+            loader.sampler.set_epoch(self.trainer.current_epoch)
+        return loader
 
     def _eval_loaders(self, split: str) -> list[DataLoader]:
         queries, gallery = self.eval_sets[split]

@@ -288,6 +288,10 @@ class RetrievalModule(L.LightningModule):
         self.val_metric.reset()
         self._log_face_metrics(split, "val")
 
+    def on_test_start(self) -> None:
+        # on every rank: Trainer.log_dir is a collective under DDP, so rank 0 alone must not ask for it later
+        self._run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+
     def on_test_epoch_end(self) -> None:
         self._log_metrics(self.test_metric, "test")
         self._log_entity_metrics(self.test_metric, "test", "test")
@@ -332,7 +336,8 @@ class RetrievalModule(L.LightningModule):
 
     def save_figure(self, figure: Any, filename: str, key: str, caption: str) -> Path:
         """Save a PIL figure in the run folder and log it to every logger that takes images."""
-        out = Path(self.trainer.log_dir or self.trainer.default_root_dir) / filename
+        run_dir = getattr(self, "_run_dir", None) or Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        out = run_dir / filename
         out.parent.mkdir(parents=True, exist_ok=True)
         figure.save(out)
         for logger in self.loggers:
