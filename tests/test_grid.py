@@ -59,6 +59,7 @@ def test_a_grid_file_parses_into_steps_with_names(tmp_path):
     ("name: g\ncells: {a: [{fit: [x], test: [y]}]}\n", "cell 'a' step 0: expected exactly one of"),
     ("name: g\ncells: {a: [{fit: [x], recrd: false}]}\n", r"unknown key\(s\) \['recrd'\]"),
     ("name: g\nseeds: [zero]\ncells: {a: [{fit: [x]}]}\n", "seeds: expected a non-empty list of integers"),
+    ("name: g\ncells: {a: [{fit: [x], shared: 1}]}\n", "cell 'a' step 0: 'shared' should be true or false, got 1"),
     ("cells: {}\n", "top level: expected a mapping with 'name'"),
 ])
 def test_bad_grid_files_name_the_place_and_what_was_expected(tmp_path, text, message):
@@ -79,6 +80,43 @@ def test_steps_get_their_own_folders_seeds_and_placeholders(tmp_path):
     assert second[second.index("--test_after_fit") + 1] == "true" and (cell1, cell2) == ("b", "b/baseline")
     assert third[0] == "test" and "seed 1" in third and third[third.index("--tag") + 1] == "b/baseline"
     assert finished(ResultsStore(results), "g") == {("b", 1), ("b/baseline", 1)}
+
+
+SHARED = """
+name: g
+seeds: [0, 1, 2]
+cells:
+  c:
+    - fit: [--config, pretrain.yaml]
+      record: false
+      shared: true
+    - fit: [--config, c.yaml, --model.init_args.init_from, "{step0}/checkpoints/last.ckpt"]
+    - test: [--config, zero_shot.yaml, --ckpt_path, "{step0}/checkpoints/last.ckpt"]
+      name: c/zero-shot
+      shared: true
+"""
+
+
+@pytest.mark.parametrize("jobs", [1, 3])
+def test_a_shared_step_runs_once_per_cell_and_every_seed_uses_it(tmp_path, jobs):
+    results, grid = tmp_path / "r.sqlite", load_grid(_grid(tmp_path, SHARED))
+    runner = FakeRunner(results)
+    report = run_grid(grid, results, tmp_path / "runs", jobs=jobs, runner=runner)
+    assert sorted(report.ran) == [("c", 0), ("c", 1), ("c", 2)] and not report.failed
+    commands = [command for command, _ in runner.calls]
+    shared = tmp_path / "runs" / "g" / "c" / "shared" / "step0"
+    pretrain = [c for c in commands if "pretrain.yaml" in c]
+    assert len(pretrain) == 1 and pretrain[0][pretrain[0].index("--seed_everything") + 1] == "0"
+    assert pretrain[0][pretrain[0].index("--trainer.default_root_dir") + 1] == str(shared)
+    fine_tuned = [c for c in commands if "c.yaml" in c]
+    assert sorted(c[c.index("--seed_everything") + 1] for c in fine_tuned) == ["0", "1", "2"]
+    assert {c[c.index("--model.init_args.init_from") + 1] for c in fine_tuned} == {str(shared / "checkpoints" / "last.ckpt")}
+    assert sum("zero_shot.yaml" in c for c in commands) == 1
+    assert finished(ResultsStore(results), "g") == {("c", 0), ("c", 1), ("c", 2), ("c/zero-shot", 0)}
+    assert run_grid(grid, results, tmp_path / "runs", runner=FakeRunner(results)).ran == []  # all done, shared too
+    forced = FakeRunner(results)
+    run_grid(grid, results, tmp_path / "runs", force=True, jobs=jobs, runner=forced)
+    assert sum("pretrain.yaml" in c for c, _ in forced.calls) == 1 and len(forced.calls) == 1 + 3 + 1
 
 
 def test_an_interrupted_grid_runs_only_what_is_missing_when_run_again(tmp_path):
@@ -173,9 +211,10 @@ def test_placeholders_are_only_steps_and_seed_and_globs_name_one_file(tmp_path, 
     assert first[1:5] == ["--data.generate", "{identities: 10}", "--x", "3"]
     with pytest.raises(FileNotFoundError, match=r"best-\*.ckpt should match exactly one file, found 0"):
         step_command(grid, unit, 1, tmp_path, tmp_path / "r.sqlite")
-    (tmp_path / "step0").mkdir()
-    (tmp_path / "step0" / "best-epoch03.ckpt").write_text("x")
-    assert str(tmp_path / "step0" / "best-epoch03.ckpt") in step_command(grid, unit, 1, tmp_path, tmp_path / "r.sqlite")
+    step0 = tmp_path / "g" / "a" / "seed3" / "step0"
+    step0.mkdir(parents=True)
+    (step0 / "best-epoch03.ckpt").write_text("x")
+    assert str(step0 / "best-epoch03.ckpt") in step_command(grid, unit, 1, tmp_path, tmp_path / "r.sqlite")
     with pytest.raises(ValueError, match=r"unknown placeholder \{step9\}; known: \{step0\}, \{step1\}, \{step2\}, \{seed\}"):
         step_command(grid, unit, 2, tmp_path, tmp_path / "r.sqlite")
 

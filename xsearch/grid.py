@@ -16,6 +16,7 @@ A grid file (``configs/leaderboard/*.yaml``)::
         - ...
         - test: [--config, configs/idclip/synth_pfs_baseline_none.yaml, --ckpt_path, "{step0}/checkpoints/last.ckpt"]
           name: idclip/clip-zero-shot-none   # its own leaderboard row
+          shared: true                       # once for the cell, not per seed (see below)
 
 An argument with ``*`` must match exactly one file when the step starts (``{step2}/checkpoints/best-*.ckpt``).
 Every step is one ``xsearch fit`` (with ``--test_after_fit true`` when it records) or ``xsearch test`` in its own
@@ -27,10 +28,16 @@ intermediate step is done when its ``DONE`` marker exists (written after it exit
 run again, runs only what is missing; ``force`` reruns everything. Cells x seeds run one at a time or ``jobs`` at
 once (each process then gets ``cpus / jobs`` threads). W&B: every run of a grid is in the group ``<grid name>``
 (``WANDB_RUN_GROUP``).
+
+A ``shared: true`` step runs once per cell, with the grid's first seed, in ``<out>/<grid>/<cell>/shared/step<i>``,
+and every seed's later steps use it: the stand-in for a pretrained model the paper takes as given and frozen (TGFR's
+face recogniser, Id-CLIP's CLIP), and tests of it alone (its row has that one seed). Seeds running at once wait for
+it (a file lock).
 """
 from __future__ import annotations
 
 import concurrent.futures
+import fcntl
 import logging
 import os
 import re
@@ -62,6 +69,7 @@ class Step:
     command: str
     args: tuple[str, ...]
     name: str | None
+    shared: bool = False
 
 
 @dataclass(frozen=True)
@@ -109,12 +117,14 @@ def load_grid(path: str | Path) -> Grid:
             commands = [c for c in ("fit", "test") if c in (step or {})] if isinstance(step, dict) else []
             if len(commands) != 1 or not isinstance(step[commands[0]], list):
                 raise _fail(path, where, "expected exactly one of 'fit: [args]' or 'test: [args]'")
-            unknown = set(step) - {"fit", "test", "record", "name"}
+            unknown = set(step) - {"fit", "test", "record", "name", "shared"}
             if unknown:
-                raise _fail(path, where, f"unknown key(s) {sorted(unknown)}; expected fit|test, record, name")
+                raise _fail(path, where, f"unknown key(s) {sorted(unknown)}; expected fit|test, record, name, shared")
+            if not isinstance(step.get("shared", False), bool):
+                raise _fail(path, where, f"'shared' should be true or false, got {step['shared']!r}")
             records = step.get("record", True)
             name = (step.get("name") or cell) if records else None
-            parsed.append(Step(commands[0], tuple(str(a) for a in step[commands[0]]), name))
+            parsed.append(Step(commands[0], tuple(str(a) for a in step[commands[0]]), name, step.get("shared", False)))
         names = [s.name for s in parsed if s.name]
         if len(names) != len(set(names)):
             raise _fail(path, f"cell {cell!r}", f"two steps record under the same name: {names}")
@@ -136,10 +146,23 @@ def unit_dir(out: Path, grid: Grid, unit: Unit) -> Path:
     return out / grid.name / unit.cell.replace("/", "-") / f"seed{unit.seed}"
 
 
-def step_command(grid: Grid, unit: Unit, index: int, folder: Path, results: Path) -> list[str]:
+def step_dir(out: Path, grid: Grid, unit: Unit, index: int) -> Path:
+    """Folder of step ``index``: per seed, or the cell's ``shared`` one."""
+    if unit.steps[index].shared:
+        return out / grid.name / unit.cell.replace("/", "-") / "shared" / f"step{index}"
+    return unit_dir(out, grid, unit) / f"step{index}"
+
+
+def step_seed(grid: Grid, unit: Unit, index: int) -> int:
+    """The seed step ``index`` runs with: the unit's, or the grid's first for a shared step."""
+    return grid.seeds[0] if unit.steps[index].shared else unit.seed
+
+
+def step_command(grid: Grid, unit: Unit, index: int, out: Path, results: Path) -> list[str]:
     """The ``xsearch`` arguments of step ``index`` of ``unit`` (placeholders filled)."""
     step = unit.steps[index]
-    values = {f"step{i}": str(folder / f"step{i}") for i in range(len(unit.steps))} | {"seed": str(unit.seed)}
+    seed = step_seed(grid, unit, index)
+    values = {f"step{i}": str(step_dir(out, grid, unit, i)) for i in range(len(unit.steps))} | {"seed": str(seed)}
 
     def fill(match: re.Match) -> str:
         if match.group(1) not in values:
@@ -149,8 +172,8 @@ def step_command(grid: Grid, unit: Unit, index: int, folder: Path, results: Path
 
     args = [PLACEHOLDER.sub(fill, a) for a in step.args]
     args = [_expand_glob(a, grid, unit, index) for a in args]
-    own = folder / f"step{index}"
-    command = [step.command, *args, "--seed_everything", str(unit.seed), "--results", str(results),
+    own = step_dir(out, grid, unit, index)
+    command = [step.command, *args, "--seed_everything", str(seed), "--results", str(results),
                "--trainer.default_root_dir", str(own)]
     if step.command == "fit":
         command += ["--checkpoint.dirpath", str(own / "checkpoints")]
@@ -186,19 +209,31 @@ def run_unit(grid: Grid, unit: Unit, out: Path, results: Path, done: set[tuple[s
              threads: int, cwd: Path, runner: Runner) -> float:
     """Run the steps of one cell x seed that are not done yet; returns the wall time."""
     started = time.perf_counter()
-    folder = unit_dir(out, grid, unit)
     for index, step in enumerate(unit.steps):
-        marker = folder / f"step{index}" / "DONE"
-        if not force and ((step.name and (step.name, unit.seed) in done) or (not step.name and marker.exists())):
-            continue
-        marker.unlink(missing_ok=True)
-        env = {**os.environ, GRID_ENV: grid.name, CELL_ENV: step.name or "", "WANDB_RUN_GROUP": grid.name,
-               "OMP_NUM_THREADS": str(threads)}
-        log.info("grid %s: %s seed %d step %d: xsearch %s", grid.name, unit.cell, unit.seed, index, step.command)
-        runner(step_command(grid, unit, index, folder, results), env, cwd)
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text("done\n")
+        folder = step_dir(out, grid, unit, index)
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / ".lock", "w") as lock:  # a shared step: the other seeds wait, then find it done
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            _run_step(grid, unit, index, folder, out, results, done, force, threads, cwd, runner)
     return time.perf_counter() - started
+
+
+def _run_step(grid: Grid, unit: Unit, index: int, folder: Path, out: Path, results: Path, done: set[tuple[str, int]],
+              force: bool, threads: int, cwd: Path, runner: Runner) -> None:
+    step, seed = unit.steps[index], step_seed(grid, unit, index)
+    marker, key = folder / "DONE", (f"{unit.cell}#shared-step{index}", seed)
+    if step.shared and key in done:
+        return  # another seed ran it in this grid run (force included)
+    if not force and ((step.name and (step.name, seed) in done) or (not step.name and marker.exists())):
+        return
+    marker.unlink(missing_ok=True)
+    env = {**os.environ, GRID_ENV: grid.name, CELL_ENV: step.name or "", "WANDB_RUN_GROUP": grid.name,
+           "OMP_NUM_THREADS": str(threads)}
+    log.info("grid %s: %s seed %d step %d: xsearch %s", grid.name, unit.cell, seed, index, step.command)
+    runner(step_command(grid, unit, index, out, results), env, cwd)
+    marker.write_text("done\n")
+    if step.shared:
+        done.add(key)
 
 
 @dataclass
@@ -221,7 +256,7 @@ def run_grid(grid: Grid, results: str | Path, out: str | Path = "runs/leaderboar
     report = GridReport()
     todo = []
     for unit in units:
-        rows = [(s.name, unit.seed) for s in unit.steps if s.name]
+        rows = [(s.name, step_seed(grid, unit, i)) for i, s in enumerate(unit.steps) if s.name]
         (report.skipped if rows and all(r in done for r in rows) else todo).append(unit)
     report.skipped = [(u.cell, u.seed) for u in report.skipped]
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
