@@ -2,7 +2,7 @@
 
 Usage: ``python benchmarks/leaderboard.py`` runs
 ``xsearch leaderboard run --grid configs/leaderboard/synthetic.yaml --jobs 2 --report docs/leaderboard --readme README.md``
-(about 1.5 h on 2 CPU cores; stored cells are skipped, so an interrupted run continues where it stopped). Any
+(about 2 h on 2 CPU cores; stored cells are skipped, so an interrupted run continues where it stopped). Any
 arguments replace these defaults and are passed to ``xsearch leaderboard run`` as they are.
 """
 from __future__ import annotations
