@@ -182,7 +182,17 @@ def _data_command(argv: list[str]) -> int:
                        help="parser option (YAML value), e.g. --option max_captions_per_image=2; repeatable")
     check.add_argument("--decode", action="store_true", help="also open every image to verify it decodes (slow)")
     check.add_argument("--no-cache", action="store_true", help="re-parse even if the annotation files are unchanged")
+    cache = sub.add_parser("cache", help="write pre-resized uint8 copies of a dataset's images (data.image_cache)")
+    cache.add_argument("name", help="registered dataset name")
+    cache.add_argument("--root", required=True, help="dataset folder in its official layout")
+    cache.add_argument("--size", type=int, nargs=2, required=True, metavar=("H", "W"), help="the config's data.image_size")
+    cache.add_argument("--crop", default=None, help="the config's data.crop: 'center' or top,left,bottom,right fractions")
+    cache.add_argument("--folder", default=".xsearch_cache", help="cache folder, relative to the root (data.image_cache)")
+    cache.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="parser option, repeatable")
+    cache.add_argument("--no-cache", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.action == "cache":
+        return _cache_images(args)
 
     if args.action == "synth":
         from xsearch.datamodules import SYNTHESIZERS
@@ -198,7 +208,28 @@ def _data_command(argv: list[str]) -> int:
     return _check_dataset(args)
 
 
-def _check_dataset(args: argparse.Namespace) -> int:
+def _cache_images(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from xsearch.datamodules.image_cache import DiskImageCache
+    from xsearch.datamodules.transforms import load_image
+
+    index, root = _load_index(args)
+    crop = None if args.crop is None else "center" if args.crop == "center" else tuple(float(v) for v in args.crop.split(","))
+    if crop not in (None, "center") and len(crop) != 4:
+        raise SystemExit(f"xsearch data cache: --crop {args.crop!r}: expected 'center' or top,left,bottom,right")
+    disk, size = DiskImageCache(root / args.folder), tuple(args.size)
+    missing = set(index.missing_images)
+    images = [r for r in index.images if r.path not in missing]
+    for record in tqdm(images, desc=f"caching {args.name} at {size[0]}x{size[1]}"):
+        disk.get(record.path, size, crop, lambda: load_image(record.path, size, crop))
+    megabytes = sum(f.stat().st_size for f in disk.folder.rglob("*.npy")) / 2**20
+    print(f"{len(images)} images cached in {disk.folder} ({megabytes:.0f} MiB in all); train with "
+          f"--data.image_cache {args.folder} (same image_size and crop)")
+    return 0
+
+
+def _load_index(args: argparse.Namespace) -> tuple[Any, Path]:
     import yaml
 
     from xsearch.datamodules import DatasetFormatError, load_dataset
@@ -211,13 +242,17 @@ def _check_dataset(args: argparse.Namespace) -> int:
             raise DatasetFormatError(f"--option {item!r}: expected KEY=VALUE")
         options[key.strip()] = yaml.safe_load(value)
     root = Path(args.root) if Path(args.root).exists() else resolve_root(args.root)
-    index = load_dataset(args.name, root.absolute(), options, cache=not args.no_cache)
+    return load_dataset(args.name, root.absolute(), options, cache=not args.no_cache), root.absolute()
+
+
+def _check_dataset(args: argparse.Namespace) -> int:
+    index, root = _load_index(args)
     warnings = list(index.warnings)
     if args.decode:
         warnings.extend(_undecodable(index))
     report = {
         "dataset": args.name,
-        "root": str(root.absolute()),
+        "root": str(root),
         "splits": index.summary(),
         "warnings": warnings,
     }

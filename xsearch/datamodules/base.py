@@ -28,6 +28,7 @@ from xsearch.datamodules.degrade import DegradeConfig, degrade
 from xsearch.datamodules.entity_queries import EntityOptions, EntityQuerySet, entity_queries
 from xsearch.datamodules.face_pairs import FaceSampleSet, VerificationOptions, VerificationProtocol, verification_protocol
 from xsearch.datamodules.files import DatasetFormatError
+from xsearch.datamodules.image_cache import DiskImageCache
 from xsearch.datamodules.loading import load_dataset, resolve_root
 from xsearch.datamodules.records import CaptionRecord, DatasetIndex, ImageRecord
 from xsearch.datamodules.samplers import IdentityBatchSampler
@@ -51,16 +52,21 @@ class ImageStore:
 
     def __init__(self, images: list[ImageRecord], size: tuple[int, int], cache: bool, desc: str = "caching images",
                  crop: tuple[float, float, float, float] | Literal["center"] | None = None,
-                 degraded: DegradeConfig | None = None) -> None:
-        self.images, self.size, self.crop, self.degraded = images, size, crop, degraded
+                 degraded: DegradeConfig | None = None, disk: DiskImageCache | None = None) -> None:
+        self.images, self.size, self.crop, self.degraded, self.disk = images, size, crop, degraded, disk
         self.by_index = {r.index: r for r in images}
         self.cache: dict[int, torch.Tensor] | None = None
         if cache:
             self.cache = {r.index: self.load(r.index) for r in tqdm(images, desc=desc, leave=False)}
 
     def load(self, image_index: int) -> torch.Tensor:
-        """Read, crop, resize, and degrade (seeded by the image index) when asked."""
-        image = load_image(self.by_index[image_index].path, self.size, self.crop)
+        """Read, crop, resize (or read the pre-resized copy of the disk cache), and degrade (seeded by the image index)
+        when asked."""
+        path = self.by_index[image_index].path
+        if self.disk is not None:
+            image = self.disk.get(path, self.size, self.crop, lambda: load_image(path, self.size, self.crop))
+        else:
+            image = load_image(path, self.size, self.crop)
         return image if self.degraded is None else degrade(image, self.degraded, image_index)
 
     def __call__(self, image_index: int) -> torch.Tensor:
@@ -173,6 +179,8 @@ class RetrievalDataModule(L.LightningDataModule):
         val_split: split used for validation and checkpoint selection; a dataset without it
             falls back to ``test`` with a warning (selection on test is then logged).
         cache_images: keep every resized image in RAM as uint8 (fast epochs on small data).
+        image_cache: a folder of pre-resized uint8 copies on disk (:mod:`xsearch.datamodules.image_cache`; fill it
+            with ``xsearch data cache``): for originals much larger than ``image_size``; relative to the dataset root.
         generate: generator options (``{"identities": 1000, "seed": 0}``) for a synthetic dataset
             whose root does not exist yet; ``None`` never generates.
         dataset_options: keyword options of the dataset's parser.
@@ -213,6 +221,7 @@ class RetrievalDataModule(L.LightningDataModule):
         instances: int = 4,
         val_split: str = "val",
         cache_images: bool = False,
+        image_cache: str | None = None,
         augment: AugmentConfig | None = None,
         generate: dict[str, Any] | None = None,
         dataset_options: dict[str, Any] | None = None,
@@ -318,6 +327,12 @@ class RetrievalDataModule(L.LightningDataModule):
         return self.load_index().identity_names if self.face_descriptors() is not None else None
 
     @property
+    def disk_cache(self) -> DiskImageCache | None:
+        """The ``image_cache`` folder (relative to the dataset root), or ``None``."""
+        folder = self.hparams.image_cache
+        return None if folder is None else DiskImageCache(self.root / folder)
+
+    @property
     def num_train_identities(self) -> int:
         self.load_index()
         return len(self.labels)
@@ -328,7 +343,7 @@ class RetrievalDataModule(L.LightningDataModule):
         if stage == "fit":
             captions = index.split_captions("train")
             store = ImageStore(index.split_images("train"), size, self.hparams.cache_images, "caching train images", self.hparams.crop,
-                               self._degrade("train"))
+                               self._degrade("train"), self.disk_cache)
             items = TrainImages if self.hparams.train_items == "images" else TrainPairs
             self.train_set = items(captions, self.labels, store, build_train_augment(size, self.augment_config))
             self.train_set.faces, self.train_set.names = self.face_descriptors(), self.identity_names()
@@ -341,7 +356,7 @@ class RetrievalDataModule(L.LightningDataModule):
         for split in {splits[stage]} | ({"test"} if stage == "test" else set()):
             images = index.split_images(split)
             store = ImageStore(images, size, self.hparams.cache_images, f"caching {split} images", self.hparams.crop,
-                               self._degrade(split))
+                               self._degrade(split), self.disk_cache)
             if self.query_mode == "composed":
                 table = self.attribute_table()
                 queries = ComposedQuerySet(composed_pairs(images, table, self.composed), store, images, table)
