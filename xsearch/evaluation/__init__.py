@@ -1,5 +1,6 @@
 """Evaluation: exact retrieval metrics (R@K, mAP, mINP), a distributed torchmetrics wrapper, the composed-query
-protocol, and face verification / identification metrics (:mod:`xsearch.evaluation.verification`)."""
+protocol, the streaming evaluator for large galleries (:mod:`xsearch.evaluation.streaming`), and face
+verification / identification metrics (:mod:`xsearch.evaluation.verification`)."""
 
 from xsearch.evaluation.composed import QueryRelevance, composed_relevance, relevance_metrics
 from xsearch.evaluation.metric import GatheredEmbeddings, RetrievalMetric, deduplicate_by_index
@@ -14,6 +15,7 @@ from xsearch.evaluation.retrieval import (
     retrieval_metrics_per_query,
     summarize_per_query,
 )
+from xsearch.evaluation.streaming import streaming_per_query, streaming_retrieval_metrics
 
 __all__ = [
     "GatheredEmbeddings",
@@ -30,5 +32,7 @@ __all__ = [
     "relevance_metrics",
     "retrieval_metrics",
     "retrieval_metrics_per_query",
+    "streaming_per_query",
+    "streaming_retrieval_metrics",
     "summarize_per_query",
 ]
