@@ -237,3 +237,27 @@ def test_the_shipped_grid_files_parse_and_name_existing_configs():
             for step in steps:
                 config = step.args[step.args.index("--config") + 1]
                 assert (root / config).is_file(), f"{path.name}: {cell}: {config}"
+
+
+@pytest.mark.slow  # starts an offline W&B run (~10 s)
+def test_the_leaderboard_is_logged_offline_as_a_wandb_table_in_the_grid_group(tmp_path, monkeypatch):
+    import json
+
+    from xsearch.cli import _log_wandb_table
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    results = tmp_path / "r.sqlite"
+    for seed in (0, 1):
+        ResultsStore(results).append(RunRecord(method="irra", dataset="d", metrics={"R1": 10.0 + seed}, config={},
+                                               checkpoint="c", seed=seed, wall_time_s=1.0, extra={"grid": "g", "cell": "irra"}))
+    import wandb
+
+    calls, real_init = [], wandb.init
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: calls.append(kwargs) or real_init(**kwargs))
+    _log_wandb_table("g", str(results), str(tmp_path / "runs"))
+    assert calls[0]["group"] == "g" and calls[0]["job_type"] == "leaderboard"
+    (table_file,) = (tmp_path / "runs").rglob("leaderboard_*.table.json")  # the offline run's files
+    table = json.loads(table_file.read_text())
+    row = dict(zip(table["columns"], table["data"][0]))
+    assert row["method"] == "irra" and row["n"] == 2 and row["R1_mean"] == pytest.approx(10.5)
