@@ -74,7 +74,8 @@ def test_steps_get_their_own_folders_seeds_and_placeholders(tmp_path):
     assert report.ran == [("b", 1)] and not report.failed
     (first, _), (second, cell1), (third, cell2) = runner.calls
     folder = tmp_path / "runs" / "g" / "b" / "seed1"
-    assert first[:3] == ["fit", "--config", "b0.yaml"] and "--test_after_fit" not in first and "--tag" not in first
+    assert first[:3] == ["fit", "--config", "b0.yaml"] and "--tag" not in first
+    assert first[first.index("--test_after_fit") + 1] == "false"  # an intermediate step: not even tested
     assert first[first.index("--checkpoint.dirpath") + 1] == str(folder / "step0" / "checkpoints")
     assert second[second.index("--model.init_args.init_from") + 1] == str(folder / "step0" / "checkpoints" / "last.ckpt")
     assert second[second.index("--test_after_fit") + 1] == "true" and (cell1, cell2) == ("b", "b/baseline")
@@ -178,6 +179,9 @@ def test_xsearch_leaderboard_run_records_grid_cells_and_resumes(tmp_path, monkey
         - fit: [--config, {configs / 'dual_encoder.yaml'}, --trainer.limit_train_batches, "2", --trainer.logger, "false"]
       dual_encoder/untrained:
         - test: [--config, {configs / 'dual_encoder.yaml'}, --trainer.logger, "false"]
+      scratch:  # an intermediate step whose config would record: the grid says not to
+        - test: [--config, {configs / 'dual_encoder.yaml'}, --trainer.logger, "false"]
+          record: false
     """)
     args = ["leaderboard", "run", "--grid", "grid.yaml", "--results", "r.sqlite", "--out", "runs"]
     assert main(args) == 0
@@ -188,8 +192,8 @@ def test_xsearch_leaderboard_run_records_grid_cells_and_resumes(tmp_path, monkey
     assert Path(fit.checkpoint).parent == tmp_path / "runs" / "tiny" / "dual_encoder" / "seed0" / "step0" / "checkpoints"
     assert fit.wall_time_s > next(r for r in rows if r.extra["cell"] != "dual_encoder").wall_time_s  # fit + test
     out = capsys.readouterr().out
-    assert "2 cell x seed runs done, 0 already in" in out
-    assert main(args) == 0 and "0 cell x seed runs done, 2 already in" in capsys.readouterr().out
+    assert "3 cell x seed runs done, 0 already in" in out
+    assert main(args) == 0 and "1 cell x seed runs done, 2 already in" in capsys.readouterr().out  # scratch: DONE
     assert len(ResultsStore(tmp_path / "r.sqlite").rows()) == 2
 
 

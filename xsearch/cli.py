@@ -86,7 +86,12 @@ def _lightning_cli(args: list[str]) -> None:
             from xsearch.registry import METHODS
             from xsearch.results import ResultsStore, RunRecord, config_hash, git_commit
 
+            from xsearch.grid import CELL_ENV, GRID_ENV
+
             if not self.trainer.is_global_zero:
+                return
+            if os.environ.get(GRID_ENV) and not os.environ.get(CELL_ENV):
+                log.info("grid %s: an intermediate step, nothing recorded", os.environ[GRID_ENV])
                 return
             config = self.config[self.subcommand]
             metrics = {k.split("/", 1)[1]: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("test/")}

@@ -176,9 +176,7 @@ def step_command(grid: Grid, unit: Unit, index: int, out: Path, results: Path) -
     command = [step.command, *args, "--seed_everything", str(seed), "--results", str(results),
                "--trainer.default_root_dir", str(own)]
     if step.command == "fit":
-        command += ["--checkpoint.dirpath", str(own / "checkpoints")]
-        if step.name:
-            command += ["--test_after_fit", "true"]
+        command += ["--checkpoint.dirpath", str(own / "checkpoints"), "--test_after_fit", "true" if step.name else "false"]
     if step.name:
         command += ["--tag", step.name]
     return command
