@@ -31,7 +31,7 @@ HYPERPARAMETER_SECTIONS = ("model", "data")
 # --------------------------------------------------------------------------------------
 def _lightning_cli(args: list[str]) -> None:
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+    from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
     from xsearch.datamodules import RetrievalDataModule
     from xsearch.models import RetrievalModule
@@ -44,7 +44,25 @@ def _lightning_cli(args: list[str]) -> None:
             for logger in trainer.loggers:
                 logger.log_hyperparams({"config": json.loads(config)})
 
+    class OneLineErrors(LightningArgumentParser):
+        """Config errors as one line (the key, what was expected, a close valid key), not a page of usage."""
+
+        def error(self, message: str, ex: Exception | None = None) -> Any:
+            parser = getattr(ex, "subcommand_parser", None) or self
+            prog = parser.prog.replace(" [options]", "")
+            sys.stderr.write(f"{prog}: error: {_one_line(message, parser)} ({prog} --help lists every option)\n")
+            raise SystemExit(2)
+
     class XSearchCLI(LightningCLI):
+        def before_instantiate_classes(self) -> None:
+            """Names, choices and paths checked before any model is built (a wrong dataset used to fail after the
+            towers had loaded)."""
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            problem = _config_problem(config)
+            if problem:
+                sys.stderr.write(f"xsearch {self.subcommand}: error: {problem}\n")
+                raise SystemExit(2)
+
         def add_arguments_to_parser(self, parser: Any) -> None:
             parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
             parser.set_defaults({
@@ -141,6 +159,8 @@ def _lightning_cli(args: list[str]) -> None:
         save_config_callback=LoggedConfig,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={"use_distributed_sampler": False},  # the datamodule shards its loaders itself (DDP)
+        parser_class=OneLineErrors,
+        parser_kwargs={"prog": "xsearch"},
         args=args,
     )
     for logger in cli.trainer.loggers:  # close W&B runs so a second in-process command starts its own
@@ -165,6 +185,48 @@ def _record_extra(tag: str | None) -> dict[str, Any]:
     if os.environ.get(GRID_ENV) and os.environ.get(CELL_ENV):
         extra.update(grid=os.environ[GRID_ENV], cell=os.environ[CELL_ENV])
     return extra
+
+
+def _one_line(message: str, parser: Any) -> str:
+    """jsonargparse's message on one line, with the closest known option for an unrecognised one."""
+    import difflib
+
+    import re
+
+    text = " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+    bad_class = re.search(r'Parser key "(\w+)".*?Problem with given class_path \'([^\']+)\': (.*?) - ', text)
+    if bad_class:
+        key, class_path, reason = bad_class.groups()
+        text = f"{key}.class_path: {class_path!r}: {reason}"
+        if key == "model":
+            from xsearch.registry import METHODS
+
+            text += "; methods: " + ", ".join(f"xsearch.models.{METHODS.get(n).__name__}" for n in METHODS.names())
+    if text.startswith("unrecognized arguments:"):
+        known = [s for action in parser._actions for s in action.option_strings if s.startswith("--")]
+        for given in (a for a in text.split()[2:] if a.startswith("--")):
+            close = difflib.get_close_matches(given.split("=")[0], known, n=1, cutoff=0.75)
+            text += f"; did you mean {close[0]}?" if close else f"; no option {given}"
+    return text
+
+
+def _config_problem(config: Any) -> str | None:
+    """The first thing wrong with a parsed config that would only fail after the model is built: an unknown dataset
+    (with the registered ones) or a dataset root that does not exist and will not be generated."""
+    from xsearch.datamodules.loading import resolve_root
+    from xsearch.registry import DATASETS
+
+    data = config.get("data") if hasattr(config, "get") else None
+    if data is None:
+        return None
+    data = data.get("init_args", data) if hasattr(data, "get") and data.get("class_path") else data
+    dataset, root = data.get("dataset"), data.get("root")
+    if dataset is not None and dataset not in DATASETS.names():
+        return f"data.dataset: unknown dataset {dataset!r}; expected one of {', '.join(sorted(DATASETS.names()))}"
+    if root is not None and data.get("generate") is None and not resolve_root(root).exists():
+        return (f"data.root: {resolve_root(root)} does not exist (a relative root lives under $XSEARCH_DATA, default "
+                "./data); point it at the dataset folder, or set data.generate for a synthetic dataset")
+    return None
 
 
 # --------------------------------------------------------------------------------------
