@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import os
+import pickle
 import sys
 import time
 import warnings
@@ -449,10 +450,13 @@ def main(argv: list[str] | None = None) -> int:
             return commands[argv[0]](argv[1:])
         _lightning_cli(argv)
         return 0
-    except (FileNotFoundError, FileExistsError, ValueError, KeyError, OSError) as error:
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError, OSError, pickle.UnpicklingError) as error:
         if os.environ.get("XSEARCH_DEBUG"):
             raise
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        if isinstance(error, pickle.UnpicklingError):  # torch.load(weights_only=True) met an object that runs code
+            message = ("refusing to load a checkpoint that holds more than tensors and plain values (weights_only: no "
+                       f"code in a checkpoint runs): {str(error).splitlines()[0]}")
         print(f"xsearch: error: {message}", file=sys.stderr)
         return 2
 

@@ -153,6 +153,13 @@ class RetrievalModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if checkpoint.get("num_train_identities") is not None:
             self._ensure_identity_modules(checkpoint["num_train_identities"])
+        self.adapt_checkpoint(checkpoint)
+        problem = checkpoint_mismatch(checkpoint.get("state_dict", {}), self.state_dict(), type(self).__name__)
+        if problem:
+            raise ValueError(problem)
+
+    def adapt_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Drop or rename what a compatible checkpoint holds that this model legitimately lacks (before the check)."""
 
     # -- training ----------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
@@ -391,6 +398,23 @@ class RetrievalModule(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def checkpoint_mismatch(theirs: dict[str, torch.Tensor], own: dict[str, torch.Tensor], model: str) -> str | None:
+    """A one-paragraph explanation when a checkpoint's tensors do not fit the model (missing, unexpected, reshaped
+    keys, a few of each), or ``None`` when they do."""
+    missing = sorted(set(own) - set(theirs))
+    unexpected = sorted(set(theirs) - set(own))
+    reshaped = sorted(k for k in set(own) & set(theirs) if tuple(own[k].shape) != tuple(theirs[k].shape))
+    if not (missing or unexpected or reshaped):
+        return None
+    parts = [f"{len(missing)} of the model's tensors are not in it (e.g. {missing[:4]})" if missing else "",
+             f"{len(unexpected)} of its tensors are not in the model (e.g. {unexpected[:4]})" if unexpected else "",
+             "shapes differ: " + ", ".join(f"{k} checkpoint {tuple(theirs[k].shape)} vs model {tuple(own[k].shape)}"
+                                            for k in reshaped[:4]) if reshaped else ""]
+    return (f"the checkpoint does not fit this {model} ({'; '.join(p for p in parts if p)}): is it a checkpoint of "
+            "another method or of another configuration (sizes, layers)? To start from it anyway, use "
+            "--model.init_args.init_from (copies the tensors that match)")
 
 
 def face_table(results: dict[str, dict[str, float]]) -> str:

@@ -152,9 +152,8 @@ class IdCLIP(RetrievalModule):
         if self.clip_id_weight:
             self.id_centres = nn.Parameter(torch.randn(num_classes, self.clip.embed_dim) * 0.01)
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+    def adapt_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A ``clip``-stage checkpoint has identity centres the other uses (baselines, ``idclip``) do not build."""
-        super().on_load_checkpoint(checkpoint)
         if self.id_centres is None:
             checkpoint["state_dict"].pop("id_centres", None)
 
