@@ -450,7 +450,8 @@ def main(argv: list[str] | None = None) -> int:
             return commands[argv[0]](argv[1:])
         _lightning_cli(argv)
         return 0
-    except (FileNotFoundError, FileExistsError, ValueError, KeyError, OSError, pickle.UnpicklingError) as error:
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError, OSError, pickle.UnpicklingError,
+            FloatingPointError) as error:
         if os.environ.get("XSEARCH_DEBUG"):
             raise
         message = error.args[0] if isinstance(error, KeyError) and error.args else error

@@ -43,6 +43,9 @@ class RetrievalModule(L.LightningModule):
             initialise the model before training (e.g. TGFR's stage 2 from its stage 1); the others are
             listed in the log. Used by ``fit`` only: ``validate`` / ``test`` take their weights from
             ``--ckpt_path``, so a trained stage 2 is tested without its stage-1 file.
+        on_nonfinite_loss: a NaN/Inf training loss ``stop``s the run (``FloatingPointError`` naming the epoch, step,
+            every loss term and the batch's sample indexes) or is ``skip``ped (logged the same way, no optimiser
+            step; ``train/skipped_steps`` counts them).
 
     With ``data.verification`` set, validation and test also report face verification and identification
     of each embedding :meth:`encode_faces` returns (``<split>/<name>/AUC``, ``.../TAR@FAR=0.0001``,
@@ -67,6 +70,7 @@ class RetrievalModule(L.LightningModule):
         ks: tuple[int, ...] = (1, 5, 10),
         visualize_queries: int = 8,
         init_from: str | None = None,
+        on_nonfinite_loss: Literal["stop", "skip"] = "stop",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()  # collects the subclass's arguments too
@@ -188,9 +192,20 @@ class RetrievalModule(L.LightningModule):
                 "train/data_wait_fraction": clock["wait"] / total,
             })
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         terms = self.training_losses(batch)
         size = len(batch["pid"])
+        if not bool(torch.isfinite(terms["loss"].detach())):
+            values = ", ".join(f"{k} {float(v):.4g}" for k, v in terms.items())
+            indexes = torch.as_tensor(batch["index"]).tolist() if "index" in batch else "unknown"
+            message = (f"non-finite training loss at epoch {self.current_epoch}, global step {self.global_step} "
+                       f"(batch {batch_idx}): {values}; sample indexes {indexes}")
+            if self.hparams.on_nonfinite_loss == "stop":
+                raise FloatingPointError(message + " (model.init_args.on_nonfinite_loss: skip skips such steps)")
+            self._skipped_steps = getattr(self, "_skipped_steps", 0) + 1
+            log.warning("%s: step skipped", message)
+            self.log("train/skipped_steps", float(self._skipped_steps), on_step=True, on_epoch=False, batch_size=size)
+            return None  # Lightning then skips backward and the optimiser step
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=size, prog_bar=False)
         self.log("loss", terms["loss"].detach(), batch_size=size, prog_bar=True, logger=False)
         return terms["loss"]
