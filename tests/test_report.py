@@ -163,6 +163,7 @@ def test_write_report_writes_every_format_and_refreshes_the_readme_idempotently(
     write_report(store, tmp_path / "docs", "g", readme, command="xsearch leaderboard run --grid g.yaml")
     assert readme.read_text() == first
     assert not [p for p in (tmp_path / "docs").iterdir() if p.name.startswith(".")]
+    assert all(p.stat().st_mode & 0o044 == 0o044 for p in (tmp_path / "docs").iterdir())  # readable by all, not 0600
 
 
 def test_leaderboard_run_checks_the_readme_markers_before_running_anything(tmp_path, monkeypatch, capsys):
