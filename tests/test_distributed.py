@@ -50,6 +50,8 @@ def _worker(rank: int, port: int, out: str) -> None:
             loss = loss_fn(all_gather_with_grad(image_local), all_gather_with_grad(text_local), all_gather_no_grad(pids[local]))
             loss.backward()
             results[name] = (loss.detach(), image_local.grad / WORLD, text_local.grad / WORLD)  # / W: DDP's averaging
+        mask = torch.tensor([True, False]) if rank == 0 else torch.tensor([False, True])
+        results["mask"] = all_gather_no_grad(mask)  # a word mask (bool), as TGFR gathers
         try:
             all_gather_with_grad(torch.zeros(3 + rank, 2))
         except ValueError as error:
@@ -75,6 +77,7 @@ def test_gathered_losses_give_the_one_process_gradient_of_the_global_batch(tmp_p
             assert torch.allclose(image_grad, image.grad[rank * 4: rank * 4 + 4], atol=1e-6), name
             assert torch.allclose(text_grad, text.grad[rank * 4: rank * 4 + 4], atol=1e-6), name
     assert "needs one shape on every rank, got [(3, 2), (4, 2)]" in ranks[0]["error"]
+    assert all(r["mask"].tolist() == [True, False, False, True] for r in ranks)
 
 
 def test_without_a_process_group_gathering_is_the_identity():

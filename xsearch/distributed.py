@@ -37,9 +37,10 @@ def all_gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
     """(B, ...) per rank -> (W x B, ...) without gradients (labels, ids)."""
     if world_size() == 1:
         return tensor
-    parts = [torch.empty_like(tensor) for _ in range(world_size())]
-    dist.all_gather(parts, tensor.contiguous())
-    return torch.cat(parts, dim=0)
+    sent = tensor.to(torch.uint8) if tensor.dtype == torch.bool else tensor  # not every backend gathers bool
+    parts = [torch.empty_like(sent) for _ in range(world_size())]
+    dist.all_gather(parts, sent.contiguous())
+    return torch.cat(parts, dim=0).to(tensor.dtype)
 
 
 def gather(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
