@@ -415,7 +415,8 @@ def _leaderboard_run(argv: list[str]) -> int:
     if args.report:
         from xsearch.report import write_report
 
-        command = " ".join(["xsearch leaderboard run", *argv])
+        command = (f"xsearch leaderboard run --grid {args.grid} --results {args.results} --report {args.report}"  # what
+                   + (f" --readme {args.readme}" if args.readme else ""))  # regenerates it all: no --cells/--seeds
         for path in write_report(args.results, args.report, grid.name, args.readme, command):
             print(f"[xsearch] wrote {path}", file=sys.stderr)
     _log_wandb_table(grid.name, args.results, args.out)
