@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+
+from xsearch.atomic import atomic_path
 
 
 class DiskImageCache:
@@ -40,13 +41,6 @@ class DiskImageCache:
         except ValueError:  # a truncated file (a crash while another process wrote it is impossible: atomic), re-made
             file.unlink(missing_ok=True)
         image = load()
-        file.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{key}.", suffix=".npy")
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                np.save(stream, image.numpy())
-            os.replace(tmp, file)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(file) as tmp, open(tmp, "wb") as stream:
+            np.save(stream, image.numpy())
         return image
