@@ -139,6 +139,25 @@ def test_corrupt_file(tmp_path: Path) -> None:
         ResultsStore(path).rows()
 
 
+def test_a_store_locked_by_another_process_gives_a_clear_error_and_loses_nothing(tmp_path: Path, monkeypatch) -> None:
+    import xsearch.results as results
+
+    path = tmp_path / "busy.sqlite"
+    ResultsStore(path).append(_record(seed=0))
+    monkeypatch.setattr(results, "BUSY_TIMEOUT_S", 0.2)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another process mid-write, for longer than the busy timeout
+    try:
+        with pytest.raises(ResultsStoreError, match=re.escape(f"results store {path} is locked: another process held "
+                                                              "it for more than 0.2 s")):
+            ResultsStore(path).append(_record(seed=1))
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    ResultsStore(path).append(_record(seed=2))
+    assert [r.seed for r in ResultsStore(path).rows()] == [0, 2]
+
+
 # -- leaderboard ---------------------------------------------------------------------------
 def _three_seed_store(tmp_path: Path) -> tuple[ResultsStore, list[dict[str, float]]]:
     store = ResultsStore(tmp_path / "lb.sqlite")

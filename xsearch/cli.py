@@ -33,6 +33,9 @@ HYPERPARAMETER_SECTIONS = ("model", "data")
 def _lightning_cli(args: list[str]) -> None:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    from xsearch.checkpoint_io import AtomicCheckpointIO
 
     from xsearch.datamodules import RetrievalDataModule
     from xsearch.models import RetrievalModule
@@ -76,6 +79,9 @@ def _lightning_cli(args: list[str]) -> None:
             parser.add_argument("--results", default="results/xsearch.sqlite", help="SQLite results store that test runs append to")
             parser.add_argument("--test_after_fit", type=bool, default=False, help="after fit, test the best checkpoint and record it")
             parser.add_argument("--tag", type=str | None, default=None, help="label stored with the results row (e.g. an ablation name)")
+            parser.add_argument("--last_every_n_steps", type=int, default=0,
+                                help="also write last.ckpt every N training steps (0: at epoch ends only); resume a "
+                                     "killed fit with --ckpt_path last")
 
         def before_fit(self) -> None:
             self.datamodule.prepare_data()  # generate synthetic data before anything reads it
@@ -83,9 +89,14 @@ def _lightning_cli(args: list[str]) -> None:
             # last.ckpt = the weights after the latest epoch. Lightning's save_last=True only copies a checkpoint
             # its top-k keeps, so there last.ckpt silently stays at the best epoch once val stops improving.
             best = self.trainer.checkpoint_callback
-            self.trainer.callbacks.append(ModelCheckpoint(
-                dirpath=best.dirpath if best is not None else None, filename="last", monitor=None, save_top_k=1,
-                enable_version_counter=False))
+            last = {"dirpath": best.dirpath if best is not None else None, "filename": "last", "monitor": None,
+                    "save_top_k": 1, "enable_version_counter": False}
+            self.trainer.callbacks.append(ModelCheckpoint(**last))
+            every = self._get(self.config, "last_every_n_steps")
+            if every:  # mid-epoch too: a killed run resumes from at most N steps back (same file, another schedule)
+                self.trainer.callbacks.append(ModelCheckpoint(**last, every_n_train_steps=every))
+            if type(self.trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+                self.trainer.strategy.checkpoint_io = AtomicCheckpointIO()
 
         def after_fit(self) -> None:
             if self._get(self.config, "test_after_fit"):

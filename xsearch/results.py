@@ -115,6 +115,10 @@ def git_commit(cwd: str | Path | None = None) -> str | None:
         return None
 
 
+def _is_locked(exc: sqlite3.Error) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+
+
 def _utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
 
@@ -153,11 +157,17 @@ class ResultsStore:
                 self._create_schema(conn)
             conn.execute("PRAGMA journal_mode=WAL")
         except sqlite3.DatabaseError as exc:
+            if _is_locked(exc):
+                raise self._locked(exc) from exc
             raise ResultsStoreError(
                 f"results store {self.path} is not a usable SQLite database ({exc}); "
                 "move it away or pass another path"
             ) from exc
         self._initialised = True
+
+    def _locked(self, exc: sqlite3.Error) -> ResultsStoreError:
+        return ResultsStoreError(f"results store {self.path} is locked: another process held it for more than "
+                                 f"{BUSY_TIMEOUT_S:g} s ({exc}); retry when it is done, or pass another path")
 
     def _check_version(self, version: int) -> None:
         if version > SCHEMA_VERSION:
@@ -195,6 +205,8 @@ class ResultsStore:
                 )
                 conn.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
+            if _is_locked(exc):
+                raise self._locked(exc) from exc
             raise ResultsStoreError(f"cannot append to results store {self.path}: {exc}") from exc
         finally:
             conn.close()

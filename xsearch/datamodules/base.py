@@ -8,6 +8,7 @@ is set. Text stays raw (``list[str]`` in the batch): tokenisation belongs to the
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -31,9 +32,10 @@ from xsearch.datamodules.files import DatasetFormatError
 from xsearch.datamodules.image_cache import DiskImageCache
 from xsearch.datamodules.loading import load_dataset, resolve_root
 from xsearch.datamodules.records import CaptionRecord, DatasetIndex, ImageRecord
-from xsearch.datamodules.samplers import IdentityBatchSampler
+from xsearch.datamodules.resumable import ResumableLoader
+from xsearch.datamodules.samplers import EpochBatchSampler, IdentityBatchSampler, ShuffledBatchSampler
 from xsearch.evaluation.composed import QueryRelevance
-from xsearch.datamodules.transforms import AugmentConfig, build_train_augment, load_image
+from xsearch.datamodules.transforms import AugmentConfig, UnreadableImage, build_train_augment, load_image
 from xsearch.registry import DATASETS, Registry
 
 log = logging.getLogger(__name__)
@@ -48,16 +50,33 @@ SYNTHESIZERS: Registry[Callable[..., Path]] = Registry("synthetic dataset genera
 
 
 class ImageStore:
-    """Loads images as resized ``uint8 (3, H, W)`` tensors, optionally keeping them all in RAM."""
+    """Loads images as resized ``uint8 (3, H, W)`` tensors, optionally keeping them all in RAM.
+
+    An image that cannot be read raises :class:`UnreadableImage` naming it; with ``cache`` and ``skip_unreadable``
+    the caching pass goes on, logs the unreadable ones once, and raises their error again whenever one is asked for
+    (the training loader then skips the item).
+    """
 
     def __init__(self, images: list[ImageRecord], size: tuple[int, int], cache: bool, desc: str = "caching images",
                  crop: tuple[float, float, float, float] | Literal["center"] | None = None,
-                 degraded: DegradeConfig | None = None, disk: DiskImageCache | None = None) -> None:
+                 degraded: DegradeConfig | None = None, disk: DiskImageCache | None = None,
+                 skip_unreadable: bool = False) -> None:
         self.images, self.size, self.crop, self.degraded, self.disk = images, size, crop, degraded, disk
         self.by_index = {r.index: r for r in images}
         self.cache: dict[int, torch.Tensor] | None = None
+        self.unreadable: dict[int, UnreadableImage] = {}
         if cache:
-            self.cache = {r.index: self.load(r.index) for r in tqdm(images, desc=desc, leave=False)}
+            self.cache = {}
+            for r in tqdm(images, desc=desc, leave=False):
+                try:
+                    self.cache[r.index] = self.load(r.index)
+                except UnreadableImage as error:
+                    if not skip_unreadable:
+                        raise
+                    self.unreadable[r.index] = error
+            if self.unreadable:
+                log.warning("%d of %d images cannot be read; their training items are skipped (data.bad_samples=skip): %s",
+                            len(self.unreadable), len(images), "; ".join(str(e) for e in list(self.unreadable.values())[:5]))
 
     def load(self, image_index: int) -> torch.Tensor:
         """Read, crop, resize (or read the pre-resized copy of the disk cache), and degrade (seeded by the image index)
@@ -71,6 +90,8 @@ class ImageStore:
 
     def __call__(self, image_index: int) -> torch.Tensor:
         if self.cache is not None:
+            if image_index in self.unreadable:
+                raise self.unreadable[image_index]
             return self.cache[image_index]
         return self.load(image_index)
 
@@ -203,6 +224,14 @@ class RetrievalDataModule(L.LightningDataModule):
             loader of face samples; ``None``: retrieval only.
         positives: text queries' positives: every image of the person (``identity``, person search) or only
             the caption's own image (``instance``, COCO-style; results stored as ``<dataset>:instance``).
+        bad_samples: what a training sample that cannot be used does: ``fail`` (default) stops the run naming it, an
+            unreadable image (corrupt, truncated, not an image) when it is first loaded, an empty caption before
+            training starts; ``skip`` leaves it out with a warning naming it (an unreadable image drops its item
+            from the batch, the batch gets smaller; empty captions are removed up front). Evaluation images are
+            never skipped: a metric over part of the gallery is not the benchmark's.
+        seed: seed of the training batches and of every item's augmentation (a function of ``(seed, epoch,
+            batch, slot)`` only: resumable, the same with any number of workers); ``None`` = the run's
+            ``seed_everything``.
         entity_retrieval: also evaluate Id-CLIP's entity retrieval (identity-only prompts + a face -> every image
             of the identity; :mod:`xsearch.datamodules.entity_queries`) on each evaluation split, for datasets with
             face descriptors: one more loader; ``None``: no entity queries.
@@ -235,7 +264,8 @@ class RetrievalDataModule(L.LightningDataModule):
         verification: VerificationOptions | None = None,
         positives: Literal["identity", "instance"] = "identity",
         entity_retrieval: EntityOptions | None = None,
-        seed: int = 0,
+        bad_samples: Literal["fail", "skip"] = "fail",
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         DATASETS.get(dataset)  # fail early on an unknown name
@@ -256,6 +286,16 @@ class RetrievalDataModule(L.LightningDataModule):
         self.face_sets: dict[str, tuple[FaceSampleSet, VerificationProtocol]] = {}
         self.entity_sets: dict[str, EntityQuerySet] = {}
         self.eval_roles: list[str] = list(EVAL_ROLES[:2])
+        self.skipped: set[str] = set()
+        self._train_loader: ResumableLoader | None = None
+        self._train_position: dict[str, int] | None = None
+
+    @property
+    def seed(self) -> int:
+        """The data seed: ``seed``, else the run's (``PL_GLOBAL_SEED``, set by ``seed_everything``), else 0."""
+        if self.hparams.seed is not None:
+            return int(self.hparams.seed)
+        return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
     def _degrade(self, split: str) -> DegradeConfig | None:
         return self.degrade_config if split in self.hparams.degrade_splits else None
@@ -341,16 +381,16 @@ class RetrievalDataModule(L.LightningDataModule):
         index = self.load_index()
         size = self.image_size
         if stage == "fit":
-            captions = index.split_captions("train")
+            captions = self._usable_captions(index.split_captions("train"))
             store = ImageStore(index.split_images("train"), size, self.hparams.cache_images, "caching train images", self.hparams.crop,
-                               self._degrade("train"), self.disk_cache)
+                               self._degrade("train"), self.disk_cache, skip_unreadable=self.hparams.bad_samples == "skip")
             items = TrainImages if self.hparams.train_items == "images" else TrainPairs
             self.train_set = items(captions, self.labels, store, build_train_augment(size, self.augment_config))
             self.train_set.faces, self.train_set.names = self.face_descriptors(), self.identity_names()
             if self.composed is not None:
                 table = self.attribute_table()
                 candidates = reference_candidates(index.split_images("train"), table, self.composed)
-                self.train_set = ComposedTrainPairs(self.train_set, candidates, table, self.hparams.seed)
+                self.train_set = ComposedTrainPairs(self.train_set, candidates, table, self.seed)
         splits = {"fit": self.eval_split, "validate": self.eval_split, "test": "test", "predict": "test"}
         self.eval_sets, self.face_sets, self.entity_sets = {}, {}, {}
         for split in {splits[stage]} | ({"test"} if stage == "test" else set()):
@@ -378,49 +418,86 @@ class RetrievalDataModule(L.LightningDataModule):
                 log.info("%s %s: %d entity queries, %d query-face images left out of the entity gallery", self.dataset,
                          split, len(self.entity_sets[split]), len(self.entity_sets[split].excluded))
 
+    def _usable_captions(self, captions: list[CaptionRecord]) -> list[CaptionRecord]:
+        """The training captions with text; empty ones fail (naming their images) or are dropped, per ``bad_samples``."""
+        empty = [c for c in captions if not c.text.strip()]
+        if not empty:
+            return captions
+        index = self.load_index()
+        where = ", ".join(str(index.images[c.image_index].path) for c in empty[:3])
+        if self.hparams.bad_samples != "skip":
+            raise DatasetFormatError(f"{self.root}: {len(empty)} of {len(captions)} training captions are empty, e.g. the "
+                                     f"captions of {where} (fix the annotations, or set data.bad_samples=skip to train "
+                                     "without them)")
+        log.warning("%s: %d of %d training captions are empty and left out (data.bad_samples=skip), e.g. on %s",
+                    self.dataset, len(empty), len(captions), where)
+        return [c for c in captions if c.text.strip()]
+
     # -- loaders -------------------------------------------------------------------------
     def _world(self) -> tuple[int, int]:
         """(world size, rank) of the attached trainer; (1, 0) without one."""
         return (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
 
-    def _loader(self, dataset: Dataset, shuffle: bool = False, **kwargs: Any) -> DataLoader:
-        """A loader of this rank's share: under DDP a ``DistributedSampler`` (evaluation: padded with repeats, which
+    def _loader(self, dataset: Dataset, batch_size: int) -> DataLoader:
+        """An evaluation loader of this rank's share: under DDP a ``DistributedSampler`` (padded with repeats, which
         the metrics drop by sample index), since the Trainer runs with ``use_distributed_sampler=False`` so that it
-        leaves the identity sampler alone."""
+        leaves the training samplers alone."""
         workers = self.hparams.num_workers
         world, rank = self._world()
-        if world > 1 and "batch_sampler" not in kwargs:
-            kwargs["sampler"] = DistributedSampler(dataset, world, rank, shuffle=shuffle, seed=self.hparams.seed,
-                                                   drop_last=kwargs.get("drop_last", False))
-        elif shuffle:
-            kwargs["shuffle"] = True
-        return DataLoader(dataset, num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(), **kwargs)
+        sampler = DistributedSampler(dataset, world, rank, shuffle=False) if world > 1 else None
+        return DataLoader(dataset, batch_size, sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
+                          pin_memory=torch.cuda.is_available())
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> ResumableLoader:
+        """This rank's training batches (:mod:`xsearch.datamodules.samplers`) in a loader that checkpoints keep the
+        position of and that seeds every item (:mod:`xsearch.datamodules.resumable`)."""
+        world, rank = self._world()
+        sampler: EpochBatchSampler
         if self.hparams.sampler == "identity":
             instances = self.hparams.instances
-            world, rank = self._world()
-            sampler = IdentityBatchSampler(
-                [self.labels[c.pid] for c in self.train_set.captions], self.hparams.batch_size // instances,
-                instances, seed=self.hparams.seed, num_replicas=world, rank=rank,
-            )
-            sampler.set_epoch(self.trainer.current_epoch if self.trainer else 0)
-            return self._loader(self.train_set, batch_sampler=sampler)
-        loader = self._loader(self.train_set, shuffle=True, batch_size=self.hparams.batch_size, drop_last=True)
-        if isinstance(loader.sampler, DistributedSampler):
-            loader.sampler.set_epoch(self.trainer.current_epoch)
-        return loader
+            sampler = IdentityBatchSampler([self.labels[c.pid] for c in self.train_set.captions],
+                                           self.hparams.batch_size // instances, instances, self.seed, world, rank)
+        else:
+            sampler = ShuffledBatchSampler(len(self.train_set), self.hparams.batch_size, self.seed, world, rank)
+        sampler.set_epoch(self.trainer.current_epoch if self.trainer else 0)
+        workers = self.hparams.num_workers
+        self._train_loader = ResumableLoader(self.train_set, sampler, skip_unreadable=self.hparams.bad_samples == "skip",
+                                             num_workers=workers, persistent_workers=workers > 0,
+                                             pin_memory=torch.cuda.is_available())
+        if self._train_position is not None:
+            self._train_loader.load_state_dict(self._train_position)
+        return self._train_loader
+
+    def state_dict(self) -> dict[str, Any]:
+        """Kept in every checkpoint: the training loader's position in its epoch (see :class:`ResumableLoader`)."""
+        return {"train_position": self._train_loader.state_dict()} if self._train_loader is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        # Lightning also keeps stateful loaders in its fit loop, but never hands the state back when the model asks
+        # for ``trainer.estimated_stepping_batches`` (its train loader is built before the checkpoint is read)
+        self._train_position = state.get("train_position")
+        if self._train_loader is not None and self._train_position is not None:
+            self._train_loader.load_state_dict(self._train_position)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Report (once per file) and remove the training items skipped because their image cannot be read."""
+        if isinstance(batch, dict) and "skipped" in batch:
+            new = [reason for reason in batch.pop("skipped") if reason not in self.skipped]
+            self.skipped.update(new)
+            for reason in new:
+                log.warning("skipped a training item: %s (data.bad_samples=skip; %d files so far)", reason, len(self.skipped))
+        return batch
 
     def _eval_loaders(self, split: str) -> list[DataLoader]:
         queries, gallery = self.eval_sets[split]
         size = self.hparams.eval_batch_size
-        loaders = [self._loader(queries, batch_size=size), self._loader(gallery, batch_size=size)]
+        loaders = [self._loader(queries, size), self._loader(gallery, size)]
         self.eval_roles = list(EVAL_ROLES[:2])
         if split in self.face_sets:
-            loaders.append(self._loader(self.face_sets[split][0], batch_size=size))
+            loaders.append(self._loader(self.face_sets[split][0], size))
             self.eval_roles.append("faces")
         if split in self.entity_sets:
-            loaders.append(self._loader(self.entity_sets[split], batch_size=size))
+            loaders.append(self._loader(self.entity_sets[split], size))
             self.eval_roles.append("entities")
         return loaders
 

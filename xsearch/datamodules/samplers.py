@@ -1,22 +1,77 @@
-"""Identity-balanced P x K sampling for metric-learning losses (SDM, triplets, SPT)."""
+"""Training batch samplers: the batches of an epoch are a function of ``(seed, epoch)`` only.
+
+No sampler here draws from a global random state, so the same seed gives the same batches whatever ran before
+(workers, validation, a resumed process), which is what lets :class:`~xsearch.datamodules.resumable.ResumableLoader`
+continue an epoch exactly where a killed run stopped. Under DDP every rank builds the same batch list and takes
+batches ``rank, rank + world, ...``; every rank gets as many batches (a rank with one more would wait forever in the
+gradient all-reduce).
+"""
 from __future__ import annotations
 
 from collections import defaultdict
 from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Sampler
 
 
-class IdentityBatchSampler(Sampler[list[int]]):
-    """Batches of ``ids_per_batch`` identities x ``instances`` samples each.
+def derived_seed(*keys: int) -> int:
+    """A well-mixed 63-bit seed from integer keys (``(seed, epoch)`` and ``(seed, epoch + 1)`` or ``(seed + 1,
+    epoch)`` give unrelated streams, unlike ``seed + epoch``)."""
+    return int(np.random.SeedSequence([int(k) & 0xFFFFFFFFFFFFFFFF for k in keys]).generate_state(1, np.uint64)[0] >> 1)
 
-    Identities with fewer than ``instances`` samples are drawn with replacement. Each epoch
-    covers every identity about ``len(samples) / (ids * instances)`` batches' worth; the batch
-    order is shared by all ranks (same ``seed + epoch``) and rank ``r`` takes batches
-    ``r, r + world_size, ...`` so DDP ranks never see the same batch; every rank gets
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """Base of the training batch samplers: :meth:`_all_batches` builds every rank's batches from a generator
+    seeded by ``(seed, epoch)``; this rank iterates its share. Call :meth:`set_epoch` (Lightning does)."""
+
+    def __init__(self, seed: int = 0, num_replicas: int = 1, rank: int = 0) -> None:
+        self.seed, self.epoch = seed, 0
+        self.num_replicas, self.rank = num_replicas, rank
+        self.batches_per_rank = 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.batches_per_rank
+
+    def _all_batches(self, generator: torch.Generator) -> list[list[int]]:
+        """``batches_per_rank x num_replicas`` batches of sample indexes, in order."""
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self._all_batches(torch.Generator().manual_seed(derived_seed(self.seed, self.epoch)))
+        return iter(batches[self.rank :: self.num_replicas][: self.batches_per_rank])
+
+
+class ShuffledBatchSampler(EpochBatchSampler):
+    """A new permutation of the ``num_samples`` items every epoch, cut into full batches of ``batch_size`` (the
+    incomplete last one dropped); ``len(samples) // batch_size // world`` batches per rank (at least one)."""
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int = 0, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(seed, num_replicas, rank)
+        if num_samples < batch_size:
+            raise ValueError(f"batch_size={batch_size} exceeds the {num_samples} training samples")
+        self.num_samples, self.batch_size = num_samples, batch_size
+        self.batches_per_rank = max(1, num_samples // batch_size // num_replicas)
+
+    def _all_batches(self, generator: torch.Generator) -> list[list[int]]:
+        order = torch.randperm(self.num_samples, generator=generator).tolist()
+        total = self.batches_per_rank * self.num_replicas
+        if total * self.batch_size > self.num_samples:  # more ranks than full batches: wrap around
+            order = (order * (total * self.batch_size // self.num_samples + 1))
+        return [order[b * self.batch_size : (b + 1) * self.batch_size] for b in range(total)]
+
+
+class IdentityBatchSampler(EpochBatchSampler):
+    """Batches of ``ids_per_batch`` identities x ``instances`` samples each (P x K, for SDM, triplets, SPT).
+
+    Identities with fewer than ``instances`` samples are drawn with replacement. Each epoch covers every identity
+    about ``len(samples) / (ids * instances)`` batches' worth; every rank gets
     ``len(samples) // (ids * instances) // world_size`` batches (at least one), so steps per epoch shrink with the
-    world size and no rank waits for another. Call :meth:`set_epoch`.
+    world size.
     """
 
     def __init__(
@@ -28,30 +83,20 @@ class IdentityBatchSampler(Sampler[list[int]]):
         num_replicas: int = 1,
         rank: int = 0,
     ) -> None:
+        super().__init__(seed, num_replicas, rank)
         self.groups: dict[int, list[int]] = defaultdict(list)
         for index, pid in enumerate(pids):
             self.groups[int(pid)].append(index)
         if ids_per_batch > len(self.groups):
             raise ValueError(f"ids_per_batch={ids_per_batch} exceeds the {len(self.groups)} identities in the training set")
         self.ids_per_batch, self.instances = ids_per_batch, instances
-        self.seed, self.epoch = seed, 0
-        self.num_replicas, self.rank = num_replicas, rank
-        # every rank gets the same number of batches (a rank with one more would wait forever in DDP's all-reduce)
         self.batches_per_rank = max(1, len(pids) // (ids_per_batch * instances) // num_replicas)
-        self.total_batches = self.batches_per_rank * num_replicas
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.batches_per_rank
-
-    def _batches(self) -> list[list[int]]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+    def _all_batches(self, generator: torch.Generator) -> list[list[int]]:
         pids = sorted(self.groups)
         batches: list[list[int]] = []
         order: list[int] = []
-        while len(batches) < self.total_batches:
+        while len(batches) < self.batches_per_rank * self.num_replicas:
             if len(order) < self.ids_per_batch:
                 order += [pids[i] for i in torch.randperm(len(pids), generator=generator).tolist()]
             chosen, order = order[: self.ids_per_batch], order[self.ids_per_batch :]
@@ -65,7 +110,3 @@ class IdentityBatchSampler(Sampler[list[int]]):
                 batch += [members[i] for i in picks.tolist()]
             batches.append(batch)
         return batches
-
-    def __iter__(self) -> Iterator[list[int]]:
-        batches = self._batches()
-        return iter(batches[self.rank :: self.num_replicas])

@@ -30,6 +30,14 @@ def center_box(width: int, height: int, size: tuple[int, int]) -> tuple[int, int
     return 0, top, width, top + keep
 
 
+class UnreadableImage(OSError):
+    """An image file that cannot be decoded (corrupt, truncated, not an image); ``path`` names it."""
+
+    def __init__(self, path: str | Path, reason: str | None = None) -> None:
+        super().__init__(str(path) if reason is None else f"{path}: cannot read image ({reason})")
+        self.path = str(path)  # (the whole message when re-raised from a DataLoader worker)
+
+
 def load_image(path: str | Path, size: tuple[int, int],
                crop: tuple[float, float, float, float] | Literal["center"] | None = None) -> torch.Tensor:
     """Read an image file as RGB, optionally crop the box ``crop = (top, left, bottom, right)`` given as
@@ -37,7 +45,8 @@ def load_image(path: str | Path, size: tuple[int, int],
     box with the aspect ratio of ``size``: CLIP's resize + centre crop), resize to ``size = (H, W)``; without a
     crop, the aspect ratio is ignored.
 
-    Returns a ``uint8`` tensor ``(3, H, W)``. Errors name the file.
+    Returns a ``uint8`` tensor ``(3, H, W)``. A file that cannot be decoded, truncated ones included (PIL's
+    ``LOAD_TRUNCATED_IMAGES`` stays off: no half-grey image), raises :class:`UnreadableImage` naming it.
     """
     try:
         with Image.open(path) as image:
@@ -50,7 +59,7 @@ def load_image(path: str | Path, size: tuple[int, int],
                 image = image.crop((round(left * width), round(top * height), round(right * width), round(bottom * height)))
             image = image.resize((size[1], size[0]), Image.Resampling.BICUBIC)
     except (OSError, ValueError) as error:
-        raise OSError(f"{path}: cannot read image ({error})") from error
+        raise UnreadableImage(path, str(error)) from error
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).contiguous()
 
 

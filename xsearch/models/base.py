@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from xsearch.datamodules.base import EVAL_ROLES
+from xsearch.datamodules.samplers import derived_seed
 from xsearch.evaluation import RetrievalMetric, cosine_similarity
 from xsearch.evaluation.entity import entity_metrics
 from xsearch.evaluation.verification import face_protocol_metrics
@@ -53,6 +55,11 @@ class RetrievalModule(L.LightningModule):
     entity queries (``encode_queries`` of ``prompts`` / ``text`` + ``face``) against the gallery:
     ``<split>/entity_R@K``, ``kmin_R@K``, ``mAP@10``.
 
+    Every training batch starts from torch's generator seeded by ``(run seed, epoch, batch, rank)`` (the run seed is
+    ``seed_everything``'s, kept in checkpoints), so dropout, masking and any other random draw of a step does not
+    depend on what ran before it: a run killed mid-epoch and resumed from ``last.ckpt`` repeats the uninterrupted
+    run exactly (with :class:`~xsearch.datamodules.resumable.ResumableLoader`, which continues the epoch).
+
     Throughput (``train/samples_per_s``) and the share of time spent waiting for data
     (``train/data_wait_fraction``) are logged every epoch.
     """
@@ -79,6 +86,7 @@ class RetrievalModule(L.LightningModule):
         self._faces: dict[str, list[torch.Tensor]] = {}
         self._entities: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._initialised_from: str | None = None
+        self._run_seed: int | None = None
 
     # -- what a method provides --------------------------------------------------------
     def encode_queries(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -153,8 +161,11 @@ class RetrievalModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["num_train_identities"] = getattr(self, "num_train_identities", None)
+        checkpoint["run_seed"] = self._run_seed
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if checkpoint.get("run_seed") is not None:
+            self._run_seed = int(checkpoint["run_seed"])
         if checkpoint.get("num_train_identities") is not None:
             self._ensure_identity_modules(checkpoint["num_train_identities"])
         self.adapt_checkpoint(checkpoint)
@@ -169,7 +180,13 @@ class RetrievalModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._clock = {"last_end": None, "wait": 0.0, "busy": 0.0, "samples": 0}
 
+    def on_train_start(self) -> None:
+        self.on_train_epoch_start()  # a run resumed mid-epoch gets no on_train_epoch_start
+
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if self._run_seed is None:
+            self._run_seed = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
+        torch.manual_seed(derived_seed(self._run_seed, self.current_epoch, batch_idx, self.global_rank))
         now = time.perf_counter()
         clock = self._clock
         if clock["last_end"] is not None:
