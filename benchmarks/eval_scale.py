@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -21,10 +20,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from eval_speed import peak_rss_bytes, reset_peak_rss  # noqa: E402  (VmHWM reset + read, Linux)
 
 
 def _worker(kind: str, gallery_size: int, queries: int, dim: int, memory_mb: float) -> dict:
@@ -41,7 +39,8 @@ def _worker(kind: str, gallery_size: int, queries: int, dim: int, memory_mb: flo
     gallery = torch.nn.functional.normalize(centres[gallery_pids] + 2.0 * torch.randn(gallery_size, dim, generator=generator), dim=1)
     query = torch.nn.functional.normalize(centres[query_pids] + 2.0 * torch.randn(queries, dim, generator=generator), dim=1)
     del centres
-    before = _rss_mb()
+    reset_peak_rss()  # the inputs' generation temporaries would otherwise hide the evaluator's own peak
+    before = peak_rss_bytes()[0]
     start = time.perf_counter()
     if kind == "streaming":
         metrics = streaming_retrieval_metrics(query, gallery, query_pids, gallery_pids, memory_mb=memory_mb)
@@ -50,7 +49,8 @@ def _worker(kind: str, gallery_size: int, queries: int, dim: int, memory_mb: flo
             similarity = query @ gallery.T
         metrics = retrieval_metrics(similarity, query_pids, gallery_pids)
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "extra_mb": _rss_mb() - before, "embeddings_mb": before, "metrics": metrics}
+    return {"seconds": seconds, "extra_mb": (peak_rss_bytes()[1] - before) / 2**20, "embeddings_mb": before / 2**20,
+            "metrics": metrics}
 
 
 def _run(kind: str, size: int, args: argparse.Namespace) -> dict:

@@ -15,7 +15,8 @@ A positive's position is ``1 + both counts``: the same tie rule (equal scores in
 same numbers as :func:`xsearch.evaluation.retrieval.retrieval_metrics` on the full matrix. The positives' scores
 come from the very matmul (same operands, same shapes) that the counting pass recomputes, so a positive is never
 compared with a differently rounded copy of itself. Working memory: about ``memory_mb`` MiB
-(``rows x chunk x (4 + 3 P)`` bytes for ``P`` positives per query) whatever ``G`` is.
+(``chunk x (rows x (4 + 3 P) + 4 D)`` bytes for ``P`` positives per query: the block's scores and comparisons
+plus its gathered gallery rows) whatever ``G`` is.
 """
 from __future__ import annotations
 
@@ -128,7 +129,9 @@ def streaming_per_query(queries: torch.Tensor, gallery: torch.Tensor, positives:
             rows = max(1, min(256, order.numel() - lo, budget // ((dtype.itemsize + 3 * widest) * 1024)))
             index = order[lo: lo + rows]
             n = count[index]
-            chunk = max(1, min(num_gallery, budget // ((dtype.itemsize + 3 * int(n.max())) * rows)))
+            # per gallery column: the rows' scores and comparison bytes, plus the gathered (chunk, D) gallery rows
+            per_column = (dtype.itemsize + 3 * int(n.max())) * rows + gallery.shape[1] * dtype.itemsize
+            chunk = max(1, min(num_gallery, budget // per_column))
             positive_index, valid = _padded_positives(gallery_order, start[index], n)
             ranks = _block_ranks(queries[index], gallery, visit, place, positive_index, valid, chunk)
             first[index], last[index], average_precision[index], inverse_negative_penalty[index] = \
