@@ -105,6 +105,13 @@ class RetrievalModule(L.LightningModule):
         """Train batch -> named loss terms plus their weighted sum under ``"loss"``."""
         raise NotImplementedError
 
+    def export_towers(self) -> Any:
+        """The image and text towers for ONNX export (:class:`xsearch.export.ExportTowers`), whose outputs' cosine is
+        this method's ranking score; raises :class:`xsearch.export.ExportUnsupported` saying why when there are none."""
+        from xsearch.export import ExportUnsupported
+
+        raise ExportUnsupported(f"{type(self).__name__} does not define its towers for ONNX export (export_towers)")
+
     def backbone_modules(self) -> list[nn.Module]:
         """Pretrained modules trained at ``lr``; every other parameter gets ``lr x new_module_lr_factor``."""
         return []
