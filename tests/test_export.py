@@ -121,7 +121,7 @@ def test_a_method_whose_score_is_not_two_towers_is_refused_with_the_reason(check
     assert capsys.readouterr().err == (
         "xsearch: error: partlevel cannot be exported as two towers: its score adds the mean cosine of K part "
         "embeddings per side to the global cosine (similarity over (D + K*D) features), not one cosine of two "
-        "embeddings; export with model.init_args.global_only true to rank by the global features alone\n")
+        "embeddings (a checkpoint saved with global_only true ranks by the global features alone, and exports)\n")
     assert not out.exists()
 
 

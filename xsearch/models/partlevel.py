@@ -136,8 +136,8 @@ class PartLevel(IRRA):
         if not self.hparams.global_only:
             raise ExportUnsupported("partlevel cannot be exported as two towers: its score adds the mean cosine of K "
                                     "part embeddings per side to the global cosine (similarity over (D + K*D) "
-                                    "features), not one cosine of two embeddings; export with "
-                                    "model.init_args.global_only true to rank by the global features alone")
+                                    "features), not one cosine of two embeddings (a checkpoint saved with "
+                                    "global_only true ranks by the global features alone, and exports)")
         return super().export_towers()
 
     def similarity(self, query_embeddings: Tensor, gallery_embeddings: Tensor) -> Tensor:
