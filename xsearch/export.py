@@ -11,6 +11,7 @@ caption). A method provides its towers with :meth:`~xsearch.models.RetrievalModu
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -180,7 +181,7 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, image_dtype: Litera
     Each tower is checked with onnxruntime on random inputs of batch sizes other than the traced one (max abs
     difference to PyTorch), and the dot products of the ONNX embeddings against the model's own
     ``similarity(encode_queries, encode_gallery)`` on random captions and images; a difference above ``tolerance``
-    raises ``ValueError`` and leaves that file unwritten.
+    raises ``ValueError`` and writes nothing.
     """
     if opset < MIN_OPSET:
         raise ValueError(f"--opset {opset}: expected {MIN_OPSET} or more")
@@ -216,43 +217,44 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, image_dtype: Litera
     check_images, check_captions = [images(1), images(3)], [random_captions(n, seed + n) for n in (1, 3)]
     checks = {"image": [(as_input(pixels),) for pixels in check_images],
               "text": [towers.tokenize(captions) for captions in check_captions]}
-    for name, module, file, example, names, shapes in (
-        ("image", image_tower, IMAGE_FILE, (as_input(images(2)),), ["images"], {"images": {0: batch}}),
-        ("text", text_tower, TEXT_FILE, towers.tokenize(random_captions(2, seed)), ["input_ids", "attention_mask"],
-         text_shapes),
-    ):
-        with atomic_path(out_dir / file) as tmp:
+    with contextlib.ExitStack() as files:  # every file lands only when every check has passed
+        for name, module, file, example, names, shapes in (
+            ("image", image_tower, IMAGE_FILE, (as_input(images(2)),), ["images"], {"images": {0: batch}}),
+            ("text", text_tower, TEXT_FILE, towers.tokenize(random_captions(2, seed)), ["input_ids", "attention_mask"],
+             text_shapes),
+        ):
+            tmp = files.enter_context(atomic_path(out_dir / file))
             _export(module, example, names, shapes, tmp, opset)
             difference, onnx_outputs[name] = _max_abs_diff(tmp, checks[name], names, module)
             print(f"[xsearch] {name} tower: onnxruntime vs PyTorch max abs diff {difference:.3g} (tolerance {tolerance:g})")
             if not difference <= tolerance:
                 raise ValueError(f"{out_dir / file}: onnxruntime differs from PyTorch by {difference:.3g} (> tolerance "
-                                 f"{tolerance:g}); not written")
-        card[name] = {"file": file, "parity_max_abs_diff": difference}
-    score_difference = _score_parity(model, torch.cat(check_images), check_captions, onnx_outputs)
-    print(f"[xsearch] scores: ONNX embeddings' dot products vs the model's similarity max abs diff {score_difference:.3g}")
-    if not score_difference <= tolerance:
-        raise ValueError(f"{out_dir}: the exported towers' scores differ from {card['method']}'s similarity by "
-                         f"{score_difference:.3g} (> tolerance {tolerance:g})")
-    card["score_parity_max_abs_diff"] = score_difference
-    dimension = int(onnx_outputs["image"][0].shape[1])
-    card["embedding_dim"] = dimension
-    card["image"].update({
-        "inputs": {"images": {"dtype": image_dtype, "shape": ["batch", 3, height, width],
-                              "values": "RGB, 0-255" if image_dtype == "uint8" else "RGB, 0-1"}},
-        "outputs": {"embeddings": {"dtype": "float32", "shape": ["batch", dimension]}},
-        "preprocessing": {"image_size": [height, width], "crop": data.get("crop"),
-                          "how": "RGB; crop (fractions top, left, bottom, right, or 'center': the largest centred box "
-                                 "of the image_size aspect ratio) if set, then bicubic resize to image_size "
-                                 "(xsearch.datamodules.transforms.load_image); normalisation is inside the graph"},
-    })
-    card["text"].update({
-        "inputs": {n: {"dtype": "int64", "shape": ["batch", towers.text_length or "length"]}
-                   for n in ("input_ids", "attention_mask")},
-        "outputs": {"embeddings": {"dtype": "float32", "shape": ["batch", dimension]}},
-        "tokenizer": {"folder": TOKENIZER_FOLDER, **towers.save_tokenizer(out_dir / TOKENIZER_FOLDER)},
-    })
-    write_text_atomic(out_dir / CARD_FILE, json.dumps(card, indent=2) + "\n")
+                                 f"{tolerance:g}); nothing written")
+            card[name] = {"file": file, "parity_max_abs_diff": difference}
+        score_difference = _score_parity(model, torch.cat(check_images), check_captions, onnx_outputs)
+        print(f"[xsearch] scores: ONNX embeddings' dot products vs the model's similarity max abs diff {score_difference:.3g}")
+        if not score_difference <= tolerance:
+            raise ValueError(f"{out_dir}: the exported towers' scores differ from {card['method']}'s similarity by "
+                             f"{score_difference:.3g} (> tolerance {tolerance:g}); nothing written")
+        card["score_parity_max_abs_diff"] = score_difference
+        dimension = int(onnx_outputs["image"][0].shape[1])
+        card["embedding_dim"] = dimension
+        card["image"].update({
+            "inputs": {"images": {"dtype": image_dtype, "shape": ["batch", 3, height, width],
+                                  "values": "RGB, 0-255" if image_dtype == "uint8" else "RGB, 0-1"}},
+            "outputs": {"embeddings": {"dtype": "float32", "shape": ["batch", dimension]}},
+            "preprocessing": {"image_size": [height, width], "crop": data.get("crop"),
+                              "how": "RGB; crop (fractions top, left, bottom, right, or 'center': the largest centred box "
+                                     "of the image_size aspect ratio) if set, then bicubic resize to image_size "
+                                     "(xsearch.datamodules.transforms.load_image); normalisation is inside the graph"},
+        })
+        card["text"].update({
+            "inputs": {n: {"dtype": "int64", "shape": ["batch", towers.text_length or "length"]}
+                       for n in ("input_ids", "attention_mask")},
+            "outputs": {"embeddings": {"dtype": "float32", "shape": ["batch", dimension]}},
+            "tokenizer": {"folder": TOKENIZER_FOLDER, **towers.save_tokenizer(out_dir / TOKENIZER_FOLDER)},
+        })
+        write_text_atomic(out_dir / CARD_FILE, json.dumps(card, indent=2) + "\n")
     return card
 
 
