@@ -155,7 +155,8 @@ def rank_queries(
         topk (Q, k) int64 gallery positions, their scores (Q, k) float32, correct (Q, k) bool, and the best-ranked
         positive of each query (Q,) int64 (-1: none).
     """
-    scores = excluded_scores(similarity, positives, excluded).detach().float().cpu()
+    scores = excluded_scores(similarity, positives, excluded).detach()  # on its device; compared as the metric does:
+    scores = scores if scores.dtype == torch.float64 else scores.float()  # float64 kept, anything else in fp32
     num_queries, num_gallery = scores.shape
     k = min(k, num_gallery)
     outputs: list[tuple[torch.Tensor, ...]] = []
@@ -163,10 +164,10 @@ def rank_queries(
         hi = min(num_queries, lo + _ROW_CHUNK)
         rows = scores[lo:hi]
         order = torch.sort(rows, dim=1, descending=True, stable=True).indices[:, :k]
-        mask = positive_mask(positives, lo, hi, num_gallery)
+        mask = positive_mask(positives, lo, hi, num_gallery).to(scores.device)
         best = rows.masked_fill(~mask, float("-inf")).argmax(dim=1)  # first maximum = the lower index among ties
         best = torch.where(mask.any(dim=1), best, torch.full_like(best, -1))
-        outputs.append((order, rows.gather(1, order), mask.gather(1, order), best))
+        outputs.append(tuple(t.cpu() for t in (order, rows.gather(1, order).float(), mask.gather(1, order), best)))
     topk, top_scores, correct, best = (torch.cat(parts) for parts in zip(*outputs))
     return topk, top_scores, correct, best
 
