@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from xsearch.evaluation.retrieval import PositiveLists, _check_ks, ranked_positives_per_query, summarize_per_query
+from xsearch.evaluation.retrieval import (PerQueryMetrics, PositiveLists, _check_ks, ranked_positives_per_query,
+                                         summarize_per_query)
 
-__all__ = ["QueryRelevance", "composed_relevance", "relevance_metrics"]
+__all__ = ["QueryRelevance", "composed_relevance", "relevance_metrics", "relevance_per_query"]
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,24 @@ def relevance_metrics(
     ks: Sequence[int] = (1, 5, 10),
     on_missing: str = "error",
 ) -> dict[str, float]:
-    """R@K, mAP, mINP (percent) with explicit positives and per-query excluded gallery items.
+    """R@K, mAP, mINP (percent) with explicit positives and per-query excluded gallery items
+    (:func:`relevance_per_query` averaged).
+
+    Args:
+        similarity: (Q, G) scores.
+        positives: Q lists of gallery positions.
+        excluded: (rows, columns) cells removed from the rankings.
+    """
+    ks = _check_ks(ks)
+    return summarize_per_query(relevance_per_query(similarity, positives, excluded), ks, on_missing)
+
+
+def relevance_per_query(
+    similarity: torch.Tensor,
+    positives: PositiveLists,
+    excluded: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> PerQueryMetrics:
+    """Per-query ranks, AP and INP with explicit positives and per-query excluded gallery items.
 
     An excluded item is scored ``-inf``: it then follows every finite score, so no positive's position
     changes, exactly as if it were removed from that query's gallery (an excluded positive is an error).
@@ -93,17 +111,25 @@ def relevance_metrics(
         positives: Q lists of gallery positions.
         excluded: (rows, columns) cells removed from the rankings.
     """
-    ks = _check_ks(ks)
-    if excluded is not None and excluded[0].numel():
-        rows, columns = (t.to(similarity.device) for t in excluded)
-        num_gallery = similarity.shape[1]
-        owner = torch.repeat_interleave(torch.arange(len(positives.count), device=similarity.device), positives.count.to(similarity.device))
-        positive_cells = owner * num_gallery + positives.gallery_order.to(similarity.device)
-        if bool(torch.isin(rows * num_gallery + columns, positive_cells).any()):
-            raise ValueError("an excluded gallery item is also a positive of the same query")
-        similarity = similarity.to(torch.float64 if similarity.dtype == torch.float64 else torch.float32).clone()
-        similarity[rows, columns] = float("-inf")
-    return summarize_per_query(ranked_positives_per_query(similarity, positives), ks, on_missing)
+    return ranked_positives_per_query(excluded_scores(similarity, positives, excluded), positives)
+
+
+def excluded_scores(
+    similarity: torch.Tensor, positives: PositiveLists, excluded: tuple[torch.Tensor, torch.Tensor] | None
+) -> torch.Tensor:
+    """(Q, G) ``similarity`` with the ``excluded`` (rows, columns) cells set to ``-inf`` (a copy when any is);
+    ``ValueError`` when an excluded cell is a positive of its query."""
+    if excluded is None or not excluded[0].numel():
+        return similarity
+    rows, columns = (t.to(similarity.device) for t in excluded)
+    num_gallery = similarity.shape[1]
+    owner = torch.repeat_interleave(torch.arange(len(positives.count), device=similarity.device), positives.count.to(similarity.device))
+    positive_cells = owner * num_gallery + positives.gallery_order.to(similarity.device)
+    if bool(torch.isin(rows * num_gallery + columns, positive_cells).any()):
+        raise ValueError("an excluded gallery item is also a positive of the same query")
+    similarity = similarity.to(torch.float64 if similarity.dtype == torch.float64 else torch.float32).clone()
+    similarity[rows, columns] = float("-inf")
+    return similarity
 
 
 def composed_relevance(

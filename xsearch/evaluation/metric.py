@@ -10,9 +10,10 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from xsearch.evaluation.composed import QueryRelevance, relevance_metrics
+from xsearch.evaluation.composed import QueryRelevance, relevance_metrics, relevance_per_query
 from xsearch.evaluation.retrieval import (
     _ON_MISSING,
+    PerQueryMetrics,
     _check_ks,
     cosine_similarity,
     retrieval_metrics_per_query,
@@ -73,7 +74,8 @@ class RetrievalMetric(Metric):
     Image-to-text skips images that have no caption of their pid (``i2t_on_missing="skip"``, the
     default: this only happens when the captions are a subset); :attr:`skipped_queries`
     (``{"t2i": n, "i2t": m}``) reports how many queries each direction left out. Text-to-image follows ``on_missing``.
-    After :meth:`compute`, :meth:`gathered` returns the deduplicated embeddings, pids and indexes.
+    After :meth:`compute`, :meth:`gathered` returns the deduplicated embeddings, pids and indexes and
+    :meth:`per_query` the text-to-image per-query results (ranks, AP) that its numbers average.
 
     Protocols whose positives are not "same pid" (composed queries) set :attr:`relevance` (a
     :class:`~xsearch.evaluation.composed.QueryRelevance` by dataset index) before :meth:`compute`; it then
@@ -109,6 +111,7 @@ class RetrievalMetric(Metric):
         self.skipped_queries: dict[str, int] = {}
         self.relevance: QueryRelevance | None = None
         self._gathered: GatheredEmbeddings | None = None
+        self._per_query: PerQueryMetrics | None = None
         for role in ("query", "gallery"):
             for field in ("embeddings", "pids", "indexes"):
                 self.add_state(f"{role}_{field}", default=[], dist_reduce_fx="cat")
@@ -178,7 +181,8 @@ class RetrievalMetric(Metric):
         if self.relevance is not None:
             positives, excluded = self.relevance.resolve(gathered.query_indexes, gathered.gallery_indexes)
             self.skipped_queries = {"t2i": int((positives.count == 0).sum())}
-            metrics = relevance_metrics(similarity, positives, excluded, self.ks, self.on_missing)
+            self._per_query = relevance_per_query(similarity, positives, excluded)
+            metrics = summarize_per_query(self._per_query, self.ks, self.on_missing)
             if self.image_to_text and not len(excluded[0]):  # e.g. instance-level: an image finds its own captions
                 inverse = self.relevance.inverse(gathered.query_indexes, gathered.gallery_indexes)
                 self.skipped_queries["i2t"] = int((inverse.count == 0).sum())
@@ -194,6 +198,8 @@ class RetrievalMetric(Metric):
         self.skipped_queries = {}
         for direction, prefix, scores, query_pids, gallery_pids, on_missing in directions:
             per_query = retrieval_metrics_per_query(scores, query_pids, gallery_pids, self.chunk_size)
+            if direction == "t2i":
+                self._per_query = per_query
             summary = summarize_per_query(per_query, self.ks, on_missing)
             metrics.update({f"{prefix}{name}": value for name, value in summary.items()})
             self.skipped_queries[direction] = int((~per_query.has_positive).sum())
@@ -205,8 +211,16 @@ class RetrievalMetric(Metric):
             raise RuntimeError("call compute() before gathered()")
         return self._gathered
 
+    def per_query(self) -> PerQueryMetrics:
+        """Text-to-image per-query results of the last :meth:`compute` (rows in :meth:`gathered` query order):
+        the very ranks and APs its ``R{k}`` / ``mAP`` / ``mINP`` average."""
+        if self._per_query is None:
+            raise RuntimeError("call compute() before per_query()")
+        return self._per_query
+
     def reset(self) -> None:
-        """Clear the accumulated samples and the cached gathered embeddings."""
+        """Clear the accumulated samples and the cached gathered embeddings and per-query results."""
         super().reset()
         self._gathered = None
+        self._per_query = None
         self.skipped_queries = {}

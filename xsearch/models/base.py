@@ -105,6 +105,13 @@ class RetrievalModule(L.LightningModule):
         """Train batch -> named loss terms plus their weighted sum under ``"loss"``."""
         raise NotImplementedError
 
+    def export_towers(self) -> Any:
+        """The image and text towers for ONNX export (:class:`xsearch.export.ExportTowers`), whose outputs' cosine is
+        this method's ranking score; raises :class:`xsearch.export.ExportUnsupported` saying why when there are none."""
+        from xsearch.export import ExportUnsupported
+
+        raise ExportUnsupported(f"{type(self).__name__} does not define its towers for ONNX export (export_towers)")
+
     def backbone_modules(self) -> list[nn.Module]:
         """Pretrained modules trained at ``lr``; every other parameter gets ``lr x new_module_lr_factor``."""
         return []
@@ -332,14 +339,39 @@ class RetrievalModule(L.LightningModule):
         self._run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
 
     def on_test_epoch_end(self) -> None:
-        self._log_metrics(self.test_metric, "test")
+        values = self._log_metrics(self.test_metric, "test")
         self._log_entity_metrics(self.test_metric, "test", "test")
         faces = self._log_face_metrics("test", "test")
         if faces and self.trainer.is_global_zero:
             print(face_table(faces))
+        if self.trainer.is_global_zero:
+            self._save_rankings(values)
         if self.hparams.visualize_queries and self.trainer.is_global_zero:
             self._draw_ranked_lists()
         self.test_metric.reset()
+
+    @torch.no_grad()
+    def _save_rankings(self, metrics: dict[str, float]) -> Path | None:
+        """Write every test query's top-10, AP and first-correct rank (the metric's) to ``test_rankings.npz`` in the
+        run folder, for ``xsearch inspect``."""
+        from xsearch.rankings import RANKINGS_FILE, query_rankings
+        from xsearch.registry import METHODS
+
+        datamodule = self.trainer.datamodule
+        if "test" not in getattr(datamodule, "eval_sets", {}):
+            return None
+        query_set, gallery_set = datamodule.eval_sets["test"]
+        method = next((n for n in METHODS.names() if METHODS.get(n) is type(self)), type(self).__name__)
+        meta = {"method": method, "dataset": str(getattr(datamodule, "benchmark", getattr(datamodule, "dataset", ""))),
+                "checkpoint": str(self.trainer.ckpt_path or ""),
+                "metrics": {k: float(v) for k, v in metrics.items()}}
+        rankings = query_rankings(self.similarity, self.test_metric.gathered(), self.test_metric.per_query(),
+                                  self.test_metric.relevance, {c.index: c.text for c in query_set.captions},
+                                  {r.index: str(r.path) for r in gallery_set.images}, meta)
+        out = rankings.save(self.run_folder() / RANKINGS_FILE)
+        log.info("per-query rankings of %d test queries: %s (xsearch inspect %s --out report.html)", len(rankings),
+                 out, out.parent)
+        return out
 
     @torch.no_grad()
     def _draw_ranked_lists(self, k: int = 5) -> None:
@@ -373,10 +405,13 @@ class RetrievalModule(L.LightningModule):
         out = self.save_figure(figure, "test_top5.png", "test/top5", caption)
         log.info("ranked lists of %d test queries: %s", count, out)
 
+    def run_folder(self) -> Path:
+        """Where test outputs go: the log dir resolved at test start (the trainer's default root dir without one)."""
+        return getattr(self, "_run_dir", None) or Path(self.trainer.log_dir or self.trainer.default_root_dir)
+
     def save_figure(self, figure: Any, filename: str, key: str, caption: str) -> Path:
         """Save a PIL figure in the run folder and log it to every logger that takes images."""
-        run_dir = getattr(self, "_run_dir", None) or Path(self.trainer.log_dir or self.trainer.default_root_dir)
-        out = run_dir / filename
+        out = self.run_folder() / filename
         out.parent.mkdir(parents=True, exist_ok=True)
         figure.save(out)
         for logger in self.loggers:

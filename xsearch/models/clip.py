@@ -17,6 +17,7 @@ IRRA family needs:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -145,6 +146,29 @@ class CLIPTowers(nn.Module):
         """(B,) captions -> (B, context_length) ids on the towers' device."""
         return self.tokenizer(texts).to(self.mean.device)
 
+    def tokenize_with_mask(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """(B,) captions -> (B, context_length) ids and attention mask (1 up to and including EOT), on the CPU."""
+        ids = self.tokenizer(texts)
+        eot = (ids == EOT_ID).int().argmax(dim=-1)
+        return ids, (torch.arange(ids.shape[1])[None] <= eot[:, None]).long()
+
+    def save_tokenizer(self, folder: Path) -> dict[str, Any]:
+        """Copy the BPE vocabulary into ``folder``; returns how to tokenise with it (a JSON-able dict)."""
+        import shutil
+
+        from open_clip.tokenizer import default_bpe
+
+        folder.mkdir(parents=True, exist_ok=True)
+        vocabulary = Path(default_bpe())
+        shutil.copyfile(vocabulary, folder / vocabulary.name)
+        return {"library": "open_clip", "load": f"open_clip.tokenizer.SimpleTokenizer(bpe_path=<folder>/{vocabulary.name}, "
+                f"context_length={self.context_length})", "vocabulary": vocabulary.name,
+                "context_length": self.context_length, "sot_id": SOT_ID, "eot_id": EOT_ID, "pad_id": PAD_ID,
+                "rules": "lower-cased, whitespace cleaned; SOT + BPE tokens + EOT, a longer caption keeps its first "
+                         "tokens and ends in EOT; padded with 0 to context_length; attention_mask = 1 up to EOT (the "
+                         "text tower reads the EOT token under CLIP's causal mask, so the mask does not change it)",
+                "returns": ["input_ids", "attention_mask"]}
+
     def encode_image(self, images: Tensor, layers: Sequence[int] = ()) -> TowerOutput:
         """``uint8`` (B, 3, H, W) images (0-255, already resized) -> image :class:`TowerOutput`."""
         pixels = (images.float() - self.mean) / self.std
@@ -160,7 +184,7 @@ class CLIPTowers(nn.Module):
         eot = (input_ids == EOT_ID).int().argmax(dim=-1)
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         hidden = {layer: out.hidden_states[layer] for layer in layers}
-        global_features = tokens[torch.arange(len(eot), device=eot.device), eot]
+        global_features = tokens[torch.arange(eot.shape[0], device=eot.device), eot]  # shape, not len(): ONNX export keeps B dynamic
         return TowerOutput(tokens, global_features, hidden, positions[None] > eot[:, None], eot)
 
 

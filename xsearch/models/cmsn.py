@@ -131,7 +131,7 @@ class CombinedRepresentation(nn.Module):
             v, t = image.global_features, text.global_features
             return self.mlp(torch.cat([v, t, v * t], dim=-1))
         x = self.cross(text.tokens, image.tokens)
-        return self.head(x[torch.arange(len(text.eot), device=x.device), text.eot])
+        return self.head(x[torch.arange(text.eot.shape[0], device=x.device), text.eot])
 
 
 @METHODS.register("cmsn")

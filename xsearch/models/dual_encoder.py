@@ -87,6 +87,20 @@ class DualEncoder(RetrievalModule):
     def encode_queries(self, batch: dict[str, Any]) -> torch.Tensor:
         return self.encode_texts(batch["text"])
 
+    def export_towers(self) -> Any:
+        """Image tower: pixels -> timm backbone -> projection; text tower: ids + mask -> transformer -> pooling ->
+        projection (cosine ranking)."""
+        from xsearch.export import ExportTowers, ExportUnsupported
+
+        if not isinstance(self.text_encoder, TextEncoder):
+            raise ExportUnsupported(f"dual_encoder: export needs a TextEncoder text tower (ids + mask in), this one is "
+                                    f"{type(self.text_encoder).__name__}")
+        text = self.text_encoder
+        return ExportTowers(
+            image=lambda pixels: self.image_projection(self.image_encoder.encode_pixels(pixels)),
+            text=lambda ids, mask: self.text_projection(text.encode_tokens(ids, mask)),
+            tokenize=text.tokenize, save_tokenizer=text.save_tokenizer)
+
     def encode_gallery(self, batch: dict[str, Any]) -> torch.Tensor:
         return self.encode_images(batch["image"])
 

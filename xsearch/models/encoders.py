@@ -141,8 +141,11 @@ class ImageEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` uint8 0-255 (or float 0-1) -> ``(B, C)`` pooled features."""
-        x = images.float() if images.dtype == torch.uint8 else images * 255.0
-        features = self.backbone((x - self.mean) / self.std)
+        return self.encode_pixels(images.float() if images.dtype == torch.uint8 else images * 255.0)
+
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` float pixels on the 0-255 scale -> ``(B, C)`` pooled features (normalised inside)."""
+        features = self.backbone((pixels - self.mean) / self.std)
         if not self.stripes:
             return features
         if features.ndim != 4:
@@ -188,6 +191,7 @@ class TextEncoder(nn.Module):
         from transformers import AutoModel, AutoTokenizer
 
         path = resolve_weights(name)
+        self.name = name
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.transformer = AutoModel.from_pretrained(path)
         pooling_file = Path(path) / "1_Pooling" / "config.json"
@@ -213,6 +217,24 @@ class TextEncoder(nn.Module):
     @property
     def frozen(self) -> bool:
         return self.trainable_layers == 0
+
+    def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``B`` captions -> token ids ``(B, L)`` and attention mask ``(B, L)`` (int64; ``L`` = the longest caption,
+        at most ``max_length``), as the tower tokenises them."""
+        tokens = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        return tokens["input_ids"], tokens["attention_mask"]
+
+    def encode_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Token ids ``(B, L)`` and attention mask ``(B, L)`` -> ``(B, D)`` pooled features (no cache: for export)."""
+        states = self.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self._pool(states, attention_mask)
+
+    def save_tokenizer(self, folder: Path) -> dict:
+        """Write the tokenizer's files into ``folder``; returns how to use them (a JSON-able dict)."""
+        self.tokenizer.save_pretrained(str(folder))
+        return {"library": "transformers", "load": "transformers.AutoTokenizer.from_pretrained(<folder>)",
+                "name": self.name, "max_length": self.max_length, "padding": "longest in the batch (or max_length)",
+                "truncation": True, "returns": ["input_ids", "attention_mask"]}
 
     def _tokens(self, texts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Captions -> transformer token states ``(B, L, D)`` and attention mask ``(B, L)``."""

@@ -223,6 +223,13 @@ class IdCLIP(RetrievalModule):
     def encode_gallery(self, batch: dict[str, Any]) -> Tensor:
         return self.encode_images(batch["image"])
 
+    def export_towers(self) -> Any:
+        from xsearch.export import ExportUnsupported
+
+        raise ExportUnsupported("idclip cannot be exported as two towers: its text query needs the person's 512-d face "
+                                "descriptor spliced into the caption's token embeddings ([TOK]), so the query tower "
+                                "takes text and a face, not token ids alone")
+
     def training_losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         images = self.encode_images(batch["image"])
         texts = self.encode_queries(batch)

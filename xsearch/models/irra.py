@@ -87,6 +87,17 @@ class IRRA(RetrievalModule):
     def encode_gallery(self, batch: dict[str, Any]) -> Tensor:
         return self.image_features(batch["image"]).global_features
 
+    def export_towers(self) -> Any:
+        """The global features: image CLS and text EOT (through :meth:`image_features` / :meth:`text_features`, so
+        a subclass's fused features too), compared by cosine."""
+        from xsearch.export import ExportTowers
+
+        return ExportTowers(
+            image=lambda pixels: self.image_features(pixels).global_features,
+            text=lambda ids, mask: self.text_features(ids).global_features,
+            tokenize=self.towers.tokenize_with_mask, save_tokenizer=self.towers.save_tokenizer,
+            text_length=self.towers.context_length)
+
     # -- losses --------------------------------------------------------------------------
     def global_losses(self, image: TowerOutput, text: TowerOutput, labels: Tensor) -> dict[str, Tensor]:
         """SDM and ID on the (B, D) global features; ``labels`` are the contiguous train ids (B,)."""

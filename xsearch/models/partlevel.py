@@ -129,6 +129,17 @@ class PartLevel(IRRA):
         image = self.image_features(batch["image"])
         return torch.cat([image.global_features, self.image_parts(image)[0].flatten(1)], dim=1)
 
+    def export_towers(self) -> Any:
+        """IRRA's towers with ``global_only``; otherwise the ranking is not one embedding per side (see below)."""
+        from xsearch.export import ExportUnsupported
+
+        if not self.hparams.global_only:
+            raise ExportUnsupported("partlevel cannot be exported as two towers: its score adds the mean cosine of K "
+                                    "part embeddings per side to the global cosine (similarity over (D + K*D) "
+                                    "features), not one cosine of two embeddings (a checkpoint saved with "
+                                    "global_only true ranks by the global features alone, and exports)")
+        return super().export_towers()
+
     def similarity(self, query_embeddings: Tensor, gallery_embeddings: Tensor) -> Tensor:
         """(Q, D + K*D), (G, D + K*D) -> (Q, G): global cosine + per group (coarse, fine) its weight x the
         mean over the group's tokens of the part cosines."""

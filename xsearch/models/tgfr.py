@@ -269,6 +269,13 @@ class TGFR(RetrievalModule):
     def encode_gallery(self, batch: dict[str, Any]) -> torch.Tensor:
         return self.image_features(batch["image"])[1]
 
+    def export_towers(self) -> Any:
+        from xsearch.export import ExportUnsupported
+
+        raise ExportUnsupported("tgfr cannot be exported as two towers: its identity embedding fuses a face with its "
+                                "caption (FCFM / [v_g | s]), which needs both inputs at once; an export of its "
+                                "text-to-face retrieval towers alone is not implemented")
+
     def encode_faces(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """``fused`` (face + its caption) and ``image_only`` (the frozen backbone's embedding), each ``(B, .)``
         (stage ``face``: ``image_only``)."""

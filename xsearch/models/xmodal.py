@@ -156,6 +156,13 @@ class XModal(RetrievalModule):
     def encode_gallery(self, batch: dict[str, Any]) -> torch.Tensor:
         return self.encode_images(batch["image"])
 
+    def export_towers(self) -> Any:
+        from xsearch.export import ExportUnsupported
+
+        raise ExportUnsupported("xmodal cannot be exported as two towers: its composed queries fuse a reference face "
+                                "with a sentence (TIRG gate), a query tower of image and text; a text-only export of its "
+                                "sentence-transformers tower is not implemented")
+
     # -- losses --------------------------------------------------------------------------
     def _ranking_loss(self, name: str, queries: torch.Tensor, query_pids: torch.Tensor, candidates: torch.Tensor,
                       candidate_pids: torch.Tensor, relevant: torch.Tensor | None = None) -> torch.Tensor:
