@@ -212,10 +212,11 @@ def load_index(folder: str | Path, with_faiss: bool = True) -> SearchIndex:
         return path
 
     items = _read_items(member("items"))
+    embeddings_path = member("embeddings")
     try:
-        embeddings = np.load(member("embeddings"), mmap_mode="r", allow_pickle=False)
+        embeddings = np.load(embeddings_path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as error:
-        raise ValueError(f"{folder / files['embeddings']}: corrupt embeddings ({error})") from None
+        raise ValueError(f"{embeddings_path}: corrupt embeddings ({error})") from None
     problems = []
     if len(items) != count:
         problems.append(f"{len(items)} items for {count} images")

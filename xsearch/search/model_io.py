@@ -17,6 +17,7 @@ import logging
 import pickle
 import sys
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -91,15 +92,18 @@ def read_checkpoint_header(path: str | Path) -> dict[str, Any]:
     """The checkpoint's dictionary, tensors memory-mapped (not read): ``hyper_parameters`` and
     ``datamodule_hyper_parameters`` are what this module needs. Raises :class:`ValueError` naming the file when it is
     not a readable PyTorch checkpoint."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist (or is not a file)")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint (not the zip archive torch.save writes)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as error:
-        raise ValueError(f"{path}: refusing a checkpoint that holds more than tensors and plain values (weights_only): "
-                         f"{str(error).splitlines()[0]}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        if isinstance(error, FileNotFoundError):
-            raise
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({str(error).splitlines()[0]})") from None
+        raise ValueError(f"{path}: refusing a checkpoint that holds more than tensors and plain values (weights_only: no "
+                         f"code in a checkpoint runs): {str(error).splitlines()[0]}") from None
+    except Exception as error:  # noqa: BLE001  torch raises many types for a damaged archive
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else ''})") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ValueError(f"{path}: not a Lightning checkpoint (no state_dict)")
     return checkpoint
