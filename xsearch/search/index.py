@@ -30,9 +30,9 @@ import numpy as np
 import torch
 
 from xsearch.atomic import atomic_path, write_text_atomic
-from xsearch.search.images import ImageFile, embed_paths, scan_images
-from xsearch.search.model_io import CheckpointInfo, checkpoint_info, load_model, model_class, read_checkpoint_header, \
-    similarity_kind
+from xsearch.search.images import IMAGE_EXTENSIONS, ImageFile, embed_paths, scan_images
+from xsearch.search.model_io import CheckpointInfo, checkpoint_info, load_model, method_name, model_class, \
+    read_checkpoint_header, similarity_kind
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,14 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+def faiss_module() -> Any:
+    """``import faiss``, without its loader's INFO lines about which CPU build it picked."""
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    import faiss
+
+    return faiss
+
+
 def _normalised(vectors: np.ndarray) -> np.ndarray:
     """``(N, D)`` rows scaled to unit L2 norm (zero rows stay zero), float32 C-contiguous."""
     vectors = np.asarray(vectors, dtype=np.float32)
@@ -62,8 +70,7 @@ def make_faiss_index(vectors: np.ndarray, factory: str = DEFAULT_FACTORY) -> Any
     ``index_factory(D, factory, METRIC_INNER_PRODUCT)``, trained on the rows when it needs training (IVF), with
     ``nprobe`` set to :data:`DEFAULT_NPROBE`. Raises :class:`ValueError` naming ``factory`` when FAISS cannot build
     or train it."""
-    import faiss
-
+    faiss = faiss_module()
     dim = vectors.shape[1]
     if factory == "Flat":
         index = faiss.IndexFlatIP(dim)
@@ -87,8 +94,7 @@ def make_faiss_index(vectors: np.ndarray, factory: str = DEFAULT_FACTORY) -> Any
 
 
 def _ivf(index: Any) -> Any:
-    import faiss
-
+    faiss = faiss_module()
     try:
         return faiss.extract_index_ivf(index)
     except RuntimeError:
@@ -104,8 +110,7 @@ def check_factory(factory: str, similarity: str, method: str, count: int | None 
     """Refuse what cannot work before anything is embedded: an unparsable factory string, an IVF index with more
     lists than the ``count`` images to train it on, or an approximate FAISS index for a method that ranks with its
     own similarity."""
-    import faiss
-
+    faiss = faiss_module()
     if similarity != "cosine" and factory != DEFAULT_FACTORY:
         raise ValueError(f"--factory {factory!r}: method {method} ranks with its own similarity (not the cosine of one "
                          "vector), so its index is searched exactly through the model; leave --factory at Flat")
@@ -224,8 +229,7 @@ def load_index(folder: str | Path, with_faiss: bool = True) -> SearchIndex:
         problems.append(f"embeddings {embeddings.shape} for ({count}, {dim})")
     index = None
     if header["search"]["kind"] == "faiss" and with_faiss:
-        import faiss
-
+        faiss = faiss_module()
         path = member("faiss")
         try:
             index = faiss.read_index(str(path))
@@ -282,8 +286,6 @@ def build_index(checkpoint: str | Path, images: str | Path, out: str | Path, bat
     header = read_checkpoint_header(info.path)
     cls = model_class((header.get("hyper_parameters") or {}).get("_class_path"), info.path)
     del header
-    from xsearch.search.model_io import method_name
-
     kind = similarity_kind(cls)
     check_factory(factory, kind, method_name(cls))
     files = scan_images(images, exclude=[out])
@@ -319,18 +321,16 @@ def build_index(checkpoint: str | Path, images: str | Path, out: str | Path, bat
     dim = int(existing.header["dim"]) if existing is not None else (embedded.shape[1] if new_rows else 0)
     if new_rows and embedded.shape[1] != dim:
         raise ValueError(f"{out}: the index holds {dim}-d embeddings, the model gives {embedded.shape[1]}-d; use --rebuild")
-    final, vectors = [], []
-    new_numpy = embedded.numpy()
-    for file in files:
-        if file.path in kept:
-            final.append(file)
-            vectors.append(existing.embeddings[kept[file.path]])
-        elif file.path in new_rows:
-            final.append(file)
-            vectors.append(new_numpy[new_rows[file.path]])
-    matrix = np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, dim), dtype=np.float32)
+    final = [f for f in files if f.path in kept or f.path in new_rows]  # sorted by path, like files
+    matrix = np.empty((len(final), dim), dtype=np.float32)
+    from_old = [(i, kept[f.path]) for i, f in enumerate(final) if f.path in kept]
+    from_new = [(i, new_rows[f.path]) for i, f in enumerate(final) if f.path in new_rows]
+    if from_old:
+        matrix[[i for i, _ in from_old]] = existing.embeddings[[r for _, r in from_old]]
+    if from_new:
+        matrix[[i for i, _ in from_new]] = embedded.numpy()[[r for _, r in from_new]]
     if not final:
-        raise ValueError(f"no readable image under {images} (looked for {', '.join(_extensions())}; "
+        raise ValueError(f"no readable image under {images} (looked for {', '.join(IMAGE_EXTENSIONS)}; "
                          f"{len(skipped)} unreadable)")
     skipped.sort(key=lambda s: s[0].path)
     search = {"kind": "faiss" if kind == "cosine" else "exact", "factory": factory,
@@ -341,7 +341,7 @@ def build_index(checkpoint: str | Path, images: str | Path, out: str | Path, bat
         "generation": _last_generation(out) + 1,
         "images_root": str(images),
         "checkpoint": info.to_json(),
-        "model": _model_json(loaded, cls, kind, existing),
+        "model": _model_json(loaded, existing),
         "preprocessing": loaded.preprocessing() if loaded is not None else existing.header["preprocessing"],
         "dim": dim,
         "count": len(final),
@@ -355,16 +355,12 @@ def build_index(checkpoint: str | Path, images: str | Path, out: str | Path, bat
                        skipped=[(f.path, r) for f, r in skipped])
 
 
-def _extensions() -> list[str]:
-    from xsearch.search.images import IMAGE_EXTENSIONS
-
-    return list(IMAGE_EXTENSIONS)
-
-
-def _model_json(loaded: Any, cls: type, kind: str, existing: SearchIndex | None) -> dict[str, Any]:
+def _model_json(loaded: Any, existing: SearchIndex | None) -> dict[str, Any]:
+    """The header's ``model``: the method just loaded, else (nothing embedded) what the index already says."""
     if loaded is None:
         return dict(existing.header["model"])
-    return {"method": loaded.method, "class_path": loaded.class_path, "similarity": kind, "composed_queries": loaded.composed}
+    return {"method": loaded.method, "class_path": loaded.class_path, "similarity": loaded.similarity,
+            "composed_queries": loaded.composed}
 
 
 def _existing(out: Path, info: CheckpointInfo, images: Path, rebuild: bool) -> SearchIndex | None:
@@ -411,8 +407,7 @@ def _write(out: Path, header: dict[str, Any], items: list[ImageFile], embeddings
     with atomic_path(out / files["embeddings"]) as tmp, open(tmp, "wb") as handle:
         np.save(handle, embeddings, allow_pickle=False)
     if factory is not None:
-        import faiss
-
+        faiss = faiss_module()
         index = make_faiss_index(_normalised(embeddings), factory)
         with atomic_path(out / files["faiss"]) as tmp:
             faiss.write_index(index, str(tmp))
