@@ -23,7 +23,8 @@ from xsearch.models import DualEncoder, RetrievalModule
 from xsearch.search import build_index, load_index
 from xsearch.search import index as index_module
 from xsearch.search.export import read_captions
-from xsearch.search.model_io import file_sha256
+from xsearch.registry import METHODS
+from xsearch.search.model_io import embed_images, embed_queries, file_sha256, load_model
 from xsearch.search.picture import MIN_CELL_WIDTH, QUERY_LINES, THUMB_HEIGHT, picture_size, thumb_size_for
 from xsearch.search.query import Searcher
 from xsearch.visualize import BORDER, FONT_SIZE, GAP, LABEL_HEIGHT, LINE_SPACING, MARGIN, _load_thumb
@@ -376,6 +377,26 @@ def test_xmodal_composed_query_uses_the_reference_image(workspace, photos, capsy
         f"{unreadable}: cannot read image (")
     assert _error(capsys, ["search", str(out), "in a green coat", "--image", str(folder / "gone.jpg")]) == (
         f"reference image {folder / 'gone.jpg'} does not exist")
+
+
+@pytest.mark.parametrize("method", sorted(set(METHODS.names()) - {"dual_encoder", "partlevel", "xmodal"}))  # tested above
+def test_every_method_is_rebuilt_from_its_checkpoint_and_embeds_images_and_text(method, workspace, photos):
+    config = yaml.safe_load((ROOT / "configs" / "tiny" / f"{method}.yaml").read_text())["data"]
+    size, crop = tuple(config["image_size"]), tuple(config["crop"]) if config.get("crop") else None
+    checkpoint, model = _hand_built(workspace, method, image_size=size)
+    data = torch.load(checkpoint, weights_only=True)
+    data["datamodule_hyper_parameters"]["crop"] = list(crop) if crop else None
+    torch.save(data, checkpoint)
+    loaded = load_model(checkpoint, "cpu")
+    assert (loaded.method, loaded.image_size, loaded.crop, loaded.composed) == (method, size, crop, False)
+    images = torch.stack([load_image(photos / p, size, crop) for p in _readable(photos)[:3]])
+    with torch.inference_mode():
+        gallery, queries = model.encode_gallery({"image": images}), model.encode_queries({"text": ["a man in a red coat"]})
+    assert torch.allclose(embed_images(loaded, images), gallery, atol=1e-5)
+    assert torch.allclose(embed_queries(loaded, ["a man in a red coat"]), queries, atol=1e-5)
+    if method == "idclip":  # a caption with an identity slot needs that person's face descriptor
+        with pytest.raises(ValueError, match=r"^method idclip cannot embed a text-only query: idclip needs face descriptors"):
+            embed_queries(loaded, ["a photo of [ENTITY] at the beach"])
 
 
 class FaceGallery(RetrievalModule):

@@ -113,8 +113,12 @@ class Searcher:
         references = self.reference_image(reference)[None] if reference is not None else None
         loaded = self.loaded
         queries = embed_queries(loaded, [text], references)  # (1, D)
-        similarity = None if self.index.faiss is not None else loaded.model.similarity
-        scores, rows = self.index.search(queries, k, similarity, nprobe)
+
+        def similarity(q: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+            """The method's own similarity on the model's device: ``(Q, D)``, ``(G, D)`` -> ``(Q, G)``."""
+            return loaded.model.similarity(q.to(loaded.device), g.to(loaded.device))
+
+        scores, rows = self.index.search(queries, k, similarity if self.index.faiss is None else None, nprobe)
         hits = []
         for score, row in zip(scores[0].tolist(), rows[0].tolist()):
             if row < 0:
