@@ -89,10 +89,10 @@ def indexed(workspace, trained, photos) -> tuple[Path, str]:
     import contextlib
     import io
 
-    out, err = workspace / "index", io.StringIO()
-    with contextlib.redirect_stderr(err):
+    out, printed = workspace / "index", io.StringIO()
+    with contextlib.redirect_stdout(printed):
         assert main(["index", "--ckpt", str(trained), "--images", str(photos), "--out", str(out), "--workers", "0"]) == 0
-    return out, err.getvalue()
+    return out, printed.getvalue()
 
 
 def _hand_built(tmp: Path, config: str, hparam_edits: dict | None = None, image_size=IMAGE_SIZE) -> tuple[Path, RetrievalModule]:
@@ -151,7 +151,8 @@ def _error(capsys, argv: list[str]) -> str:
 # -- index + search ------------------------------------------------------------------------------------------------
 def test_index_records_the_folder_and_checkpoint_and_search_ranks_like_the_model(trained, direct, pedes, photos, indexed, capsys):
     folder, (out, printed) = photos, indexed
-    assert "skipped notes/broken.jpg: " in printed
+    assert printed.strip() == (f"[xsearch] indexed 27 images in {out.absolute()} (27 embedded, 0 unchanged, 0 removed, "
+                               "1 skipped as unreadable: notes/broken.jpg)")
     header = json.loads((out / "index.json").read_text())
     readable = _readable(folder)
     assert header["count"] == len(readable) == 27 and header["dim"] == 32
@@ -315,7 +316,7 @@ def test_faiss_factories(workspace, trained, photos, indexed, capsys):
     out = workspace / "ivf_index"  # a new factory on an up-to-date index: the FAISS index is rebuilt, nothing embedded
     shutil.copytree(indexed[0], out)
     assert main(["index", "--ckpt", str(trained), "--images", str(folder), "--out", str(out), "--factory", "IVF2,Flat"]) == 0
-    assert "(0 embedded, 27 unchanged, 0 removed, 1 skipped as unreadable)" in capsys.readouterr().out
+    assert "(0 embedded, 27 unchanged, 0 removed, 1 skipped as unreadable: notes/broken.jpg)" in capsys.readouterr().out
     searcher = Searcher(out)
     assert type(searcher.index.faiss).__name__ == "IndexIVFFlat" and searcher.index.header["search"]["factory"] == "IVF2,Flat"
     exact = [h.path for h in searcher.search("a woman in a red coat", k=27, nprobe=2).hits]
@@ -434,11 +435,14 @@ def test_a_method_whose_gallery_needs_more_than_the_image_is_refused_by_name(wor
 
 
 # -- encode --------------------------------------------------------------------------------------------------------
-def test_encode_writes_embeddings_with_their_ids(workspace, trained, direct, photos, indexed, capsys):
+def test_encode_writes_embeddings_with_their_ids(workspace, trained, direct, photos, indexed, capsys, caplog):
     from safetensors import safe_open
 
     folder, out = photos, workspace / "images.safetensors"
     assert main(["encode", "--ckpt", str(trained), "--images", str(folder), "--out", str(out), "--workers", "0"]) == 0
+    assert f"skipped {folder.absolute() / 'notes' / 'broken.jpg'}: cannot read image (" in caplog.text  # a warning
+    assert capsys.readouterr().out.strip() == (f"[xsearch] wrote 27 x 32 images embeddings of dual_encoder to {out} (1 "
+                                               "unreadable images skipped, listed in its metadata)")
     with safe_open(str(out), "pt") as handle:
         embeddings, metadata = handle.get_tensor("embeddings"), json.loads(handle.metadata()["xsearch"])
     readable = _readable(folder)

@@ -475,13 +475,13 @@ def _index_command(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     report = build_index(args.ckpt, args.images, args.out, args.batch_size, args.factory, args.rebuild, args.workers,
                          args.device)
-    for path, reason in report.skipped:
-        print(f"[xsearch] skipped {path}: {reason}", file=sys.stderr)
     if not report.written:
         print(f"[xsearch] {report.folder} is up to date: {report.total} images, {len(report.skipped)} skipped")
     else:
         print(f"[xsearch] indexed {report.total} images in {report.folder} ({report.embedded} embedded, {report.kept} "
-              f"unchanged, {report.removed} removed, {len(report.skipped)} skipped as unreadable)")
+              f"unchanged, {report.removed} removed, {len(report.skipped)} skipped as unreadable"
+              f"{': ' + ', '.join(p for p, _ in report.skipped[:5]) if report.skipped else ''}"
+              f"{', ...' if len(report.skipped) > 5 else ''})")
     return 0
 
 
@@ -539,10 +539,9 @@ def _encode_command(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     out, embeddings, metadata = encode_to_file(args.ckpt, args.out, args.images, args.captions, args.batch_size,
                                                args.workers, args.device)
-    for skipped in metadata.get("skipped", []):
-        print(f"[xsearch] skipped {skipped['path']}: {skipped['reason']}", file=sys.stderr)
+    skipped = len(metadata.get("skipped", []))
     print(f"[xsearch] wrote {embeddings.shape[0]} x {embeddings.shape[1]} {metadata['kind']} embeddings of "
-          f"{metadata['method']} to {out}")
+          f"{metadata['method']} to {out}" + (f" ({skipped} unreadable images skipped, listed in its metadata)" if skipped else ""))
     return 0
 
 

@@ -163,7 +163,7 @@ def _parse_preprocessing(data: Any, source: str | Path) -> tuple[tuple[int, int]
     if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
         raise ValueError(f"{source}: datamodule_hyper_parameters.image_size {size!r}: expected [H, W]")
     crop = data.get("crop")
-    if isinstance(crop, (list, tuple)):
+    if isinstance(crop, (list, tuple)) and len(crop) == 4 and all(isinstance(v, (int, float)) for v in crop):
         crop = tuple(float(v) for v in crop)
     elif crop not in (None, "center"):
         raise ValueError(f"{source}: datamodule_hyper_parameters.crop {crop!r}: expected null, 'center' or 4 fractions")
@@ -171,6 +171,7 @@ def _parse_preprocessing(data: Any, source: str | Path) -> tuple[tuple[int, int]
 
 
 def default_device() -> torch.device:
+    """CUDA when available, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -196,12 +197,9 @@ def load_model(path: str | Path, device: str | torch.device | None = None,
         model = cls.load_from_checkpoint(info.path, map_location="cpu", weights_only=True, **overrides)
     device = torch.device(device) if device is not None else default_device()
     model = model.to(device).eval()
-    from xsearch.models import RetrievalModule
-
     return LoadedModel(
         model=model, method=method_name(cls), class_path=str(hparams["_class_path"]), image_size=image_size, crop=crop,
-        similarity=similarity_kind(cls), composed=bool(getattr(cls, "composed_queries", RetrievalModule.composed_queries)),
-        checkpoint=info, device=device,
+        similarity=similarity_kind(cls), composed=bool(cls.composed_queries), checkpoint=info, device=device,
     )
 
 
