@@ -41,12 +41,12 @@ def workspace(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(workspace) -> Path:
-    """A dual_encoder checkpoint written by `xsearch fit` (tiny config, two steps on an 8-identity synthetic set)."""
+    """A dual_encoder checkpoint written by `xsearch fit` (tiny config, one step on an 8-identity synthetic set)."""
     previous = os.environ.get("XSEARCH_DATA")
     os.environ["XSEARCH_DATA"] = str(workspace / "data")
     try:
         code = main(["fit", "--config", str(ROOT / "configs" / "tiny" / "dual_encoder.yaml"), "--trainer.logger", "false",
-                     "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0",
+                     "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0",
                      "--trainer.default_root_dir", str(workspace / "run"), "--checkpoint.dirpath", str(workspace / "run"),
                      "--data.root", "pedes", "--data.generate", "{identities: 8, seed: 0}", "--data.sampler", "random",
                      "--data.cache_images", "false", "--results", str(workspace / "results.sqlite")])
