@@ -287,6 +287,9 @@ def test_bad_input_gets_one_line_naming_the_thing(workspace, trained, photos, in
     assert message == ("method dual_encoder (of " + str(out) + ") does not take a reference image: no composed queries; "
                        "search with text alone, or index with a method that has them (e.g. xmodal)")
     assert _error(capsys, ["search", str(out), "a person", "--k", "0"]) == "--k must be at least 1, got 0"
+    assert _error(capsys, ["index", "--ckpt", str(trained), "--images", str(photos), "--out", str(workspace / "i2"),
+                           "--batch-size", "0", "--workers", "0"]) == (
+        "--batch-size must be at least 1 and --workers at least 0, got 0 and 0")
     assert _error(capsys, ["search", str(out), "a person", "--out", str(workspace / "grid.txt")]).startswith("--out")
     assert _error(capsys, ["index", "--ckpt", str(workspace / "no.ckpt"), "--images", str(photos),
                            "--out", str(workspace / "i2")]) == f"checkpoint {(workspace / 'no.ckpt').absolute()} does not exist (or is not a file)"

@@ -152,6 +152,8 @@ def encode_to_file(checkpoint: str | Path, out: str | Path, images: str | Path |
     to ``out``. Returns ``(out, embeddings (N, D), metadata)``."""
     if (images is None) == (captions is None):
         raise ValueError("give either --images DIR or --captions FILE")
+    if batch_size < 1 or workers < 0:
+        raise ValueError(f"--batch-size must be at least 1 and --workers at least 0, got {batch_size} and {workers}")
     check_output(out)
     if captions is not None:
         read_captions(captions)  # a bad caption file fails before the model loads

@@ -87,7 +87,7 @@ def embed_paths(loaded: LoadedModel, paths: list[Path], batch_size: int = 64, wo
     from tqdm.auto import tqdm
 
     if batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     loader = DataLoader(_Images(paths, loaded.image_size, loaded.crop), batch_size=batch_size, num_workers=workers,
                         collate_fn=_collate, shuffle=False)
     chunks: list[torch.Tensor] = []

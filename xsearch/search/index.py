@@ -279,6 +279,8 @@ def build_index(checkpoint: str | Path, images: str | Path, out: str | Path, bat
     images folder is refused unless ``rebuild``. ``factory`` (default: the existing index's, else ``Flat``) is the
     FAISS ``index_factory`` string; changing it rebuilds the FAISS index from the stored embeddings.
     """
+    if batch_size < 1 or workers < 0:
+        raise ValueError(f"--batch-size must be at least 1 and --workers at least 0, got {batch_size} and {workers}")
     images, out = Path(images).absolute(), Path(out).absolute()
     info = checkpoint_info(checkpoint)
     existing = _existing(out, info, images, rebuild)
