@@ -12,7 +12,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import lightning as L
 import torch
@@ -63,6 +63,10 @@ class RetrievalModule(L.LightningModule):
     Throughput (``train/samples_per_s``) and the share of time spent waiting for data
     (``train/data_wait_fraction``) are logged every epoch.
     """
+
+    composed_queries: ClassVar[bool] = False
+    """Whether ``encode_queries`` takes a ``reference_image`` ``(B, 3, H, W)`` uint8 besides the ``text`` (composed
+    queries: reference image + modification text); ``xsearch search --image`` refuses methods without it."""
 
     def __init__(
         self,

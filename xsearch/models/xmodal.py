@@ -86,6 +86,8 @@ class XModal(RetrievalModule):
         **kwargs: :class:`RetrievalModule` options (learning rates, schedule...).
     """
 
+    composed_queries = True  # encode_queries fuses a batch's reference_image with its text
+
     def __init__(
         self,
         image_encoder: ImageEncoder,
