@@ -485,6 +485,10 @@ def _export_command(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     card = export_onnx(args.ckpt, args.onnx, args.image_dtype, args.opset, args.tolerance)
     print(f"[xsearch] {card['method']}: wrote {args.onnx}/{{image.onnx,text.onnx,card.json}} ({card['embedding_dim']}-d)")
+    return 0
+
+
+# --------------------------------------------------------------------------------------
 # index / search / encode subcommands: search your own images with a trained checkpoint (xsearch.search)
 # --------------------------------------------------------------------------------------
 PICTURE_FORMATS = (".png", ".jpg", ".jpeg", ".webp")
