@@ -20,13 +20,12 @@ downloads its weights on first use).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from xsearch.atomic import write_text_atomic
 from xsearch.registry import Registry
 
 if TYPE_CHECKING:
@@ -94,13 +93,5 @@ def write_features_json(path: str | Path, photos: Mapping[str, str | Path], extr
         if vectors.shape[0] != len(chunk) or vectors.ndim != 2:
             raise ValueError(f"face extractor returned shape {vectors.shape} for {len(chunk)} photos; expected (N, D)")
         features.update({key: [[round(float(v), 6) for v in row]] for key, row in zip(chunk, vectors)})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as handle:
-        try:
-            json.dump(features, handle)
-        except BaseException:
-            handle.close()
-            os.unlink(handle.name)
-            raise
-    os.replace(handle.name, path)
+    write_text_atomic(path, json.dumps(features))
     return path

@@ -18,11 +18,11 @@ import json
 import logging
 import os
 import pickle
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from xsearch.atomic import atomic_path
 from xsearch.datamodules.files import DatasetFormatError, FolderListing, examples
 from xsearch.datamodules.records import SPLITS, DatasetIndex
 from xsearch.registry import DATASETS
@@ -86,10 +86,8 @@ def _write_cache(path: Path, index: DatasetIndex) -> None:
     if not stamps or None in stamps:
         return
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as handle:
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
             pickle.dump((stamps, index), handle, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(handle.name, path)
     except OSError as error:  # read-only home etc.: caching is an optimisation only
         log.debug("cannot write parse cache %s (%s)", path, error)
 
