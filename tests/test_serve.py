@@ -278,7 +278,8 @@ def test_cli_refuses_a_missing_or_corrupt_index_before_serving(workspace, indexe
     import uvicorn
 
     started = []
-    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: started.append((self, sockets)))
+    monkeypatch.setattr(uvicorn.Server, "run",
+                        lambda self, sockets=None: started.append((self, sockets, sockets[0].getsockname()[1])))
     missing = workspace / "no_index"
     assert main(["serve", str(missing), "--port", "0"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
@@ -293,12 +294,12 @@ def test_cli_refuses_a_missing_or_corrupt_index_before_serving(workspace, indexe
     assert started == []
     # a good index: the model is loaded, then uvicorn runs on the bound socket
     assert main(["serve", str(indexed), "--port", "0", "--device", "cpu"]) == 0
-    (server, sockets), = started
-    port = sockets[0].getsockname()[1]
-    assert capsys.readouterr().out.strip() == (f"[xsearch] serving 27 images of {indexed} with dual_encoder at "
-                                               f"http://127.0.0.1:{port} (Ctrl-C stops)")
+    (server, sockets, port), = started
+    assert capsys.readouterr().out.strip().splitlines() == [
+        f"[xsearch] serving 27 images of {indexed} with dual_encoder at http://127.0.0.1:{port} (Ctrl-C stops)",
+        "[xsearch] stopped"]
     assert server.config.app.state.service.searcher.index.folder == indexed
-    sockets[0].close()
+    assert sockets[0].fileno() == -1  # closed once uvicorn returned
     # without the serve extra: one line saying what to install
     import importlib.util
 

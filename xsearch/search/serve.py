@@ -359,4 +359,10 @@ def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, ckpt
     card = app.state.service.card
     print(f"[xsearch] serving {card['index']['images']} images of {searcher.index.folder} with {card['method']} "
           f"at http://{host}:{sock.getsockname()[1]} (Ctrl-C stops)", flush=True)
-    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+    try:
+        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn shuts down gracefully, then raises the Ctrl-C again
+        pass
+    finally:
+        sock.close()
+    print("[xsearch] stopped", flush=True)
