@@ -489,7 +489,7 @@ def _export_command(argv: list[str]) -> int:
 
 
 # --------------------------------------------------------------------------------------
-# index / search / encode subcommands: search your own images with a trained checkpoint (xsearch.search)
+# index / search / serve / encode subcommands: search your own images with a trained checkpoint (xsearch.search)
 # --------------------------------------------------------------------------------------
 PICTURE_FORMATS = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -560,6 +560,28 @@ def _search_command(argv: list[str]) -> int:
     return 0
 
 
+def _serve_command(argv: list[str]) -> int:
+    """``xsearch serve INDEX_DIR``: the search page on localhost (:mod:`xsearch.search.serve`, extra ``serve``)."""
+    from xsearch.search.serve import check_packages, serve
+
+    parser = argparse.ArgumentParser(prog="xsearch serve", description="A web page to search an index: text box, "
+                                     "reference-image upload (methods with composed queries), result grid, model card.")
+    parser.add_argument("index", help="index folder written by xsearch index")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                        "only; the page serves the indexed images to whoever can reach it)")
+    parser.add_argument("--port", type=int, default=8000, help="port (0: a free one)")
+    parser.add_argument("--ckpt", default=None, help="the index's checkpoint, when it moved since indexing")
+    parser.add_argument("--device", default=None, help="cpu, cuda... (default: cuda when available)")
+    args = parser.parse_args(argv)
+    try:
+        check_packages()
+    except ImportError as error:
+        print(f"xsearch: error: {error}", file=sys.stderr)
+        return 2
+    serve(args.index, args.host, args.port, args.ckpt, args.device)
+    return 0
+
+
 def _encode_command(argv: list[str]) -> int:
     from xsearch.search.export import encode_to_file
 
@@ -588,8 +610,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("WANDB_MODE", "offline")  # no account or network needed; opt in with WANDB_MODE=online
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     commands = {"data": _data_command, "leaderboard": _leaderboard_command, "index": _index_command,
-                "search": _search_command, "encode": _encode_command, "inspect": _inspect_command,
-                "export": _export_command}
+                "search": _search_command, "serve": _serve_command, "encode": _encode_command,
+                "inspect": _inspect_command, "export": _export_command}
     try:
         if argv and argv[0] in commands:
             return commands[argv[0]](argv[1:])
