@@ -10,6 +10,8 @@ caption of the split is then searched as a user would type it, one query at a ti
 image of its person is among the first K results. Printed: hit rates at 1, 5 and 10 next to the evaluator's R@K for
 the same queries and gallery (``RetrievalDataModule`` + the method's ``encode_*`` + ``retrieval_metrics``: the
 baseline in the same process); they agree up to near-ties between differently batched float32 embeddings.
+``--page N`` also types the first N captions into the ``xsearch serve`` page in headless chromium (Debian's chromium +
+chromedriver, Selenium) and counts the hits in the grid the page shows.
 """
 from __future__ import annotations
 
@@ -55,6 +57,46 @@ def _evaluator(loaded, index, split: str) -> dict[str, float]:
     return {k: float(metrics[f"R{k}"]) for k in KS}
 
 
+def _page_hits(searcher, captions, pids: dict[str, int], count: int) -> dict[int, int]:
+    """Type ``count`` captions into the served page in headless chromium; hits at K read from the page's grid."""
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from xsearch.search.serve import background_server, create_app
+
+    os.environ.setdefault("SE_OFFLINE", "true")
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or shutil.which("chromium-browser")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(options=options, service=Service(executable_path=shutil.which("chromedriver")))
+    hits = {k: 0 for k in KS}
+    try:
+        with background_server(create_app(searcher)) as url:
+            browser.get(url + "/")
+            wait = WebDriverWait(browser, 30)
+            k_box = browser.find_element(By.ID, "k")
+            k_box.clear()
+            k_box.send_keys(str(max(KS)))
+            for caption in captions[:count]:
+                box = browser.find_element(By.ID, "text")
+                box.clear()
+                box.send_keys(caption.text)
+                browser.find_element(By.ID, "submit").click()
+                wait.until(lambda b: b.find_element(By.ID, "status").text.startswith(f"{max(KS)} results for \u201c{caption.text}"))
+                shown = [c.get_attribute("title") for c in browser.find_elements(By.CSS_SELECTOR, "#results .hit .name")]
+                found = [pids[path] == caption.pid for path in shown]
+                for k in KS:
+                    hits[k] += any(found[:k])
+    finally:
+        browser.quit()
+    return hits
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt", required=True)
@@ -62,6 +104,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="synth_pedes")
     parser.add_argument("--split", default="test")
     parser.add_argument("--limit", type=int, default=None, help="only the first N captions")
+    parser.add_argument("--page", type=int, default=0, help="also type the first N captions into the served page")
     args = parser.parse_args()
 
     from xsearch.datamodules.loading import load_dataset
@@ -86,6 +129,7 @@ def main() -> None:
                 hits[k] += any(found[:k])
         searched = time.perf_counter() - start
         evaluator = _evaluator(searcher.loaded, index, args.split) if args.limit is None else None
+        page = _page_hits(searcher, captions, pids, args.page) if args.page else None
     n = len(captions)
     print(f"{args.dataset} {args.split}: {report.total} images indexed in {indexed:.1f} s, {n} captions searched one "
           f"at a time in {searched:.1f} s ({1000 * searched / n:.1f} ms per query), {len(set(pids.values()))} identities")
@@ -94,6 +138,10 @@ def main() -> None:
     for k in KS:
         base = f"{evaluator[k]:.2f}%" if evaluator else "-"
         print(f"| {k} | {100 * hits[k] / n:.2f}% ({hits[k]}/{n}) | {base} |")
+    if page:
+        shown = min(args.page, n)
+        print(f"page (headless chromium, first {shown} captions typed into xsearch serve): " + ", ".join(
+            f"top {k} {100 * page[k] / shown:.1f}% ({page[k]}/{shown})" for k in KS))
 
 
 if __name__ == "__main__":
