@@ -4,7 +4,6 @@ input gets one clear error naming the thing."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -33,27 +32,10 @@ ROOT = Path(__file__).parents[1]
 IMAGE_SIZE = (64, 32)
 
 
-# -- fixtures ------------------------------------------------------------------------------------------------------
+# -- fixtures (`trained`: the tiny checkpoint in `workspace`, from tests/conftest.py) ------------------------------
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("search")
-
-
-@pytest.fixture(scope="module")
-def trained(workspace) -> Path:
-    """A dual_encoder checkpoint written by `xsearch fit` (tiny config, one step on an 8-identity synthetic set)."""
-    previous = os.environ.get("XSEARCH_DATA")
-    os.environ["XSEARCH_DATA"] = str(workspace / "data")
-    try:
-        code = main(["fit", "--config", str(ROOT / "configs" / "tiny" / "dual_encoder.yaml"), "--trainer.logger", "false",
-                     "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0",
-                     "--trainer.default_root_dir", str(workspace / "run"), "--checkpoint.dirpath", str(workspace / "run"),
-                     "--data.root", "pedes", "--data.generate", "{identities: 8, seed: 0}", "--data.sampler", "random",
-                     "--data.cache_images", "false", "--results", str(workspace / "results.sqlite")])
-    finally:
-        os.environ.pop("XSEARCH_DATA") if previous is None else os.environ.__setitem__("XSEARCH_DATA", previous)
-    assert code == 0
-    return workspace / "run" / "last.ckpt"
 
 
 @pytest.fixture(scope="module")
