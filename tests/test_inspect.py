@@ -39,24 +39,24 @@ def _brute_force(scores: torch.Tensor, positive: torch.Tensor) -> tuple[list[lis
     return rankings, aps, firsts
 
 
-def _metric(query_pids: list[int], gallery_pids: list[int], seed: int = 0) -> tuple[RetrievalMetric, torch.Tensor]:
+def _metric(query_pids: list[int], gallery_pids: list[int], seed: int = 0, top_k: int = 10) -> tuple[RetrievalMetric, torch.Tensor]:
     """A computed metric over random integer-valued embeddings (many exact score ties) and its (Q, G) scores."""
     generator = torch.Generator().manual_seed(seed)
     queries = torch.randint(-2, 3, (len(query_pids), 4), generator=generator).float()
     gallery = torch.randint(-2, 3, (len(gallery_pids), 4), generator=generator).float()
     dot = lambda q, g: q @ g.T  # noqa: E731  integer dot products: ties are frequent and exact
-    metric = RetrievalMetric(ks=(1, 5, 10), similarity_fn=dot, image_to_text=False, on_missing="skip")
+    metric = RetrievalMetric(ks=(1, 5, 10), similarity_fn=dot, image_to_text=False, on_missing="skip", top_k=top_k)
     metric.update_queries(queries, torch.tensor(query_pids), torch.arange(len(query_pids)) + 100)
     metric.update_gallery(gallery, torch.tensor(gallery_pids), torch.arange(len(gallery_pids)) + 500)
     return metric, dot(queries, gallery)
 
 
-def _rankings(metric: RetrievalMetric, k: int = 10) -> QueryRankings:
+def _rankings(metric: RetrievalMetric) -> QueryRankings:
     gathered = metric.gathered()
     texts = {int(i): f"caption {int(i)}" for i in gathered.query_indexes}
     paths = {int(i): f"/images/{int(i)}.jpg" for i in gathered.gallery_indexes}
-    return query_rankings(metric.similarity_fn, gathered, metric.per_query(), metric.relevance, texts, paths,
-                          {"method": "m", "dataset": "d", "metrics": {"mAP": 1.0}}, k)
+    return query_rankings(metric.top(), gathered, metric.per_query(), metric.relevance, texts, paths,
+                          {"method": "m", "dataset": "d", "metrics": {"mAP": 1.0}})
 
 
 def _check_against_brute_force(rankings: QueryRankings, scores: torch.Tensor, positive: torch.Tensor,
@@ -87,14 +87,32 @@ def test_rankings_are_the_metrics_per_query_numbers_and_match_a_brute_force_rank
     assert rankings.gallery_paths[2] == "/images/502.jpg" and rankings.topk.shape == (41, 10)
 
 
+def test_rankings_come_from_the_metric_s_one_score_matrix():
+    metric, _ = _metric([0, 1, 2, 0], [0, 1, 2, 0, 1])
+    with pytest.raises(RuntimeError, match=r"call compute\(\) before top\(\)"):
+        metric.top()
+    calls = []
+    scored = metric.similarity_fn
+    metric.similarity_fn = lambda q, g: calls.append(1) or scored(q, g)
+    metric.compute()
+    rankings = _rankings(metric)
+    assert len(calls) == 1 and rankings.topk.shape == (4, 5)  # the rankings scored nothing again
+    plain = RetrievalMetric(ks=(1,))
+    plain.update_queries(torch.ones(1, 2), torch.tensor([0]), torch.tensor([0]))
+    plain.update_gallery(torch.ones(1, 2), torch.tensor([0]), torch.tensor([0]))
+    plain.compute()
+    with pytest.raises(RuntimeError, match=r"RetrievalMetric\(top_k=0\) keeps no top-k"):
+        plain.top()
+
+
 def test_rankings_follow_explicit_positives_and_leave_excluded_items_out():
     query_pids, gallery_pids = [0] * 12, [0] * 16
-    metric, scores = _metric(query_pids, gallery_pids, seed=1)
+    metric, scores = _metric(query_pids, gallery_pids, seed=1, top_k=16)
     positives = {100 + q: [500 + (q + 1) % 16, 500 + (q + 5) % 16] for q in range(12)}
     excluded = {100 + q: [500 + q] for q in range(12)}  # e.g. a composed query's reference image
     metric.relevance = QueryRelevance(positives, excluded)
     logged = metric.compute()
-    rankings = _rankings(metric, k=16)
+    rankings = _rankings(metric)
     positive = torch.zeros(12, 16, dtype=torch.bool)
     for q, wanted in enumerate(positives.values()):
         positive[q, [g - 500 for g in wanted]] = True

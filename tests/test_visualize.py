@@ -8,7 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from xsearch.visualize import BORDER, GREEN, RED, grid_size, ranked_grid, thumb_box, topk_for_queries
+from xsearch.evaluation import PositiveLists
+from xsearch.evaluation.topk import rank_queries
+from xsearch.visualize import BORDER, GREEN, RED, grid_size, ranked_grid, thumb_box
 
 THUMB = (40, 20)  # (H, W)
 
@@ -65,22 +67,26 @@ def test_invalid_inputs() -> None:
         ranked_grid(["q", "r"], _gallery(2), [[0]], [[True]])
 
 
+def _top(similarity: torch.Tensor, k: int) -> list[list[int]]:
+    """The drawn ranked lists: the test metric's top-k (pids make gallery item 0 every query's positive)."""
+    positives = PositiveLists.from_pids(torch.zeros(similarity.shape[0], dtype=torch.long), torch.arange(similarity.shape[1]))
+    return rank_queries(similarity, positives, None, k).indices.tolist()
+
+
 def test_topk_ties_go_to_lower_index() -> None:
     similarity = torch.tensor([
         [0.5, 0.9, 0.5, 0.9, 0.1, 0.5],
         [1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
         [0.0, 0.2, 0.3, 0.3, 0.2, 0.9],
     ])
-    assert topk_for_queries(similarity, 4, [0, 2]) == [[1, 3, 0, 2], [5, 2, 3, 1]]
-    assert topk_for_queries(similarity, 3, [1]) == [[0, 1, 2]]
-    assert topk_for_queries(similarity, 10, [1]) == [[0, 1, 2, 3, 4, 5]]
-    assert topk_for_queries(similarity, 2, []) == []
+    assert _top(similarity, 4) == [[1, 3, 0, 2], [0, 1, 2, 3], [5, 2, 3, 1]]
+    assert _top(similarity, 10)[1] == [0, 1, 2, 3, 4, 5]
 
 
 def test_topk_ties_large_row() -> None:
     similarity = torch.zeros(2, 5000)
     similarity[1, 4321] = 1.0
-    assert topk_for_queries(similarity, 3, [1, 0]) == [[4321, 0, 1], [0, 1, 2]]
+    assert _top(similarity, 3) == [[0, 1, 2], [4321, 0, 1]]
 
 
 def test_part_attention_grid_marks_the_attended_patch_and_lists_top_words():

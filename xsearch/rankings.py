@@ -12,20 +12,18 @@ import json
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
-import torch
 
 from xsearch.atomic import atomic_path
-from xsearch.evaluation import PerQueryMetrics, PositiveLists, QueryRelevance
-from xsearch.evaluation.composed import excluded_scores
+from xsearch.evaluation import PerQueryMetrics, QueryRelevance
+from xsearch.evaluation.topk import TopK
 
 RANKINGS_FILE = "test_rankings.npz"
 FORMAT = "xsearch-test-rankings"
 VERSION = 1
 TOP_K = 10
-_ROW_CHUNK = 1024  # queries sorted at once
 
 
 @dataclass(frozen=True)
@@ -125,77 +123,25 @@ class QueryRankings:
 _ARRAYS = tuple(name for name in QueryRankings.__dataclass_fields__ if name != "meta")
 
 
-def positive_mask(positives: PositiveLists, lo: int, hi: int, num_gallery: int) -> torch.Tensor:
-    """(hi - lo, G) bool: row ``i`` marks the positives of query ``lo + i``."""
-    mask = torch.zeros(hi - lo, num_gallery, dtype=torch.bool)
-    count = positives.count.cpu()[lo:hi]
-    total = int(count.sum())
-    if not total:
-        return mask
-    owner = torch.repeat_interleave(torch.arange(hi - lo), count)  # (total,) row of each positive
-    within = torch.arange(total) - torch.repeat_interleave(torch.cumsum(count, 0) - count, count)
-    mask[owner, positives.gallery_order.cpu()[positives.start.cpu()[lo:hi][owner] + within]] = True
-    return mask
-
-
-@torch.no_grad()
-def rank_queries(
-    similarity: torch.Tensor,
-    positives: PositiveLists,
-    excluded: tuple[torch.Tensor, torch.Tensor] | None = None,
-    k: int = TOP_K,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Top-``k`` of every query, in the metric's order (descending score, ties to the lower gallery index;
-    excluded cells last).
-
-    Args:
-        similarity: (Q, G) scores. positives: Q lists of gallery positions. excluded: (rows, columns) removed cells.
-
-    Returns:
-        topk (Q, k) int64 gallery positions, their scores (Q, k) float32, correct (Q, k) bool, and the best-ranked
-        positive of each query (Q,) int64 (-1: none).
-    """
-    scores = excluded_scores(similarity, positives, excluded).detach()  # on its device; compared as the metric does:
-    scores = scores if scores.dtype == torch.float64 else scores.float()  # float64 kept, anything else in fp32
-    num_queries, num_gallery = scores.shape
-    k = min(k, num_gallery)
-    outputs: list[tuple[torch.Tensor, ...]] = []
-    for lo in range(0, num_queries, _ROW_CHUNK):
-        hi = min(num_queries, lo + _ROW_CHUNK)
-        rows = scores[lo:hi]
-        order = torch.sort(rows, dim=1, descending=True, stable=True).indices[:, :k]
-        mask = positive_mask(positives, lo, hi, num_gallery).to(scores.device)
-        best = rows.masked_fill(~mask, float("-inf")).argmax(dim=1)  # first maximum = the lower index among ties
-        best = torch.where(mask.any(dim=1), best, torch.full_like(best, -1))
-        outputs.append(tuple(t.cpu() for t in (order, rows.gather(1, order).float(), mask.gather(1, order), best)))
-    topk, top_scores, correct, best = (torch.cat(parts) for parts in zip(*outputs))
-    return topk, top_scores, correct, best
-
-
 def query_rankings(
-    similarity_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    top: TopK,
     gathered: Any,
     per_query: PerQueryMetrics,
     relevance: QueryRelevance | None,
     texts: dict[int, str],
     paths: dict[int, str],
     meta: dict[str, Any],
-    k: int = TOP_K,
 ) -> QueryRankings:
-    """Rankings of a computed :class:`~xsearch.evaluation.RetrievalMetric`.
+    """Rankings of a computed :class:`~xsearch.evaluation.RetrievalMetric` (made with ``top_k``): no score is
+    computed again.
 
     Args:
-        similarity_fn: the method's ``(Q, D), (G, D) -> (Q, G)`` scores (the metric's).
+        top: the metric's ``top()``, ranked from the very matrix its numbers come from.
         gathered: the metric's :class:`~xsearch.evaluation.GatheredEmbeddings`. per_query: its ``per_query()``.
         relevance: the metric's explicit positives, ``None`` for same-pid positives.
         texts: caption index -> text. paths: gallery image index -> path.
     """
-    similarity = similarity_fn(gathered.query_embeddings, gathered.gallery_embeddings)
-    if relevance is None:
-        positives, excluded = PositiveLists.from_pids(gathered.query_pids.cpu(), gathered.gallery_pids.cpu()), None
-    else:
-        positives, excluded = relevance.resolve(gathered.query_indexes.cpu(), gathered.gallery_indexes.cpu())
-    topk, top_scores, correct, best = rank_queries(similarity, positives, excluded, k)
+    topk, top_scores, correct, best = top
     query_indexes = gathered.query_indexes.cpu().numpy().astype(np.int64)
     gallery_indexes = gathered.gallery_indexes.cpu().numpy().astype(np.int64)
     return QueryRankings(

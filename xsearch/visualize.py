@@ -178,18 +178,6 @@ def ranked_grid(
     return canvas
 
 
-def topk_for_queries(similarity: torch.Tensor, k: int, query_rows: list[int]) -> list[list[int]]:
-    """Top-``k`` gallery indexes for the selected rows of ``similarity`` (Q, G), best first; equal
-    scores keep the lower gallery index first (stable descending sort on those rows only)."""
-    if similarity.dim() != 2:
-        raise ValueError(f"similarity must be (Q, G); got shape {tuple(similarity.shape)}")
-    if not query_rows:
-        return []
-    rows = similarity[torch.as_tensor(query_rows, dtype=torch.long)].detach().float().cpu()
-    order = torch.sort(rows, dim=1, descending=True, stable=True).indices
-    return order[:, : max(0, min(k, rows.shape[1]))].tolist()
-
-
 def part_attention_grid(
     images: Sequence[ImageLike],
     image_attention: torch.Tensor,

@@ -14,11 +14,13 @@ from xsearch.evaluation.composed import QueryRelevance, relevance_metrics, relev
 from xsearch.evaluation.retrieval import (
     _ON_MISSING,
     PerQueryMetrics,
+    PositiveLists,
     _check_ks,
     cosine_similarity,
     retrieval_metrics_per_query,
     summarize_per_query,
 )
+from xsearch.evaluation.topk import TopK, rank_queries
 
 __all__ = ["GatheredEmbeddings", "RetrievalMetric", "deduplicate_by_index"]
 
@@ -75,7 +77,8 @@ class RetrievalMetric(Metric):
     default: this only happens when the captions are a subset); :attr:`skipped_queries`
     (``{"t2i": n, "i2t": m}``) reports how many queries each direction left out. Text-to-image follows ``on_missing``.
     After :meth:`compute`, :meth:`gathered` returns the deduplicated embeddings, pids and indexes and
-    :meth:`per_query` the text-to-image per-query results (ranks, AP) that its numbers average.
+    :meth:`per_query` the text-to-image per-query results (ranks, AP) that its numbers average; with ``top_k``,
+    :meth:`top` every query's text-to-image top-``top_k``, ranked from the same score matrix (not scored twice).
 
     Protocols whose positives are not "same pid" (composed queries) set :attr:`relevance` (a
     :class:`~xsearch.evaluation.composed.QueryRelevance` by dataset index) before :meth:`compute`; it then
@@ -96,6 +99,7 @@ class RetrievalMetric(Metric):
         image_to_text: bool = True,
         i2t_on_missing: str = "skip",
         chunk_size: int | None = None,
+        top_k: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -108,10 +112,12 @@ class RetrievalMetric(Metric):
         self.image_to_text = image_to_text
         self.i2t_on_missing = i2t_on_missing
         self.chunk_size = chunk_size
+        self.top_k = top_k
         self.skipped_queries: dict[str, int] = {}
         self.relevance: QueryRelevance | None = None
         self._gathered: GatheredEmbeddings | None = None
         self._per_query: PerQueryMetrics | None = None
+        self._top: TopK | None = None
         for role in ("query", "gallery"):
             for field in ("embeddings", "pids", "indexes"):
                 self.add_state(f"{role}_{field}", default=[], dist_reduce_fx="cat")
@@ -182,6 +188,8 @@ class RetrievalMetric(Metric):
             positives, excluded = self.relevance.resolve(gathered.query_indexes, gathered.gallery_indexes)
             self.skipped_queries = {"t2i": int((positives.count == 0).sum())}
             self._per_query = relevance_per_query(similarity, positives, excluded)
+            if self.top_k:
+                self._top = rank_queries(similarity, positives, excluded, self.top_k)
             metrics = summarize_per_query(self._per_query, self.ks, self.on_missing)
             if self.image_to_text and not len(excluded[0]):  # e.g. instance-level: an image finds its own captions
                 inverse = self.relevance.inverse(gathered.query_indexes, gathered.gallery_indexes)
@@ -200,6 +208,8 @@ class RetrievalMetric(Metric):
             per_query = retrieval_metrics_per_query(scores, query_pids, gallery_pids, self.chunk_size)
             if direction == "t2i":
                 self._per_query = per_query
+                if self.top_k:
+                    self._top = rank_queries(scores, PositiveLists.from_pids(query_pids, gallery_pids), None, self.top_k)
             summary = summarize_per_query(per_query, self.ks, on_missing)
             metrics.update({f"{prefix}{name}": value for name, value in summary.items()})
             self.skipped_queries[direction] = int((~per_query.has_positive).sum())
@@ -218,9 +228,19 @@ class RetrievalMetric(Metric):
             raise RuntimeError("call compute() before per_query()")
         return self._per_query
 
+    def top(self) -> TopK:
+        """Text-to-image top-``top_k`` of every query of the last :meth:`compute` (rows in :meth:`gathered` query
+        order), ranked as the metric ranks."""
+        if not self.top_k:
+            raise RuntimeError("RetrievalMetric(top_k=0) keeps no top-k: create it with top_k > 0")
+        if self._top is None:
+            raise RuntimeError("call compute() before top()")
+        return self._top
+
     def reset(self) -> None:
         """Clear the accumulated samples and the cached gathered embeddings and per-query results."""
         super().reset()
         self._gathered = None
         self._per_query = None
+        self._top = None
         self.skipped_queries = {}

@@ -23,6 +23,7 @@ from xsearch.datamodules.samplers import derived_seed
 from xsearch.evaluation import RetrievalMetric, cosine_similarity
 from xsearch.evaluation.entity import entity_metrics
 from xsearch.evaluation.verification import face_protocol_metrics
+from xsearch.rankings import TOP_K
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class RetrievalModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()  # collects the subclass's arguments too
         self.val_metric = RetrievalMetric(ks=ks, similarity_fn=self.similarity)
-        self.test_metric = RetrievalMetric(ks=ks, similarity_fn=self.similarity)
+        self.test_metric = RetrievalMetric(ks=ks, similarity_fn=self.similarity, top_k=TOP_K)  # top-k: test_rankings.npz
         self._faces: dict[str, list[torch.Tensor]] = {}
         self._entities: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._initialised_from: str | None = None
@@ -369,7 +370,7 @@ class RetrievalModule(L.LightningModule):
         meta = {"method": method, "dataset": str(getattr(datamodule, "benchmark", getattr(datamodule, "dataset", ""))),
                 "checkpoint": str(self.trainer.ckpt_path or ""),
                 "metrics": {k: float(v) for k, v in metrics.items()}}
-        rankings = query_rankings(self.similarity, self.test_metric.gathered(), self.test_metric.per_query(),
+        rankings = query_rankings(self.test_metric.top(), self.test_metric.gathered(), self.test_metric.per_query(),
                                   self.test_metric.relevance, {c.index: c.text for c in query_set.captions},
                                   {r.index: str(r.path) for r in gallery_set.images}, meta)
         out = rankings.save(self.run_folder() / RANKINGS_FILE)
@@ -380,26 +381,17 @@ class RetrievalModule(L.LightningModule):
     @torch.no_grad()
     def _draw_ranked_lists(self, k: int = 5) -> None:
         """Save (and log to W&B) the top-``k`` gallery images of a few test queries, correct ones outlined green."""
-        from xsearch.visualize import ranked_grid, topk_for_queries
+        from xsearch.visualize import ranked_grid
 
         datamodule = self.trainer.datamodule
         if "test" not in getattr(datamodule, "eval_sets", {}):
             return
-        gathered = self.test_metric.gathered()
+        gathered, ranked = self.test_metric.gathered(), self.test_metric.top()  # the metric's own ranking
         queries_total = len(gathered.query_pids)
         count = min(self.hparams.visualize_queries, queries_total)
         rows = [round(i * (queries_total - 1) / max(count - 1, 1)) for i in range(count)]
-        similarity = self.similarity(gathered.query_embeddings[rows], gathered.gallery_embeddings)
-        top = topk_for_queries(similarity, k, list(range(count)))
-        gallery_pids = gathered.gallery_pids.tolist()
-        query_pids = gathered.query_pids[rows].tolist()
-        correct = [[gallery_pids[j] == pid for j in ranked] for ranked, pid in zip(top, query_pids)]
-        relevance, caption = self.test_metric.relevance, "green = correct identity"
-        if relevance is not None:  # e.g. composed queries: correct = one of the query's positives
-            gallery_indexes = gathered.gallery_indexes.tolist()
-            positives = [set(relevance.positives[int(q)]) for q in gathered.query_indexes[rows].tolist()]
-            correct = [[gallery_indexes[j] in wanted for j in ranked] for ranked, wanted in zip(top, positives)]
-            caption = "green = a positive of the query"
+        top, correct = ranked.indices[rows, :k].tolist(), ranked.correct[rows, :k].tolist()
+        caption = "green = correct identity" if self.test_metric.relevance is None else "green = a positive of the query"
         query_set, gallery_set = datamodule.eval_sets["test"]
         texts = {c.index: c.text for c in query_set.captions}
         queries = [texts[int(i)] for i in gathered.query_indexes[rows].tolist()]
