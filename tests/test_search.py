@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning
@@ -151,7 +153,7 @@ def test_index_records_the_folder_and_checkpoint_and_search_ranks_like_the_model
     items = [json.loads(line) for line in (out / header["files"]["items"]).read_text().splitlines()]
     assert [i["path"] for i in items] == readable
     assert all(i["size"] == (folder / i["path"]).stat().st_size for i in items)
-    assert sorted(p.name for p in out.iterdir()) == ["embeddings.1.npy", "faiss.1.index", "index.json", "items.1.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [".writer.lock", "embeddings.1.npy", "faiss.1.index", "index.json", "items.1.jsonl"]
 
     caption = _test_captions(pedes)[0]  # a held-out caption: never trained on
     assert main(["search", str(out), caption, "--k", "27", "--json"]) == 0
@@ -214,7 +216,7 @@ def test_reindexing_embeds_only_new_and_changed_images_and_drops_deleted_ones(wo
     new, changed = after.embeddings[paths.index("new_person.jpg")], after.embeddings[paths.index(third)]
     assert np.allclose(new, rows[first], atol=1e-5) and not np.allclose(changed, rows[third], atol=1e-3)
     assert after.header["generation"] == 2 and after.faiss.ntotal == 27
-    assert sorted(p.name for p in out.iterdir()) == ["embeddings.2.npy", "faiss.2.index", "index.json", "items.2.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [".writer.lock", "embeddings.2.npy", "faiss.2.index", "index.json", "items.2.jsonl"]
 
     embedded.clear()
     assert main(["index", "--ckpt", str(trained), "--images", str(folder), "--out", str(out), "--workers", "0"]) == 0
@@ -282,12 +284,36 @@ def test_bad_input_gets_one_line_naming_the_thing(workspace, trained, photos, in
                            "--out", str(workspace / "i2")]).startswith(f"{not_ckpt.absolute()}: not a readable PyTorch checkpoint")
     assert _error(capsys, ["index", "--ckpt", str(trained), "--images", str(photos), "--out",
                            str(photos / "notes")]).startswith(f"--out {(workspace / 'photos' / 'notes').absolute()} is a folder with files but no index.json")
+    assert not (photos / "notes" / ".writer.lock").exists()  # refused before anything is written there
     (workspace / "no_images" / "sub").mkdir(parents=True)
     (workspace / "no_images" / "sub" / "a.txt").write_text("text")
     assert _error(capsys, ["index", "--ckpt", str(trained), "--images", str(workspace / "no_images"), "--out",
                            str(workspace / "i2")]) == (f"no readable image under {(workspace / 'no_images').absolute()} "
                                                        "(looked for .jpg, .jpeg, .png, .bmp, .webp; 0 unreadable)")
     assert not (workspace / "i2").exists()
+
+
+def test_a_second_index_run_into_the_same_folder_fails_at_once_and_changes_nothing(workspace, trained, photos, indexed, capsys):
+    out = workspace / "locked_index"
+    shutil.copytree(indexed[0], out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from filelock import FileLock; "
+                               f"lock = FileLock({str(out / '.writer.lock')!r}); lock.acquire(); print('held', flush=True); time.sleep(120)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"  # another process is writing the index
+        (photos / "notes" / "new.jpg").write_bytes((photos / _readable(photos)[0]).read_bytes())
+        assert _error(capsys, ["index", "--ckpt", str(trained), "--images", str(photos), "--out", str(out), "--workers", "0"]) == (
+            f"{out.absolute()} is being written by another xsearch index run (it holds {out.absolute() / '.writer.lock'}): "
+            "wait for it to finish, or index into another --out")
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    finally:
+        holder.kill()
+        holder.wait()
+    try:  # the writer gone, the same command updates the index
+        assert build_index(trained, photos, out, workers=0, progress=False).embedded == 1
+    finally:
+        (photos / "notes" / "new.jpg").unlink()
 
 
 def test_faiss_factories(workspace, trained, photos, indexed, capsys):

@@ -8,6 +8,7 @@ An index folder holds (``<g>`` = a generation number, bumped by every write)::
                           "size", "mtime_ns"}, sorted by path
     embeddings.<g>.npy    (N, D) float32: the method's gallery embeddings as ``encode_gallery`` returns them
     faiss.<g>.index       FAISS inner-product index over the L2-normalised rows (cosine methods only)
+    .writer.lock          held by the ``xsearch index`` run writing the folder (a second one fails at once)
 
 Every file is written atomically under a new generation and ``index.json`` last, so a reader (or a run killed
 half way) sees the previous index or the new one, never a mix; files of older generations are removed after.
@@ -21,10 +22,12 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -39,6 +42,7 @@ log = logging.getLogger(__name__)
 FORMAT = "xsearch-index"
 VERSION = 1
 HEADER = "index.json"
+LOCK = ".writer.lock"  # held by the xsearch index run writing the folder
 DEFAULT_FACTORY = "Flat"
 DEFAULT_NPROBE = 16
 """Inverted lists visited per query by an IVF index unless ``--nprobe`` says otherwise (at most ``nlist``)."""
@@ -283,6 +287,41 @@ def build_index(checkpoint: str | Path, images: str | Path, out: str | Path, bat
         raise ValueError(f"--batch-size must be at least 1 and --workers at least 0, got {batch_size} and {workers}")
     images, out = Path(images).absolute(), Path(out).absolute()
     info = checkpoint_info(checkpoint)
+    with _sole_writer(out):
+        return _build(info, images, out, batch_size, factory, rebuild, workers, device, progress)
+
+
+@contextmanager
+def _sole_writer(out: Path) -> Iterator[None]:
+    """Hold the writer lock of the index folder ``out`` (created if missing; removed again if this run leaves it with
+    nothing but the lock): a second ``xsearch index`` into the same folder fails at once instead of mixing its files
+    with the first one's. Refuses a file, or a folder with files that is not an index."""
+    from filelock import FileLock, Timeout
+
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file; an index is a folder")
+    if out.is_dir() and not (out / HEADER).is_file() and any(p.name != LOCK for p in out.iterdir()):
+        raise FileExistsError(f"--out {out} is a folder with files but no {HEADER}: not an xsearch index; choose a new "
+                              "or empty folder")
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(out / LOCK, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise BlockingIOError(f"{out} is being written by another xsearch index run (it holds {out / LOCK}): wait for "
+                              "it to finish, or index into another --out") from None
+    try:
+        yield
+    finally:
+        lock.release()
+        if created and [p.name for p in out.iterdir()] == [LOCK]:  # failed before writing anything: leave no folder
+            shutil.rmtree(out, ignore_errors=True)
+
+
+def _build(info: CheckpointInfo, images: Path, out: Path, batch_size: int, factory: str | None, rebuild: bool,
+           workers: int, device: str | torch.device | None, progress: bool) -> BuildReport:
+    """:func:`build_index` under the folder's writer lock."""
     existing = _existing(out, info, images, rebuild)
     factory = factory or (existing.header["search"]["factory"] if existing is not None else DEFAULT_FACTORY)
     header = read_checkpoint_header(info.path)
@@ -366,18 +405,9 @@ def _model_json(loaded: Any, existing: SearchIndex | None) -> dict[str, Any]:
 
 
 def _existing(out: Path, info: CheckpointInfo, images: Path, rebuild: bool) -> SearchIndex | None:
-    """The index already in ``out`` to update, ``None`` to start afresh; refuses a folder that is not an index, and
-    (unless ``rebuild``) an index of another checkpoint or images folder."""
-    if not out.exists():
-        return None
-    if not out.is_dir():
-        raise NotADirectoryError(f"--out {out} is a file; an index is a folder")
-    if not (out / HEADER).is_file():
-        if any(out.iterdir()):
-            raise FileExistsError(f"--out {out} is a folder with files but no {HEADER}: not an xsearch index; choose "
-                                  "a new or empty folder")
-        return None
-    if rebuild:
+    """The index already in the folder ``out`` (checked by :func:`_sole_writer`) to update, ``None`` to start afresh;
+    refuses (unless ``rebuild``) an index of another checkpoint or images folder."""
+    if rebuild or not (out / HEADER).is_file():
         return None
     existing = load_index(out)
     recorded = existing.checkpoint
