@@ -3,7 +3,7 @@ the web page), on a dataset split whose identities are known.
 
 Usage::
 
-    python benchmarks/search_quality.py --ckpt runs/quickstart/checkpoints/best-epoch02.ckpt --root data/synth_pedes
+    python benchmarks/search_quality.py --ckpt runs/quickstart/checkpoints/best-epoch02.ckpt --root synth_pedes
 
 The split's images are linked into a temporary folder (relative paths kept) and indexed with the checkpoint; every
 caption of the split is then searched as a user would type it, one query at a time, and counts as a hit at K when an
@@ -100,7 +100,7 @@ def _page_hits(searcher, captions, pids: dict[str, int], count: int) -> dict[int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt", required=True)
-    parser.add_argument("--root", required=True, help="dataset folder (the checkpoint's dataset layout)")
+    parser.add_argument("--root", required=True, help="dataset folder (the checkpoint's dataset layout); a relative one is under $XSEARCH_DATA (default ./data), as data.root")
     parser.add_argument("--dataset", default="synth_pedes")
     parser.add_argument("--split", default="test")
     parser.add_argument("--limit", type=int, default=None, help="only the first N captions")

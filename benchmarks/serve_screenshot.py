@@ -1,7 +1,7 @@
 """Screenshot of ``xsearch serve`` for the README: a real checkpoint, a real index, a real browser.
 
 Usage: ``python benchmarks/serve_screenshot.py --ckpt runs/quickstart/checkpoints/best-epoch02.ckpt
---root data/synth_pedes --out docs/serve.png [--images 300] [--record 0] [--query TEXT] [--k 14]``
+--root synth_pedes --out docs/serve.png [--images 300] [--record 0] [--query TEXT] [--k 14]``
 
 Copies the first ``--images`` test-split images of a CUHK-PEDES-layout dataset (``ROOT/reid_raw.json`` records with
 ``"split": "test"``, files under ``ROOT/imgs/``: identities never trained on) to a temporary folder, indexes them with
@@ -76,7 +76,7 @@ def small_png(png: bytes, limit: int = MAX_BYTES) -> bytes:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt", required=True, help="checkpoint written by xsearch fit")
-    parser.add_argument("--root", required=True, help="dataset root holding reid_raw.json and imgs/")
+    parser.add_argument("--root", required=True, help="dataset root holding reid_raw.json and imgs/; a relative one is under $XSEARCH_DATA (default ./data), as data.root")
     parser.add_argument("--out", default=str(ROOT / "docs" / "serve.png"), help="PNG to write")
     parser.add_argument("--images", type=int, default=300, help="test-split images to index")
     parser.add_argument("--record", type=int, default=0, help="test record (among the copied) whose first caption is the query")
@@ -84,7 +84,9 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=14, help="results shown")
     parser.add_argument("--size", default="1280x720", help="browser window WIDTHxHEIGHT")
     args = parser.parse_args()
-    root = Path(args.root)
+    from xsearch.datamodules.loading import resolve_root
+
+    root = resolve_root(args.root)
     records = held_out_records(root, args.images)
     record = records[args.record % len(records)]
     query = args.query or record["captions"][0]
