@@ -8,7 +8,6 @@ captions, from the CLI path and from the page in a browser)."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,6 @@ import pytest
 from xsearch.cli import main
 from xsearch.search.query import Searcher
 
-ROOT = Path(__file__).parents[1]
 # 2,000 identities with 2 images and 1 caption each, drawn at 64x32: 1,800 train the model (identity variety is what
 # makes it generalise), the last 100 are held out. Generation 7 s, caption cache 18 s, 8 epochs about 40 s (2 cores).
 GENERATE = ("{identities: 2000, seed: 0, images_per_identity: [2, 2], captions_per_image: 1, image_size: [64, 32], "
@@ -25,23 +23,13 @@ GROUP = 10  # identities per searched folder: chance of an image of the right on
 
 
 @pytest.fixture(scope="module")
-def learned(tmp_path_factory) -> tuple[Path, Path]:
+def learned(tmp_path_factory, fit_tiny) -> tuple[Path, Path]:
     """(checkpoint, dataset root): the tiny dual encoder fitted for 8 epochs on :data:`GENERATE`'s training split."""
     workspace = tmp_path_factory.mktemp("search_quality")
-    previous = os.environ.get("XSEARCH_DATA")
-    os.environ["XSEARCH_DATA"] = str(workspace / "data")
-    try:
-        code = main(["fit", "--config", str(ROOT / "configs" / "tiny" / "dual_encoder.yaml"), "--trainer.logger", "false",
-                     "--trainer.max_epochs", "8", "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0",
-                     "--trainer.default_root_dir", str(workspace / "run"), "--checkpoint.dirpath", str(workspace / "run"),
-                     "--data.root", "pedes", "--data.generate", GENERATE, "--data.sampler", "random",
-                     "--data.batch_size", "32", "--model.embed_dim", "256", "--model.id_weight", "0",
-                     "--model.sdm_weight", "0", "--model.visualize_queries", "0",
-                     "--results", str(workspace / "results.sqlite")])
-    finally:
-        os.environ.pop("XSEARCH_DATA") if previous is None else os.environ.__setitem__("XSEARCH_DATA", previous)
-    assert code == 0
-    return workspace / "run" / "last.ckpt", workspace / "data" / "pedes"
+    checkpoint = fit_tiny(workspace, "--trainer.max_epochs", "8", "--data.root", "pedes", "--data.generate", GENERATE,
+                          "--data.sampler", "random", "--data.batch_size", "32", "--model.embed_dim", "256",
+                          "--model.id_weight", "0", "--model.sdm_weight", "0", "--model.visualize_queries", "0")
+    return checkpoint, workspace / "data" / "pedes"
 
 
 def test_held_out_captions_find_their_person_first_far_above_chance(learned, tmp_path, capsys):
