@@ -75,6 +75,20 @@ def test_verification_metrics_keys_and_percentages():
     assert 0 < values["EER"] < 50 and values["TAR@FAR=0.001"] <= values["TAR@FAR=0.01"]
 
 
+def test_a_far_the_pairs_cannot_resolve_is_said_once(caplog):
+    labels = np.array([1] * 40 + [0] * 880)
+    scores = np.random.default_rng(0).normal(size=labels.size) + labels
+    with caplog.at_level("WARNING", logger="xsearch.evaluation.verification"):
+        first = verification_metrics(scores, labels, fars=(1e-4, 1e-3, 1e-2))
+        verification_metrics(scores, labels, fars=(1e-4, 1e-3, 1e-2))  # a second epoch: not said again
+    assert [r.getMessage() for r in caplog.records] == [
+        "TAR@FAR=0.0001, TAR@FAR=0.001: 880 different-person pairs resolve FAR down to 1/880 = 1.1e-03 only; these "
+        "TARs are the TPR at FAR = 0"]
+    fpr, tpr, _ = roc_curve(scores, labels)
+    assert first["TAR@FAR=0.001"] == first["TAR@FAR=0.0001"] == pytest.approx(100 * tpr[fpr == 0].max())
+    assert first["TAR@FAR=0.01"] == pytest.approx(100 * tpr[fpr <= 1e-2].max())  # 8.8 negatives: resolved
+
+
 def test_bad_pairs_are_named():
     with pytest.raises(ValueError, match="same length"):
         roc_curve([0.1, 0.2], [1])

@@ -17,11 +17,15 @@ Verification scores are pair similarities (higher = more likely the same person)
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
+_warned: set[tuple[int, tuple[float, ...]]] = set()
 
 __all__ = [
     "equal_error_rate", "face_protocol_metrics", "kfold_accuracy", "rank1_identification", "roc_auc", "roc_curve", "tar_at_far",
@@ -88,7 +92,15 @@ def tar_at_far(fpr: np.ndarray, tpr: np.ndarray, far: float, rule: Literal["at_m
 
 def verification_metrics(scores, labels, fars: Sequence[float] = DEFAULT_FARS,
                          rule: Literal["at_most", "nearest"] = "at_most") -> dict[str, float]:
-    """``{"AUC", "EER", "TAR@FAR=1e-06", ...}`` in percent from pair scores and 0/1 labels."""
+    """``{"AUC", "EER", "TAR@FAR=1e-06", ...}`` in percent from pair scores and 0/1 labels. A target FAR below
+    1 / (number of different-person pairs) cannot be resolved: its TAR is the TPR at FAR = 0, said once in a warning."""
+    negatives = int(np.sum(np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels) == 0))
+    unresolved = tuple(far for far in fars if far * negatives < 1)
+    if unresolved and (negatives, unresolved) not in _warned:
+        _warned.add((negatives, unresolved))
+        log.warning("%s: %d different-person pairs resolve FAR down to 1/%d = %.1e only; these TARs are %s",
+                    ", ".join(f"TAR@FAR={far:g}" for far in unresolved), negatives, negatives, 1 / max(negatives, 1),
+                    "the TPR at FAR = 0" if rule == "at_most" else "read at the nearest ROC point (FAR 0 or 1/N)")
     fpr, tpr, _ = roc_curve(scores, labels)
     metrics = {"AUC": 100.0 * float(np.trapezoid(tpr, fpr)), "EER": 100.0 * equal_error_rate(fpr, tpr)}
     metrics.update({f"TAR@FAR={far:g}": 100.0 * tar_at_far(fpr, tpr, far, rule) for far in fars})
