@@ -10,7 +10,7 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from xsearch.evaluation.composed import QueryRelevance, relevance_metrics, relevance_per_query
+from xsearch.evaluation.composed import QueryRelevance, excluded_scores, relevance_metrics, relevance_per_query
 from xsearch.evaluation.retrieval import (
     _ON_MISSING,
     PerQueryMetrics,
@@ -187,9 +187,10 @@ class RetrievalMetric(Metric):
         if self.relevance is not None:
             positives, excluded = self.relevance.resolve(gathered.query_indexes, gathered.gallery_indexes)
             self.skipped_queries = {"t2i": int((positives.count == 0).sum())}
-            self._per_query = relevance_per_query(similarity, positives, excluded)
+            scores = excluded_scores(similarity, positives, excluded)  # once, for the numbers and the top-k
+            self._per_query = relevance_per_query(scores, positives)
             if self.top_k:
-                self._top = rank_queries(similarity, positives, excluded, self.top_k)
+                self._top = rank_queries(scores, positives, None, self.top_k)
             metrics = summarize_per_query(self._per_query, self.ks, self.on_missing)
             if self.image_to_text and not len(excluded[0]):  # e.g. instance-level: an image finds its own captions
                 inverse = self.relevance.inverse(gathered.query_indexes, gathered.gallery_indexes)
