@@ -15,6 +15,8 @@ from xsearch.datamodules import RetrievalDataModule
 from xsearch.datamodules.files import DatasetFormatError
 from xsearch.datamodules.transforms import UnreadableImage, load_image
 
+from hostile import bomb_png
+
 FIXTURE = Path(__file__).parent / "fixtures" / "cuhk_pedes"
 BAD = "imgs/Market/0042_c3s1_004512_01.jpg"  # a training image of pid 2 with 2 captions (train: 3 images, 6 captions)
 
@@ -27,6 +29,8 @@ def _root(tmp_path: Path, damage: str) -> Path:
         path.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     elif damage == "truncated":
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "bomb":  # 94 bytes that declare 225 megapixels
+        path.write_bytes(bomb_png())
     return root
 
 
@@ -41,8 +45,16 @@ def test_a_truncated_jpeg_is_an_error_naming_it_not_a_grey_bottom(tmp_path):
         load_image(root / BAD, (32, 16))
 
 
+def test_a_decompression_bomb_is_an_unreadable_image_naming_it(tmp_path):
+    root = _root(tmp_path, "bomb")
+    with pytest.raises(UnreadableImage) as error:
+        load_image(root / BAD, (32, 16))
+    assert str(error.value) == (f"{root / BAD}: cannot read image (Image size (225000000 pixels) exceeds limit of "
+                                "178956970 pixels, could be decompression bomb DOS attack.)")
+
+
 @pytest.mark.parametrize("cache_images", [True, False])
-@pytest.mark.parametrize("damage", ["corrupt", "truncated"])
+@pytest.mark.parametrize("damage", ["corrupt", "truncated", "bomb"])
 def test_by_default_an_unreadable_training_image_stops_the_run_naming_it(tmp_path, damage, cache_images):
     dm = _module(_root(tmp_path, damage), cache_images=cache_images)
     with pytest.raises(UnreadableImage, match=r"0042_c3s1_004512_01\.jpg: cannot read image") as error:
@@ -53,8 +65,9 @@ def test_by_default_an_unreadable_training_image_stops_the_run_naming_it(tmp_pat
 
 
 @pytest.mark.parametrize("cache_images", [True, False])
-def test_skip_leaves_out_exactly_the_unreadable_images_items_and_names_them(tmp_path, caplog, cache_images):
-    dm = _module(_root(tmp_path, "corrupt"), cache_images=cache_images, bad_samples="skip")
+@pytest.mark.parametrize("damage", ["corrupt", "bomb"])
+def test_skip_leaves_out_exactly_the_unreadable_images_items_and_names_them(tmp_path, caplog, cache_images, damage):
+    dm = _module(_root(tmp_path, damage), cache_images=cache_images, bad_samples="skip")
     dm.setup("fit")
     bad_index = next(r.index for r in dm.index.images if str(r.path).endswith("0042_c3s1_004512_01.jpg"))
     with caplog.at_level(logging.WARNING):
@@ -82,9 +95,10 @@ def test_a_batch_with_no_readable_image_is_an_error_even_when_skipping(tmp_path)
             pass
 
 
-def test_an_unreadable_evaluation_image_is_never_skipped(tmp_path):
+@pytest.mark.parametrize("content", [b"garbage", bomb_png()])
+def test_an_unreadable_evaluation_image_is_never_skipped(tmp_path, content):
     root = _root(tmp_path, "clean")
-    (root / "imgs" / "Market" / "0100_c1s1_000001_01.jpg").write_bytes(b"garbage")  # the val gallery image
+    (root / "imgs" / "Market" / "0100_c1s1_000001_01.jpg").write_bytes(content)  # the val gallery image
     dm = _module(root, cache_images=True, bad_samples="skip")
     with pytest.raises(UnreadableImage, match=r"0100_c1s1_000001_01\.jpg: cannot read image"):
         dm.setup("fit")

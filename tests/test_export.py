@@ -16,6 +16,7 @@ import onnxruntime
 import xsearch.export as export
 from xsearch.cli import main
 from xsearch.export import export_onnx, load_checkpoint
+from xsearch.registry import METHODS
 
 ROOT = Path(__file__).parents[1]
 CAPTIONS = ["A man in a red jacket.", "woman, long black hair, white sneakers and a blue backpack " * 6, "a person"]
@@ -127,18 +128,18 @@ def test_a_method_whose_score_is_not_two_towers_is_refused_with_the_reason(check
 
 def test_bad_checkpoints_and_options_give_one_line_errors(tmp_path, capsys):
     torch.save({"state_dict": {}}, tmp_path / "plain.ckpt")
-    torch.save({"hyper_parameters": {"lr": 1.0}}, tmp_path / "no_class.ckpt")
-    torch.save({"hyper_parameters": {"_class_path": "torch.nn.Linear"}}, tmp_path / "foreign.ckpt")
+    torch.save({"state_dict": {}, "hyper_parameters": {"lr": 1.0}}, tmp_path / "no_class.ckpt")
+    torch.save({"state_dict": {}, "hyper_parameters": {"_class_path": "torch.nn.Linear"}}, tmp_path / "foreign.ckpt")
     for name in ("missing.ckpt", "plain.ckpt", "no_class.ckpt", "foreign.ckpt"):
         assert main(["export", "--ckpt", str(tmp_path / name), "--onnx", str(tmp_path / "out")]) == 2
     assert main(["export", "--ckpt", str(tmp_path / "plain.ckpt"), "--onnx", str(tmp_path / "out"), "--opset", "16"]) == 2
     assert capsys.readouterr().err.splitlines() == [
-        f"xsearch: error: {tmp_path / 'missing.ckpt'}: no such checkpoint",
+        f"xsearch: error: checkpoint {tmp_path / 'missing.ckpt'} does not exist (or is not a file)",
         f"xsearch: error: {tmp_path / 'plain.ckpt'}: no hyper_parameters; not a checkpoint written by xsearch fit",
         f"xsearch: error: {tmp_path / 'no_class.ckpt'}: hyper_parameters._class_path is missing; not a checkpoint "
         "written by xsearch fit (LightningCLI records the model class there)",
         f"xsearch: error: {tmp_path / 'foreign.ckpt'}: hyper_parameters._class_path 'torch.nn.Linear' is not an "
-        "xsearch method",
+        "xsearch method; known: " + ", ".join(f"{name} ({cls.__module__}.{cls.__name__})" for name, cls in METHODS.items()),
         "xsearch: error: --opset 16: expected 18 or more",
     ]
     assert not (tmp_path / "out").exists()

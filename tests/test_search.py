@@ -30,6 +30,8 @@ from xsearch.search.picture import MIN_CELL_WIDTH, QUERY_LINES, THUMB_HEIGHT, pi
 from xsearch.search.query import Searcher
 from xsearch.visualize import BORDER, FONT_SIZE, GAP, LABEL_HEIGHT, LINE_SPACING, MARGIN, _load_thumb
 
+from hostile import bomb_png  # noqa: E402
+
 ROOT = Path(__file__).parents[1]
 IMAGE_SIZE = (64, 32)
 
@@ -293,6 +295,23 @@ def test_bad_input_gets_one_line_naming_the_thing(workspace, trained, photos, in
     assert not (workspace / "i2").exists()
 
 
+def test_a_decompression_bomb_is_skipped_by_index_and_encode_naming_it(workspace, trained, pedes, capsys, caplog):
+    folder = workspace / "bomb_photos"
+    shutil.copytree(pedes / "imgs" / "Market", folder)
+    (folder / "huge.png").write_bytes(bomb_png())  # 94 bytes declaring 225 megapixels
+    reason = ("cannot read image (Image size (225000000 pixels) exceeds limit of 178956970 pixels, could be "
+              "decompression bomb DOS attack.)")
+    count = len(_readable(folder))
+    assert main(["index", "--ckpt", str(trained), "--images", str(folder), "--out", str(workspace / "bomb_index"),
+                 "--workers", "0"]) == 0
+    assert capsys.readouterr().out.strip() == (f"[xsearch] indexed {count} images in {workspace / 'bomb_index'} ({count} "
+                                               "embedded, 0 unchanged, 0 removed, 1 skipped as unreadable: huge.png)")
+    assert f"skipped {folder.absolute() / 'huge.png'}: {reason}" in caplog.text
+    assert main(["encode", "--ckpt", str(trained), "--images", str(folder), "--out", str(workspace / "bomb.safetensors"),
+                 "--workers", "0"]) == 0
+    assert "(1 unreadable images skipped, listed in its metadata)" in capsys.readouterr().out
+
+
 def test_a_second_index_run_into_the_same_folder_fails_at_once_and_changes_nothing(workspace, trained, photos, indexed, capsys):
     out = workspace / "locked_index"
     shutil.copytree(indexed[0], out)
@@ -425,7 +444,8 @@ class FaceGallery(RetrievalModule):
         return torch.zeros(len(batch["text"]), 4)
 
 
-def test_a_method_whose_gallery_needs_more_than_the_image_is_refused_by_name(workspace, photos, capsys):
+def test_a_method_whose_gallery_needs_more_than_the_image_is_refused_by_name(workspace, photos, capsys, monkeypatch):
+    monkeypatch.setitem(METHODS._items, "face_gallery", FaceGallery)  # checkpoints may name registered methods only
     model = FaceGallery()
     checkpoint = workspace / "face_gallery.ckpt"
     torch.save({"state_dict": model.state_dict(), "pytorch-lightning_version": lightning.__version__,
@@ -434,7 +454,7 @@ def test_a_method_whose_gallery_needs_more_than_the_image_is_refused_by_name(wor
                 "datamodule_hyper_parameters": {"image_size": [64, 32], "crop": None}}, checkpoint)
     assert _error(capsys, ["index", "--ckpt", str(checkpoint), "--images", str(photos), "--out",
                            str(workspace / "face_index"), "--workers", "0"]) == (
-        "method FaceGallery: its gallery embedding needs face besides the image; only methods that embed an image alone "
+        "method face_gallery: its gallery embedding needs face besides the image; only methods that embed an image alone "
         "can index a folder")
     torch.save({"state_dict": {}, "pytorch-lightning_version": lightning.__version__,
                 "hyper_parameters": {"_class_path": "os.system", "_instantiator": "lightning.pytorch.cli.instantiate_module"},

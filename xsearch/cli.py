@@ -62,7 +62,7 @@ def _lightning_cli(args: list[str]) -> None:
             """Names, choices and paths checked before any model is built (a wrong dataset used to fail after the
             towers had loaded)."""
             config = self.config[self.subcommand] if self.subcommand else self.config
-            problem = _config_problem(config)
+            problem = _config_problem(config) or _checkpoint_problem(config)
             if problem:
                 sys.stderr.write(f"xsearch {self.subcommand}: error: {problem}\n")
                 raise SystemExit(2)
@@ -130,7 +130,7 @@ def _lightning_cli(args: list[str]) -> None:
                 return
             dumped = json.loads(self._parser(self.subcommand).dump(config, skip_none=False, format="json"))
             experiment = {k: dumped.get(k) for k in HYPERPARAMETER_SECTIONS}
-            method = next((n for n in METHODS.names() if METHODS.get(n) is type(self.model)), type(self.model).__name__)
+            method = METHODS.name_of(type(self.model)) or type(self.model).__name__
             record = RunRecord(
                 method=method,
                 dataset=getattr(self.datamodule, "benchmark", self.datamodule.dataset),
@@ -238,6 +238,21 @@ def _config_problem(config: Any) -> str | None:
     if root is not None and data.get("generate") is None and not resolve_root(root).exists():
         return (f"data.root: {resolve_root(root)} does not exist (a relative root lives under $XSEARCH_DATA, default "
                 "./data); point it at the dataset folder, or set data.generate for a synthetic dataset")
+    return None
+
+
+def _checkpoint_problem(config: Any) -> str | None:
+    """What is wrong with ``--ckpt_path`` (missing, empty, truncated, not a checkpoint, pickles that would run code),
+    found before any model is built or any data is read; ``None`` when it reads, or names a Lightning keyword."""
+    from xsearch.models.checkpoint import read_checkpoint
+
+    path = config.get("ckpt_path") if hasattr(config, "get") else None
+    if not path or str(path) in ("last", "best", "hpc") or str(path).startswith("registry"):
+        return None
+    try:
+        read_checkpoint(path)
+    except (FileNotFoundError, ValueError) as error:
+        return f"--ckpt_path: {error}"
     return None
 
 

@@ -12,7 +12,6 @@ caption). A method provides its towers with :meth:`~xsearch.models.RetrievalModu
 from __future__ import annotations
 
 import contextlib
-import importlib
 import importlib.util
 import json
 import logging
@@ -28,6 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xsearch.atomic import atomic_path, write_text_atomic
+from xsearch.models.checkpoint import load_method
+from xsearch.registry import METHODS
 
 log = logging.getLogger(__name__)
 
@@ -89,41 +90,15 @@ class TextTower(nn.Module):
 
 
 def load_checkpoint(path: str | Path) -> tuple[Any, dict[str, Any]]:
-    """An xsearch checkpoint -> (the method's model in eval mode on the CPU, its datamodule hyperparameters).
-
-    The class is the one named by ``hyper_parameters._class_path`` (LightningCLI records it), rebuilt with
-    ``load_from_checkpoint``; ``FileNotFoundError`` / ``ValueError`` name the file and the missing field.
-    """
-    from xsearch.models import RetrievalModule
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
-    if not isinstance(hparams, dict):
-        raise ValueError(f"{path}: no hyper_parameters; not a checkpoint written by xsearch fit")
-    class_path = hparams.get("_class_path")
-    if not isinstance(class_path, str) or "." not in class_path:
-        raise ValueError(f"{path}: hyper_parameters._class_path is missing; not a checkpoint written by xsearch fit "
-                         "(LightningCLI records the model class there)")
-    module_name, _, class_name = class_path.rpartition(".")
-    try:
-        model_class = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError):
-        raise ValueError(f"{path}: hyper_parameters._class_path {class_path!r} names no importable class") from None
-    if not (isinstance(model_class, type) and issubclass(model_class, RetrievalModule)):
-        raise ValueError(f"{path}: hyper_parameters._class_path {class_path!r} is not an xsearch method")
-    data = checkpoint.get("datamodule_hyper_parameters")
+    """An xsearch checkpoint -> (the method's model in eval mode on the CPU, its datamodule hyperparameters), through
+    the one checkpoint loader (:func:`xsearch.models.checkpoint.load_method`); ``FileNotFoundError`` / ``ValueError``
+    name the file and the missing field."""
+    model, header = load_method(path)
+    data = header.get("datamodule_hyper_parameters")
     if not isinstance(data, dict) or not isinstance(data.get("image_size"), (list, tuple)) or len(data["image_size"]) != 2:
         raise ValueError(f"{path}: datamodule_hyper_parameters.image_size is missing; the input size of the image tower "
                          "is unknown")
-    del checkpoint
-    with warnings.catch_warnings():  # Lightning's advice about nn.Module hyperparameters: LightningCLI's doing
-        warnings.filterwarnings("ignore", message=r"Attribute '\w+' is an instance of `nn.Module`")
-        warnings.filterwarnings("ignore", message=r"(?s).*instantiate_classes.*deprecated")
-        model = model_class.load_from_checkpoint(path, map_location="cpu")
-    return model.eval(), data
+    return model, data
 
 
 def random_captions(count: int, seed: int, max_words: int = 60) -> list[str]:
@@ -272,6 +247,4 @@ def _score_parity(model: Any, images: Tensor, captions: list[list[str]], onnx_ou
 
 
 def _method_name(model: Any) -> str:
-    from xsearch.registry import METHODS
-
-    return next((n for n in METHODS.names() if METHODS.get(n) is type(model)), type(model).__name__)
+    return METHODS.name_of(type(model)) or type(model).__name__

@@ -16,9 +16,10 @@ import math
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ImageOps
 
 from xsearch.atomic import write_text_atomic
+from xsearch.datamodules.transforms import UnreadableImage, read_rgb
 from xsearch.rankings import RANKINGS_FILE, QueryRankings
 from xsearch.report import _SCRIPT, _STYLE, _table
 
@@ -59,9 +60,8 @@ def find_rankings(run_or_file: str | Path) -> Path:
 def _thumbnail_css(position: int, image_path: str, height: int) -> tuple[str, bool]:
     """CSS rule ``.g<position>`` drawing the image as a ``height``-pixel-high JPEG data URI; False when unreadable."""
     try:
-        with Image.open(image_path) as opened:
-            image = opened.convert("RGB")
-    except (OSError, ValueError):
+        image = read_rgb(image_path)
+    except UnreadableImage:
         return f".g{position}{{width:{height // 2}px;height:{height}px}}", False
     width = max(1, round(image.width * height / max(1, image.height)))
     image = ImageOps.fit(image, (min(width, 2 * height), height))

@@ -38,6 +38,14 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._items)
 
+    def name_of(self, obj: object) -> str | None:
+        """The name ``obj`` is registered under (reverse lookup), or ``None``."""
+        return next((name for name, item in self._items.items() if item is obj), None)
+
+    def items(self) -> list[tuple[str, T]]:
+        """``(name, object)`` pairs, sorted by name."""
+        return sorted(self._items.items())
+
     def __contains__(self, name: object) -> bool:
         return name in self._items
 
@@ -47,6 +55,10 @@ class Registry(Generic[T]):
 
 METHODS: Registry[type] = Registry("method")
 """Method LightningModules by name (``dual_encoder``, later ``irra``, ``cmsn``...)."""
+
+TOWERS: Registry[type] = Registry("tower")
+"""Towers and encoders that method configs name by ``class_path`` (``image_encoder``, ``clip_towers``...): with
+:data:`METHODS`, the only classes a checkpoint may name (:mod:`xsearch.models.checkpoint`)."""
 
 DATASETS: Registry[Callable] = Registry("dataset")
 """Dataset parsers by name: ``parse(root, **options) -> DatasetIndex``."""

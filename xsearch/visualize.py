@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from xsearch.datamodules.transforms import read_rgb
+
 TEXT_WIDTH = 300
 MARGIN = 8
 GAP = 8
@@ -70,8 +72,7 @@ def thumb_box(row: int, rank: int, thumb_size: tuple[int, int] = (128, 64)) -> t
 def _load_thumb(image: ImageLike, thumb_size: tuple[int, int]) -> Image.Image:
     """RGB thumbnail of exactly (H, W) = ``thumb_size``, aspect kept by padding."""
     if isinstance(image, (str, Path)):
-        with Image.open(image) as opened:
-            image = opened.convert("RGB")
+        image = read_rgb(image)
     else:
         image = image.convert("RGB")
     height, width = thumb_size

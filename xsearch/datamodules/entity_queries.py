@@ -66,7 +66,7 @@ class EntityQuerySet(Dataset):
 
 def _crop_faces(index: DatasetIndex, pids: list[int], extractor_name: str | None) -> dict[int, torch.Tensor]:
     """Descriptor of each identity's first face crop, by a registered extractor."""
-    from PIL import Image
+    from xsearch.datamodules.transforms import read_rgb
 
     from xsearch.datamodules.face_features import FACE_EXTRACTORS
 
@@ -87,8 +87,7 @@ def _crop_faces(index: DatasetIndex, pids: list[int], extractor_name: str | None
     extractor = FACE_EXTRACTORS.get(extractor_name)()
     images = []
     for path in first.values():
-        with Image.open(path) as image:
-            images.append(image.convert("RGB"))
+        images.append(read_rgb(path))
     vectors = torch.as_tensor(extractor(images), dtype=torch.float32)
     return dict(zip(first, vectors))
 

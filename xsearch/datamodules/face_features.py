@@ -78,7 +78,7 @@ def write_features_json(path: str | Path, photos: Mapping[str, str | Path], extr
     """Describe ``photos`` (``{key: image path}``, keys ``"<COCO image id>_<class id>"``) and write them as a
     COCO-PFS features file ``{key: [[D floats]]}``; written to a temporary sibling and renamed, so a failure
     leaves no partial file."""
-    from PIL import Image
+    from xsearch.datamodules.transforms import read_rgb
 
     path = Path(path)
     keys = list(photos)
@@ -87,8 +87,7 @@ def write_features_json(path: str | Path, photos: Mapping[str, str | Path], extr
         chunk = keys[start:start + batch_size]
         faces = []
         for key in chunk:
-            with Image.open(photos[key]) as image:
-                faces.append(image.convert("RGB"))
+            faces.append(read_rgb(photos[key]))
         vectors = np.asarray(extractor(faces), dtype=np.float32)
         if vectors.shape[0] != len(chunk) or vectors.ndim != 2:
             raise ValueError(f"face extractor returned shape {vectors.shape} for {len(chunk)} photos; expected (N, D)")

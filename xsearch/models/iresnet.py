@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from xsearch.registry import TOWERS
+
 __all__ = ["IResNet", "iresnet"]
 
 DEPTHS: dict[int, tuple[int, int, int, int]] = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 14, 3), 100: (3, 13, 30, 3)}
@@ -38,6 +40,7 @@ class IBasicBlock(nn.Module):
         return out + (x if self.downsample is None else self.downsample(x))
 
 
+@TOWERS.register("iresnet")
 class IResNet(nn.Module):
     """iResNet with insightface's parameter names; ``forward`` returns ``(embedding (B, 512), local (B, 256, 14, 14))``
     (``local_dim`` channels when ``width != 1``).

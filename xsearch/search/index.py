@@ -34,8 +34,8 @@ import torch
 
 from xsearch.atomic import atomic_path, write_text_atomic
 from xsearch.search.images import IMAGE_EXTENSIONS, ImageFile, embed_paths, scan_images
-from xsearch.search.model_io import CheckpointInfo, checkpoint_info, load_model, method_name, model_class, \
-    read_checkpoint_header, similarity_kind
+from xsearch.models.checkpoint import check_class_paths, read_checkpoint
+from xsearch.search.model_io import CheckpointInfo, checkpoint_info, load_model, method_name, similarity_kind
 
 log = logging.getLogger(__name__)
 
@@ -324,9 +324,7 @@ def _build(info: CheckpointInfo, images: Path, out: Path, batch_size: int, facto
     """:func:`build_index` under the folder's writer lock."""
     existing = _existing(out, info, images, rebuild)
     factory = factory or (existing.header["search"]["factory"] if existing is not None else DEFAULT_FACTORY)
-    header = read_checkpoint_header(info.path)
-    cls = model_class((header.get("hyper_parameters") or {}).get("_class_path"), info.path)
-    del header
+    cls = check_class_paths(read_checkpoint(info.path), info.path)
     kind = similarity_kind(cls)
     check_factory(factory, kind, method_name(cls))
     files = scan_images(images, exclude=[out])

@@ -2,27 +2,25 @@
 
 Every checkpoint ``xsearch fit`` writes holds ``hyper_parameters`` (the model's config, with ``_class_path`` and
 ``_instantiator`` added by LightningCLI) and ``datamodule_hyper_parameters`` (``image_size``, ``crop``). The model is
-rebuilt through Lightning's ``load_from_checkpoint`` on the class named by ``_class_path`` (an already imported
-:class:`~xsearch.models.RetrievalModule` subclass: nothing the file names gets imported), loaded with
-``weights_only=True`` (no code in the file runs), its tensors strictly checked, and put in eval mode.
-
-Pretrained weights the config names (``pretrained: true``, ``weights: FILE`` of an encoder) are not loaded again: the
-checkpoint holds every tensor, so search needs neither a download nor those files.
+rebuilt by the one checkpoint loader, :func:`xsearch.models.checkpoint.load_method` (registered classes only, nothing
+the file names gets imported, ``weights_only=True``, tensors strictly checked, pretrained weights not fetched again),
+then moved to the search device.
 """
 from __future__ import annotations
 
 import hashlib
-import importlib
 import logging
-import pickle
-import sys
-import warnings
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+
+from xsearch.models.checkpoint import load_method, read_checkpoint
+from xsearch.registry import METHODS
+
+read_checkpoint_header = read_checkpoint
+"""The checkpoint's dictionary, tensors memory-mapped (:func:`xsearch.models.checkpoint.read_checkpoint`)."""
 
 log = logging.getLogger(__name__)
 
@@ -88,47 +86,9 @@ class LoadedModel:
         return {"image_size": list(self.image_size), "crop": crop}
 
 
-def read_checkpoint_header(path: str | Path) -> dict[str, Any]:
-    """The checkpoint's dictionary, tensors memory-mapped (not read): ``hyper_parameters`` and
-    ``datamodule_hyper_parameters`` are what this module needs. Raises :class:`ValueError` naming the file when it is
-    not a readable PyTorch checkpoint."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist (or is not a file)")
-    if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint (not the zip archive torch.save writes)")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as error:
-        raise ValueError(f"{path}: refusing a checkpoint that holds more than tensors and plain values (weights_only: no "
-                         f"code in a checkpoint runs): {str(error).splitlines()[0]}") from None
-    except Exception as error:  # noqa: BLE001  torch raises many types for a damaged archive
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: "
-                         f"{str(error).splitlines()[0] if str(error) else ''})") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise ValueError(f"{path}: not a Lightning checkpoint (no state_dict)")
-    return checkpoint
-
-
-def model_class(class_path: Any, source: str | Path) -> type:
-    """The :class:`~xsearch.models.RetrievalModule` subclass named ``class_path`` among the modules already imported
-    (``xsearch.models`` is imported first, so every registered method resolves)."""
-    importlib.import_module("xsearch.models")  # registers every method
-    from xsearch.models import RetrievalModule
-    from xsearch.registry import METHODS
-
-    module_name, _, name = str(class_path).rpartition(".")
-    candidate = getattr(sys.modules.get(module_name), name, None) if module_name else None
-    if not (isinstance(candidate, type) and issubclass(candidate, RetrievalModule)):
-        known = ", ".join(f"{n} ({METHODS.get(n).__module__}.{METHODS.get(n).__name__})" for n in METHODS.names())
-        raise ValueError(f"{source}: hyper_parameters._class_path {class_path!r} is not an xsearch method; known: {known}")
-    return candidate
-
-
 def method_name(cls: type) -> str:
     """The registered name of a method class (``dual_encoder``...), else its class name."""
-    from xsearch.registry import METHODS
-
-    return next((n for n in METHODS.names() if METHODS.get(n) is cls), cls.__name__)
+    return METHODS.name_of(cls) or cls.__name__
 
 
 def similarity_kind(cls: type) -> SimilarityKind:
@@ -136,23 +96,6 @@ def similarity_kind(cls: type) -> SimilarityKind:
     from xsearch.models import RetrievalModule
 
     return "cosine" if cls.similarity is RetrievalModule.similarity else "model"
-
-
-def _without_pretrained(value: Any) -> Any:
-    """A copy of a nested ``{"class_path", "init_args"}`` config with ``pretrained: False`` and ``weights: None``
-    wherever an ``init_args`` has those keys (the checkpoint overwrites those tensors anyway)."""
-    if isinstance(value, dict):
-        out = {k: _without_pretrained(v) for k, v in value.items()}
-        if "class_path" in value and isinstance(value.get("init_args"), dict):
-            args = out["init_args"]
-            if args.get("pretrained"):
-                args["pretrained"] = False
-            if args.get("weights") is not None:
-                args["weights"] = None
-        return out
-    if isinstance(value, list):
-        return [_without_pretrained(v) for v in value]
-    return value
 
 
 def _parse_preprocessing(data: Any, source: str | Path) -> tuple[tuple[int, int], Any]:
@@ -183,22 +126,14 @@ def load_model(path: str | Path, device: str | torch.device | None = None,
     :class:`ValueError` naming the file and what is missing or wrong.
     """
     info = info or checkpoint_info(path)
-    header = read_checkpoint_header(info.path)
-    hparams = header.get("hyper_parameters")
-    if not isinstance(hparams, dict) or "_class_path" not in hparams:
-        raise ValueError(f"{info.path}: no hyper_parameters._class_path: not a checkpoint written by `xsearch fit`")
-    cls = model_class(hparams["_class_path"], info.path)
+    model, header = load_method(info.path)
+    cls = type(model)
     image_size, crop = _parse_preprocessing(header.get("datamodule_hyper_parameters"), info.path)
-    overrides = {k: v for k, v in ((k, _without_pretrained(v)) for k, v in hparams.items() if not k.startswith("_"))
-                 if v != hparams[k]}
-    del header
-    with warnings.catch_warnings():  # towers passed as modules are the method's design, not a mistake
-        warnings.filterwarnings("ignore", message=r"Attribute '\w+' is an instance of `nn.Module`")
-        model = cls.load_from_checkpoint(info.path, map_location="cpu", weights_only=True, **overrides)
+    class_path = header["hyper_parameters"]["_class_path"]
     device = torch.device(device) if device is not None else default_device()
     model = model.to(device).eval()
     return LoadedModel(
-        model=model, method=method_name(cls), class_path=str(hparams["_class_path"]), image_size=image_size, crop=crop,
+        model=model, method=method_name(cls), class_path=class_path, image_size=image_size, crop=crop,
         similarity=similarity_kind(cls), composed=bool(cls.composed_queries), checkpoint=info, device=device,
     )
 
