@@ -156,8 +156,15 @@ class RetrievalModule(L.LightningModule):
         """Copy the tensors of a checkpoint whose name and shape match this model's; raise if none does.
 
         Loaded with ``weights_only=True`` (no code in the file runs)."""
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        theirs = checkpoint.get("state_dict", checkpoint)
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001  torch raises many types for an unreadable or unsafe file
+            reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+            raise ValueError(f"init_from {path}: not a readable checkpoint or state dict ({reason})") from None
+        theirs = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+        if not isinstance(theirs, dict):
+            raise ValueError(f"init_from {path}: expected a checkpoint or a state dict (name -> tensor), got "
+                             f"{type(checkpoint).__name__}")
         own = self.state_dict()
         loadable = {k: v for k, v in theirs.items() if k in own and own[k].shape == v.shape}
         if not loadable:
