@@ -1,12 +1,22 @@
 """`xsearch serve`: every endpoint answers like :class:`~xsearch.search.query.Searcher` does for the same query, serves
-only indexed files by row, and answers bad input with a 4xx and the exact message the page shows; a real headless
-chromium drives the page (skipped, saying how to install it, without chromium + chromedriver)."""
+only indexed files by row, and answers bad input with a 4xx and the exact message the page shows; it answers only the
+Host names it listens on, follows no link out of the indexed folder, refuses oversized uploads and searches beyond its
+slots, and puts its security headers on every response; a real headless chromium drives the page under its
+Content-Security-Policy (skipped, saying how to install it, without chromium + chromedriver)."""
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
+import io
 import json
 import os
+import re
 import shutil
+import threading
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import lightning
@@ -30,6 +40,8 @@ from xsearch.search.serve import MAX_K, MAX_TEXT, MISSING_PACKAGES, background_s
 ROOT = Path(__file__).parents[1]
 EMPTY = "the query text is empty: say what to look for, e.g. \"a woman in a red coat\""
 QUERY = "a man in a red jacket and blue jeans"
+TESTSERVER = ["testserver"]
+"""``allowed_hosts`` for a TestClient, whose requests name the Host ``testserver``."""
 
 
 # -- fixtures (`trained`: the tiny checkpoint in `workspace`, from tests/conftest.py) ------------------------------
@@ -62,7 +74,7 @@ def searcher(indexed) -> Searcher:
 
 @pytest.fixture(scope="module")
 def client(searcher) -> TestClient:
-    return TestClient(create_app(searcher))
+    return TestClient(create_app(searcher, allowed_hosts=TESTSERVER))
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +92,7 @@ def composed(workspace, photos) -> tuple[Path, Searcher, TestClient]:
     out = workspace / "xmodal_index"
     build_index(checkpoint, photos, out, workers=0, progress=False)
     searcher = Searcher(out, device="cpu")
-    return out, searcher, TestClient(create_app(searcher))
+    return out, searcher, TestClient(create_app(searcher, allowed_hosts=TESTSERVER))
 
 
 def _hits(result) -> list[tuple[int, str]]:
@@ -182,13 +194,156 @@ def test_an_edited_index_cannot_make_the_server_read_other_files(workspace, inde
     secret.write_bytes((photos / rows[0]["path"]).read_bytes())
     rows[0]["path"], rows[1]["path"], rows[2]["path"] = "../secret.jpg", "gone/missing.jpg", "/etc/passwd"
     items_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    client = TestClient(create_app(Searcher(edited, device="cpu")))
+    client = TestClient(create_app(Searcher(edited, device="cpu"), allowed_hosts=TESTSERVER))
     outside = "row {} of the index names a path outside the indexed folder: refused"
     assert _error(client.get("/image/0"), 404) == outside.format(0)
     assert _error(client.get("/image/2"), 404) == outside.format(2)
     assert _error(client.get("/image/1"), 404) == (f"indexed image gone/missing.jpg is gone from {photos.absolute()}: "
                                                    "update the index with xsearch index")
     assert client.get("/image/3").status_code == 200
+
+
+def test_image_links_are_followed_only_inside_the_indexed_folder(workspace, searcher, photos, monkeypatch):
+    """A link to a file outside the (resolved) indexed folder is refused, one to another image inside it is served,
+    one to a non-image inside it is refused; the folder itself may be reached through a link."""
+    linked = workspace / "linked_photos"
+    shutil.copytree(photos, linked)
+    paths = [item.path for item in searcher.index.items]
+    secret, outside_jpg = workspace / "secret.txt", workspace / "outside.jpg"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    outside_jpg.write_bytes((photos / paths[3]).read_bytes())
+    (linked / "notes" / "readme.txt").write_text("not for the web")
+    for row, target in ((0, secret), (1, outside_jpg), (2, Path(os.path.relpath(linked / paths[4], (linked / paths[2]).parent))),
+                        (5, linked / "notes" / "readme.txt"), (6, linked / "notes")):
+        (linked / paths[row]).unlink()
+        (linked / paths[row]).symlink_to(target)
+    root = workspace / "photos_link"
+    root.symlink_to(linked, target_is_directory=True)
+    monkeypatch.setitem(searcher.index.header, "images_root", str(root))
+    client = TestClient(create_app(searcher, allowed_hosts=TESTSERVER))
+    for row in (0, 1):
+        assert _error(client.get(f"/image/{row}"), 404) == (
+            f"indexed image {paths[row]} is a link to a file outside the indexed folder {root}: refused")
+    inside = client.get("/image/2")
+    assert inside.status_code == 200 and inside.content == (photos / paths[4]).read_bytes()
+    assert _error(client.get("/image/5"), 404) == (f"indexed image {paths[5]} is a link to a file without an image "
+                                                   "extension (.jpg, .jpeg, .png, .bmp, .webp): refused")
+    assert _error(client.get("/image/6"), 404) == (
+        f"indexed image {paths[6]} is gone from {root}: update the index with xsearch index")  # a folder, not a file
+    plain = client.get("/image/3")
+    assert plain.status_code == 200 and plain.content == (photos / paths[3]).read_bytes()
+
+
+# -- hardening: Host names, security headers, busy ----------------------------------------------------------------
+def _refused_host(name: str, answers: str = "localhost, 127.0.0.1, ::1") -> str:
+    return (f"Host {name!r} is not a name this server answers to ({answers}): to reach it by that name, start xsearch "
+            f"serve with --allow-host {name}")
+
+
+def test_only_the_host_names_it_listens_on_are_answered(searcher):
+    """DNS rebinding: a page of attacker.example whose name now resolves to 127.0.0.1 sends ``Host: attacker.example``."""
+    local = TestClient(create_app(searcher))  # on 127.0.0.1; TestClient's own Host, testserver, is refused too
+    for host in ("localhost", "localhost:8000", "LocalHost:1", "127.0.0.1", "127.0.0.1:8000", "[::1]:8000", "[::1]",
+                 "::1"):
+        assert local.get("/api/card", headers={"host": host}).status_code == 200, host
+    for host, name in (("attacker.example", "attacker.example"), ("attacker.example:8000", "attacker.example"),
+                       ("localhost.attacker.example", "localhost.attacker.example"), ("127.0.0.1.nip.io:80", "127.0.0.1.nip.io"),
+                       ("testserver", "testserver"), ("192.168.1.5:8000", "192.168.1.5"), ("[fe80::1]:8000", "fe80::1")):
+        for response in (local.get("/", headers={"host": host}), local.get("/api/card", headers={"host": host}),
+                         local.get("/image/0", headers={"host": host}), local.get("/nowhere", headers={"host": host}),
+                         local.post("/api/search", json={"text": QUERY}, headers={"host": host})):
+            assert _error(response) == _refused_host(name), (host, response.request.url)
+    assert _error(local.get("/api/card", headers={"host": ""})) == (
+        "the request has no Host header: this server answers to localhost, 127.0.0.1, ::1")
+
+    # --host ADDRESS and --allow-host NAME (lower-cased, port and brackets dropped)
+    named = TestClient(create_app(searcher, host="192.168.1.5", allowed_hosts=["Photos.LAN", "[fd00::5]:8000", "testserver"]))
+    for host in ("192.168.1.5:8000", "photos.lan", "PHOTOS.lan:8000", "[fd00::5]:9000", "testserver", "localhost"):
+        assert named.get("/api/card", headers={"host": host}).status_code == 200, host
+    for host in ("192.168.1.6", "other.lan", "photos.lan.attacker.example"):
+        assert _error(named.get("/api/card", headers={"host": host})) == _refused_host(
+            host, "localhost, 127.0.0.1, ::1, 192.168.1.5, photos.lan, fd00::5, testserver")
+
+    # every address: any IP address (DNS rebinding needs a name), names only with --allow-host
+    everywhere = TestClient(create_app(searcher, host="0.0.0.0"))
+    for host in ("192.168.1.5:8000", "10.0.0.7", "[fe80::1]:8000", "0.0.0.0:8000", "localhost"):
+        assert everywhere.get("/api/card", headers={"host": host}).status_code == 200, host
+    for host in ("photos.lan", "attacker.example"):
+        assert _error(everywhere.get("/api/card", headers={"host": host})) == _refused_host(
+            host, "localhost, 127.0.0.1, ::1 or any IP address")
+    assert TestClient(create_app(searcher, host="::")).get("/", headers={"host": "[2001:db8::7]"}).status_code == 200
+
+    for bad in ("*", "photos lan", "http://photos.lan/", ""):
+        with pytest.raises(ValueError) as refused:
+            create_app(searcher, allowed_hosts=[bad])
+        assert str(refused.value) == (
+            f"--allow-host takes a host name or an IP address (e.g. myhost.lan or 192.168.1.5), got {bad!r}")
+
+
+def _script_hash(body: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(body.encode()).digest()).decode() + "'"
+
+
+def test_every_response_carries_the_security_headers(client, searcher, monkeypatch):
+    page = client.get("/")
+    (style,), (script,) = (re.findall(rf"<{tag}>(.*?)</{tag}>", page.text, flags=re.DOTALL) for tag in ("style", "script"))
+    headers = {"content-security-policy": f"default-src 'self'; img-src 'self' data: blob:; style-src {_script_hash(style)}; "
+                                          f"script-src {_script_hash(script)}; object-src 'none'; base-uri 'none'; "
+                                          "form-action 'self'; frame-ancestors 'none'",
+               "x-content-type-options": "nosniff", "referrer-policy": "no-referrer", "x-frame-options": "DENY",
+               "cross-origin-resource-policy": "same-origin"}
+    monkeypatch.setattr(searcher, "search", lambda *a, **k: 1 / 0)
+    crashing = TestClient(client.app, raise_server_exceptions=False)
+    responses = {
+        200: [page, client.get("/api/card"), client.get("/image/0")],
+        400: [client.post("/api/search", json={"text": ""}), client.get("/", headers={"host": "attacker.example"})],
+        404: [client.get("/nowhere"), client.get("/image/99")], 405: [client.get("/api/search")],
+        415: [client.post("/api/search", content=b"x", headers={"content-type": "text/plain"})],
+        500: [crashing.post("/api/search", json={"text": QUERY})]}
+    for status, answers in responses.items():
+        for response in answers:
+            assert response.status_code == status, response.request.url
+            assert {key: response.headers.get(key) for key in headers} == headers, (status, response.request.url)
+    assert responses[500][0].json() == {"error": "internal error: ZeroDivisionError: division by zero"}
+    assert "unsafe" not in headers["content-security-policy"]
+
+
+def test_searches_beyond_the_slots_get_503(searcher, monkeypatch):
+    """One slot, one search holding it: a second search waits SLOT_WAIT seconds, then gets 503; the slot is free again
+    once the first answered."""
+    monkeypatch.setattr(serve_module, "SEARCH_SLOTS", 1)
+    monkeypatch.setattr(serve_module, "SLOT_WAIT", 0.2)
+    app = create_app(searcher)
+    entered, release = threading.Event(), threading.Event()
+    real = searcher.search
+
+    def held(*args, **kwargs):
+        entered.set()
+        release.wait(10)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(searcher, "search", held)
+
+    def post(url: str) -> tuple[int, dict]:
+        request = urllib.request.Request(url + "/api/search", data=json.dumps({"text": QUERY, "k": 3}).encode(),
+                                         headers={"content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    with background_server(app) as url, ThreadPoolExecutor(1) as pool:
+        try:
+            first = pool.submit(post, url)
+            assert entered.wait(10)
+            assert post(url) == (503, {"error": "server busy: all 1 search slots are taken and none came free within "
+                                                "0.2 s; try again in a moment"})
+        finally:
+            release.set()
+        assert first.result(10)[0] == 200
+        status, body = post(url)
+        assert status == 200 and len(body["results"]) == 3
 
 
 def test_bad_input_gets_a_4xx_with_the_message(client):
@@ -257,6 +412,38 @@ def test_composed_method_takes_an_uploaded_reference_image(composed, photos):
                               files={"file": ("ref.jpg", reference.read_bytes(), "image/jpeg")})) == EMPTY
 
 
+def test_uploads_with_too_many_pixels_are_refused_before_decoding(composed, photos, monkeypatch):
+    out, searcher, client = composed
+
+    def upload(name: str, data: bytes, status: int) -> str:
+        return _error(client.post("/api/search", data={"text": "the same person"},
+                                  files={"file": (name, data, "image/png")}), status)
+
+    def png(size: tuple[int, int], mode: str = "RGB") -> bytes:
+        buffer = io.BytesIO()
+        Image.new(mode, size).save(buffer, "PNG")
+        return buffer.getvalue()
+
+    wide = png((50_000_000, 1), "1")  # 50 megapixels (150 MB as RGB) in a few KB; Pillow alone would decode it
+    assert len(wide) < 50_000 and serve_module.MAX_UPLOAD_PIXELS == 40_000_000
+    assert upload("wide.png", wide, 413) == (
+        "reference image wide.png is 50000000 x 1 = 50,000,000 pixels; at most 40,000,000 pixels are accepted")
+    reference = photos / searcher.index.items[5].path
+    with Image.open(reference) as image:
+        width, height = image.size
+    monkeypatch.setattr(serve_module, "MAX_UPLOAD_PIXELS", width * height - 1)
+    assert upload("ref.jpg", reference.read_bytes(), 413) == (
+        f"reference image ref.jpg is {width} x {height} = {width * height:,} pixels; at most {width * height - 1:,} "
+        "pixels are accepted")
+    monkeypatch.setattr(serve_module, "MAX_UPLOAD_PIXELS", 40_000_000)
+    # Pillow's decompression-bomb warning (over MAX_IMAGE_PIXELS) and error (over twice that): not an image
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    assert upload("warned.png", png((40, 30)), 400).startswith(
+        "not an image: warned.png (Image size (1200 pixels) exceeds limit of 1000 pixels")
+    assert upload("bomb.png", png((50, 50)), 400).startswith(
+        "not an image: bomb.png (Image size (2500 pixels) exceeds limit of 2000 pixels")
+
+
 def test_cli_refuses_a_missing_or_corrupt_index_before_serving(workspace, indexed, monkeypatch, capsys):
     import uvicorn
 
@@ -304,6 +491,26 @@ def test_port_in_use_is_one_line(indexed, searcher, monkeypatch, capsys):
         f"xsearch: error: cannot listen on 127.0.0.1:{port} (")
 
 
+def test_cli_allow_host_adds_host_names(indexed, searcher, monkeypatch, capsys):
+    import uvicorn
+
+    started = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: started.append(self))
+    monkeypatch.setattr(serve_module, "Searcher", lambda *a, **k: searcher)
+    assert main(["serve", str(indexed), "--port", "0", "--allow-host", "photos.lan", "--allow-host", "Pi.local:8000"]) == 0
+    client = TestClient(started[0].config.app)
+    for host in ("photos.lan", "pi.local:8000", "127.0.0.1:8000"):
+        assert client.get("/api/card", headers={"host": host}).status_code == 200, host
+    assert _error(client.get("/api/card", headers={"host": "attacker.example"})) == _refused_host(
+        "attacker.example", "localhost, 127.0.0.1, ::1, photos.lan, pi.local")
+    capsys.readouterr()
+    monkeypatch.setattr(serve_module, "Searcher", lambda *a, **k: pytest.fail("a bad --allow-host must stop it first"))
+    assert main(["serve", str(indexed), "--port", "0", "--allow-host", "*"]) == 2
+    assert capsys.readouterr().err.strip() == ("xsearch: error: --allow-host takes a host name or an IP address "
+                                               "(e.g. myhost.lan or 192.168.1.5), got '*'")
+    assert len(started) == 1
+
+
 # -- a real browser --------------------------------------------------------------------------------------------------
 def _browser():
     """Headless Debian chromium driven by chromedriver through Selenium; skips, saying how to install, without them."""
@@ -321,6 +528,7 @@ def _browser():
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900",
                  "--no-first-run", "--disable-extensions"):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console: CSP violations are logged there
     return webdriver.Chrome(options=options, service=Service(executable_path=driver))
 
 
@@ -334,6 +542,9 @@ def test_the_page_in_a_real_headless_browser(searcher, trained):
         with background_server(create_app(searcher)) as url:
             browser.get(url + "/")
             wait = WebDriverWait(browser, 20)
+            # the page's inline style applies under its Content-Security-Policy (the script: the search below)
+            assert browser.execute_script("return getComputedStyle(document.querySelector('header')).backgroundColor") == (
+                "rgb(35, 57, 93)")
             assert browser.find_element(By.CSS_SELECTOR, 'dd[data-field="method"]').text == "dual_encoder"
             assert browser.find_element(By.CSS_SELECTOR, 'dd[data-field="sha256"]').text == file_sha256(trained)[:12] + "..."
             assert browser.find_elements(By.ID, "reference") == []
@@ -366,6 +577,8 @@ def test_the_page_in_a_real_headless_browser(searcher, trained):
             error = wait.until(expected_conditions.visibility_of_element_located((By.ID, "error")))
             assert error.text == EMPTY
             assert browser.find_elements(By.CSS_SELECTOR, "#results .hit") == []
+            assert [entry["message"] for entry in browser.get_log("browser")
+                    if "Content Security Policy" in entry["message"]] == []
     finally:
         browser.quit()
 

@@ -583,7 +583,13 @@ def _serve_command(argv: list[str]) -> int:
                                      "reference-image upload (methods with composed queries), result grid, model card.")
     parser.add_argument("index", help="index folder written by xsearch index")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
-                        "only; the page serves the indexed images to whoever can reach it)")
+                        "only; the page serves the indexed images to whoever can reach it). 0.0.0.0 or :: listen on "
+                        "every address and also answer requests that name the machine by any IP address; names "
+                        "(myhost.lan) still need --allow-host")
+    parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                        help="a Host name the server also answers to (repeatable; the port does not matter). Without "
+                        "it only localhost, 127.0.0.1, ::1 and the --host address are answered, others get 400: a web "
+                        "page cannot reach the server through a DNS name of its own (DNS rebinding)")
     parser.add_argument("--port", type=int, default=8000, help="port (0: a free one)")
     parser.add_argument("--ckpt", default=None, help="the index's checkpoint, when it moved since indexing")
     parser.add_argument("--device", default=None, help="cpu, cuda... (default: cuda when available)")
@@ -593,7 +599,7 @@ def _serve_command(argv: list[str]) -> int:
     except ImportError as error:
         print(f"xsearch: error: {error}", file=sys.stderr)
         return 2
-    serve(args.index, args.host, args.port, args.ckpt, args.device)
+    serve(args.index, args.host, args.port, args.ckpt, args.device, args.allow_host)
     return 0
 
 
