@@ -148,7 +148,7 @@ def test_index_records_the_folder_and_checkpoint_and_search_ranks_like_the_model
     assert header["checkpoint"]["size"] == trained.stat().st_size
     assert header["model"] == {"method": "dual_encoder", "class_path": "xsearch.models.DualEncoder", "similarity": "cosine",
                                "composed_queries": False}
-    assert header["preprocessing"] == {"image_size": [64, 32], "crop": None}
+    assert header["preprocessing"] == {"image_size": [64, 32], "crop": None, "interpolation": "bicubic"}
     assert header["search"]["kind"] == "faiss" and header["search"]["factory"] == "Flat"
     assert [s["path"] for s in header["skipped"]] == ["notes/broken.jpg"]
     assert "cannot read image" in header["skipped"][0]["reason"]

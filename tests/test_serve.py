@@ -127,7 +127,7 @@ def test_card_describes_the_method_checkpoint_training_data_and_index(client, tr
         "trained_on": {"dataset": "synth_pedes", "root": "pedes", "generated": data["generate"]},
         "index": {"folder": str(indexed.absolute()), "images_root": str(photos.absolute()), "images": 27, "skipped": 1,
                   "type": "FAISS Flat (cosine)", "dim": 32, "updated": load_index(indexed).header["updated"]},
-        "image_size": [64, 32], "crop": None, "max_k": MAX_K,
+        "image_size": [64, 32], "crop": None, "interpolation": "bicubic", "max_k": MAX_K,
     }
     assert data["generate"]["identities"] == 8 and recorded["global_step"] == 1
 

@@ -281,6 +281,8 @@ def _data_command(argv: list[str]) -> int:
     cache.add_argument("--root", required=True, help="dataset folder in its official layout")
     cache.add_argument("--size", type=int, nargs=2, required=True, metavar=("H", "W"), help="the config's data.image_size")
     cache.add_argument("--crop", default=None, help="the config's data.crop: 'center' or top,left,bottom,right fractions")
+    cache.add_argument("--interpolation", choices=["bicubic", "bilinear"], default="bicubic",
+                       help="the config's data.interpolation (resize filter)")
     cache.add_argument("--folder", default=".xsearch_cache", help="cache folder, relative to the root (data.image_cache)")
     cache.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="parser option, repeatable")
     cache.add_argument("--no-cache", action="store_true", help=argparse.SUPPRESS)
@@ -316,10 +318,10 @@ def _cache_images(args: argparse.Namespace) -> int:
     missing = set(index.missing_images)
     images = [r for r in index.images if r.path not in missing]
     for record in tqdm(images, desc=f"caching {args.name} at {size[0]}x{size[1]}"):
-        disk.get(record.path, size, crop, lambda: load_image(record.path, size, crop))
+        disk.get(record.path, size, crop, lambda: load_image(record.path, size, crop, args.interpolation), args.interpolation)
     megabytes = sum(f.stat().st_size for f in disk.folder.rglob("*.npy")) / 2**20
     print(f"{len(images)} images cached in {disk.folder} ({megabytes:.0f} MiB in all); train with "
-          f"--data.image_cache {args.folder} (same image_size and crop)")
+          f"--data.image_cache {args.folder} (same image_size, crop and interpolation)")
     return 0
 
 

@@ -169,6 +169,7 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, image_dtype: Litera
     model, data = load_checkpoint(checkpoint)
     towers = model.export_towers()  # ExportUnsupported says why not
     height, width = (int(v) for v in data["image_size"])
+    interpolation = data.get("interpolation") or "bicubic"
     generator = torch.Generator().manual_seed(seed)
 
     def images(batch: int) -> Tensor:
@@ -218,10 +219,11 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, image_dtype: Litera
             "inputs": {"images": {"dtype": image_dtype, "shape": ["batch", 3, height, width],
                                   "values": "RGB, 0-255" if image_dtype == "uint8" else "RGB, 0-1"}},
             "outputs": {"embeddings": {"dtype": "float32", "shape": ["batch", dimension]}},
-            "preprocessing": {"image_size": [height, width], "crop": data.get("crop"),
+            "preprocessing": {"image_size": [height, width], "crop": data.get("crop"), "interpolation": interpolation,
                               "how": "RGB; crop (fractions top, left, bottom, right, or 'center': the largest centred box "
-                                     "of the image_size aspect ratio) if set, then bicubic resize to image_size "
-                                     "(xsearch.datamodules.transforms.load_image); normalisation is inside the graph"},
+                                     f"of the image_size aspect ratio) if set, then {interpolation} resize (PIL) to "
+                                     "image_size (xsearch.datamodules.transforms.load_image); normalisation is inside "
+                                     "the graph"},
         })
         card["text"].update({
             "inputs": {n: {"dtype": "int64", "shape": ["batch", towers.text_length or "length"]}

@@ -35,7 +35,7 @@ from xsearch.datamodules.records import CaptionRecord, DatasetIndex, ImageRecord
 from xsearch.datamodules.resumable import ResumableLoader
 from xsearch.datamodules.samplers import EpochBatchSampler, IdentityBatchSampler, ShuffledBatchSampler
 from xsearch.evaluation.composed import QueryRelevance
-from xsearch.datamodules.transforms import AugmentConfig, UnreadableImage, build_train_augment, load_image
+from xsearch.datamodules.transforms import AugmentConfig, Interpolation, UnreadableImage, build_train_augment, load_image
 from xsearch.registry import DATASETS, Registry
 
 log = logging.getLogger(__name__)
@@ -60,8 +60,9 @@ class ImageStore:
     def __init__(self, images: list[ImageRecord], size: tuple[int, int], cache: bool, desc: str = "caching images",
                  crop: tuple[float, float, float, float] | Literal["center"] | None = None,
                  degraded: DegradeConfig | None = None, disk: DiskImageCache | None = None,
-                 skip_unreadable: bool = False) -> None:
+                 skip_unreadable: bool = False, interpolation: Interpolation = "bicubic") -> None:
         self.images, self.size, self.crop, self.degraded, self.disk = images, size, crop, degraded, disk
+        self.interpolation = interpolation
         self.by_index = {r.index: r for r in images}
         self.cache: dict[int, torch.Tensor] | None = None
         self.unreadable: dict[int, UnreadableImage] = {}
@@ -82,10 +83,8 @@ class ImageStore:
         """Read, crop, resize (or read the pre-resized copy of the disk cache), and degrade (seeded by the image index)
         when asked."""
         path = self.by_index[image_index].path
-        if self.disk is not None:
-            image = self.disk.get(path, self.size, self.crop, lambda: load_image(path, self.size, self.crop))
-        else:
-            image = load_image(path, self.size, self.crop)
+        read = lambda: load_image(path, self.size, self.crop, self.interpolation)  # noqa: E731
+        image = read() if self.disk is None else self.disk.get(path, self.size, self.crop, read, self.interpolation)
         return image if self.degraded is None else degrade(image, self.degraded, image_index)
 
     def __call__(self, image_index: int) -> torch.Tensor:
@@ -115,7 +114,7 @@ class TrainPairs(Dataset):
 
     def item(self, caption: CaptionRecord) -> dict[str, Any]:
         item = {
-            "image": self.augment(self.images(caption.image_index)),
+            "image": self.augment(self.images(caption.image_index), caption.text),
             "text": caption.text,
             "pid": self.labels[caption.pid],
             "index": caption.index,
@@ -195,6 +194,8 @@ class RetrievalDataModule(L.LightningDataModule):
         crop: ``(top, left, bottom, right)`` box, as fractions of each image's height / width, cut out before
             resizing (e.g. the face region of aligned face images), or ``center``: the largest centred box with the
             aspect ratio of ``image_size`` (CLIP's resize-shorter-side + centre crop); ``None`` keeps the whole image.
+        interpolation: the resize filter, ``bicubic`` or ``bilinear``: that of the method's reference code
+            (bilinear for IRRA and its family, torchvision ``Resize``'s default; bicubic for CLIP's preprocessing).
         batch_size: training pairs per batch (per device).
         sampler: ``random`` or ``identity`` (P x K batches, ``instances`` pairs per identity).
         val_split: split used for validation and checkpoint selection; a dataset without it
@@ -243,6 +244,7 @@ class RetrievalDataModule(L.LightningDataModule):
         root: str,
         image_size: tuple[int, int] = (384, 128),
         crop: tuple[float, float, float, float] | Literal["center"] | None = None,
+        interpolation: Interpolation = "bicubic",
         batch_size: int = 64,
         eval_batch_size: int = 256,
         num_workers: int = 4,
@@ -383,7 +385,8 @@ class RetrievalDataModule(L.LightningDataModule):
         if stage == "fit":
             captions = self._usable_captions(index.split_captions("train"))
             store = ImageStore(index.split_images("train"), size, self.hparams.cache_images, "caching train images", self.hparams.crop,
-                               self._degrade("train"), self.disk_cache, skip_unreadable=self.hparams.bad_samples == "skip")
+                               self._degrade("train"), self.disk_cache, skip_unreadable=self.hparams.bad_samples == "skip",
+                               interpolation=self.hparams.interpolation)
             items = TrainImages if self.hparams.train_items == "images" else TrainPairs
             self.train_set = items(captions, self.labels, store, build_train_augment(size, self.augment_config))
             self.train_set.faces, self.train_set.names = self.face_descriptors(), self.identity_names()
@@ -396,7 +399,7 @@ class RetrievalDataModule(L.LightningDataModule):
         for split in {splits[stage]} | ({"test"} if stage == "test" else set()):
             images = index.split_images(split)
             store = ImageStore(images, size, self.hparams.cache_images, f"caching {split} images", self.hparams.crop,
-                               self._degrade(split), self.disk_cache)
+                               self._degrade(split), self.disk_cache, interpolation=self.hparams.interpolation)
             if self.query_mode == "composed":
                 table = self.attribute_table()
                 queries = ComposedQuerySet(composed_pairs(images, table, self.composed), store, images, table)

@@ -20,19 +20,23 @@ from xsearch.atomic import atomic_path
 
 
 class DiskImageCache:
-    """``(path, size, crop) -> uint8 (3, H, W)`` tensors stored under ``folder`` (``<key[:2]>/<key>.npy``)."""
+    """``(path, size, crop, interpolation) -> uint8 (3, H, W)`` tensors stored under ``folder``
+    (``<key[:2]>/<key>.npy``)."""
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
 
-    def key(self, path: str | Path, size: tuple[int, int], crop: object) -> str:
+    def key(self, path: str | Path, size: tuple[int, int], crop: object, interpolation: str = "bicubic") -> str:
         stat = os.stat(path)
         text = f"{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{tuple(size)}|{crop!r}"
+        if interpolation != "bicubic":  # bicubic copies keep the keys they had before the filter was a choice
+            text += f"|{interpolation}"
         return hashlib.sha1(text.encode()).hexdigest()
 
-    def get(self, path: str | Path, size: tuple[int, int], crop: object, load: Callable[[], torch.Tensor]) -> torch.Tensor:
+    def get(self, path: str | Path, size: tuple[int, int], crop: object, load: Callable[[], torch.Tensor],
+            interpolation: str = "bicubic") -> torch.Tensor:
         """The cached copy, or ``load()`` stored for next time."""
-        key = self.key(path, size, crop)
+        key = self.key(path, size, crop, interpolation)
         file = self.folder / key[:2] / f"{key}.npy"
         try:
             return torch.from_numpy(np.load(file))

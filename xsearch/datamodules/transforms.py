@@ -7,6 +7,7 @@ them to float and normalises them with its own backbone's mean/std on its device
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
@@ -15,6 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms import v2
+
+from xsearch.constants import CLIP_MEAN, CLIP_STD
 
 
 def center_box(width: int, height: int, size: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -50,16 +53,26 @@ def read_rgb(path: str | Path) -> Image.Image:
         raise UnreadableImage(path, str(error)) from error
 
 
+INTERPOLATIONS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+"""Resize filters by name: ``bilinear`` is torchvision ``Resize``'s default (IRRA and its family), ``bicubic`` what
+CLIP's preprocessing uses."""
+Interpolation = Literal["bicubic", "bilinear"]
+
+
 def load_image(path: str | Path, size: tuple[int, int],
-               crop: tuple[float, float, float, float] | Literal["center"] | None = None) -> torch.Tensor:
+               crop: tuple[float, float, float, float] | Literal["center"] | None = None,
+               interpolation: Interpolation = "bicubic") -> torch.Tensor:
     """Read an image file as RGB, optionally crop the box ``crop = (top, left, bottom, right)`` given as
     fractions of the height / width (e.g. the face of an aligned face image) or ``"center"`` (the largest centred
-    box with the aspect ratio of ``size``: CLIP's resize + centre crop), resize to ``size = (H, W)``; without a
-    crop, the aspect ratio is ignored.
+    box with the aspect ratio of ``size``: CLIP's resize + centre crop), resize to ``size = (H, W)`` with
+    ``interpolation`` (:data:`INTERPOLATIONS`; PIL's filters, which torchvision ``Resize`` uses on PIL images);
+    without a crop, the aspect ratio is ignored.
 
     Returns a ``uint8`` tensor ``(3, H, W)``. A file that cannot be decoded raises :class:`UnreadableImage` naming it
     (:func:`read_rgb`).
     """
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation {interpolation!r}: expected one of {', '.join(INTERPOLATIONS)}")
     image = read_rgb(path)
     if crop == "center":
         image = image.crop(center_box(*image.size, size))
@@ -67,44 +80,77 @@ def load_image(path: str | Path, size: tuple[int, int],
         top, left, bottom, right = crop
         width, height = image.size
         image = image.crop((round(left * width), round(top * height), round(right * width), round(bottom * height)))
-    image = image.resize((size[1], size[0]), Image.Resampling.BICUBIC)
+    image = image.resize((size[1], size[0]), INTERPOLATIONS[interpolation])
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).contiguous()
+
+
+IRRA_ERASE_VALUE = tuple(round(255 * m * (1 + s)) for m, s in zip(CLIP_MEAN, CLIP_STD))
+"""``(156, 147, 133)``: the pixels IRRA's erasing writes. IRRA runs torchvision ``RandomErasing(value=CLIP mean)``
+after ``Normalize(CLIP mean, CLIP std)``, so an erased pixel normalises to the mean itself, i.e. the pixel
+``255 * mean * (1 + std)`` (rounded to uint8: within 0.008 of IRRA's value after normalisation)."""
 
 
 @dataclass
 class AugmentConfig:
-    """Training augmentation: flip, pad + random crop, random erasing (+ optional jitter).
+    """Training augmentation of ``uint8 (3, H, W)`` images, in this order: random resized crop, colour jitter,
+    random grayscale, flip, pad + random crop, random erasing.
 
-    ``erase_scale`` is the erased share of the area; ``erase_value`` the RGB fill (None = random
-    values). IRRA's recipe: ``erase_scale (0.02, 0.4)``, ``erase_value`` = the CLIP mean, i.e.
-    ``[123, 117, 104]`` in 0-255 (zero after normalisation).
+    ``resized_crop``: the ``(min, max)`` share of the area a random crop keeps (aspect ratio within 3/4-4/3 of the
+    image's), resized back (X-Modal's recipe: ``(0.8, 1.0)``); ``None``: off. ``color_jitter``: brightness, contrast
+    and saturation factors drawn in ``[1 - j, 1 + j]``. ``grayscale``: probability of a grey copy in all three channels
+    (TGFR's ``RandomGrayscale(0.2)``). ``flip``: horizontal flip probability; ``no_flip_words``: a caption containing
+    any of these words (whole words, any case; e.g. ``[left, right]``) keeps its image unflipped, since a flip would
+    contradict it. ``erase_scale``: the erased share of the area; ``erase_value``: the RGB fill, ``"irra"``
+    (:data:`IRRA_ERASE_VALUE`), or ``None`` for random values. Erasing follows torchvision's ``RandomErasing``: up to
+    10 draws of a rectangle, none erased when no draw fits. IRRA's recipe: ``erase_scale (0.02, 0.4)``,
+    ``erase_value: irra``.
     """
 
     flip: float = 0.5
     pad: int = 10
     erase: float = 0.5
     erase_scale: tuple[float, float] = (0.02, 0.2)
-    erase_value: tuple[int, int, int] | None = None
-    brightness: float = 0.0
-    scale_jitter: float = 0.0
+    erase_value: tuple[int, int, int] | Literal["irra"] | None = None
+    resized_crop: tuple[float, float] | None = None
+    color_jitter: float = 0.0
+    grayscale: float = 0.0
+    no_flip_words: tuple[str, ...] = ()
+
+
+def erase_box(height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float] = (0.3, 3.3),
+              attempts: int = 10) -> tuple[int, int, int, int] | None:
+    """torchvision ``RandomErasing.get_params``' rectangle ``(top, left, h, w)`` from torch's generator: up to
+    ``attempts`` draws of an area share in ``scale`` and an aspect ratio (log-uniform in ``ratio``); the first whose
+    sides are smaller than the image's is placed uniformly; ``None`` when none fits (nothing is erased)."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(attempts):
+        erase_area = area * float(torch.empty(()).uniform_(scale[0], scale[1]))
+        aspect = math.exp(float(torch.empty(()).uniform_(*log_ratio)))
+        h, w = int(round(math.sqrt(erase_area * aspect))), int(round(math.sqrt(erase_area / aspect)))
+        if h < height and w < width:
+            top, left = int(torch.randint(0, height - h + 1, ())), int(torch.randint(0, width - w + 1, ()))
+            return top, left, h, w
+    return None
 
 
 class FlipPadCropErase:
     """IRRA's augmentation on a ``uint8 (3, H, W)`` tensor in plain tensor ops (~50x faster than v2 per item).
 
-    Horizontal flip with probability ``flip``; zero-pad by ``pad`` and crop back to ``(H, W)`` at a
-    random offset; with probability ``erase`` replace a random rectangle (``erase_scale`` of the area,
-    aspect 0.3-3.3) with random values or the RGB ``erase_value``.
+    Horizontal flip with probability ``flip`` (unless the call says ``flip_allowed=False``); zero-pad by ``pad`` and
+    crop back to ``(H, W)`` at a random offset; with probability ``erase`` replace the rectangle of :func:`erase_box`
+    with random values or the RGB ``erase_value``.
     """
 
     def __init__(self, flip: float, pad: int, erase: float, erase_scale: tuple[float, float] = (0.02, 0.2),
-                 erase_value: tuple[int, int, int] | None = None) -> None:
+                 erase_value: tuple[int, int, int] | Literal["irra"] | None = None) -> None:
         self.flip, self.pad, self.erase = flip, pad, erase
-        self.erase_scale, self.erase_value = tuple(erase_scale), erase_value
+        self.erase_scale = tuple(erase_scale)
+        self.erase_value = IRRA_ERASE_VALUE if erase_value == "irra" else erase_value
 
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+    def __call__(self, image: torch.Tensor, flip_allowed: bool = True) -> torch.Tensor:
         _, height, width = image.shape
-        if self.flip and torch.rand(()) < self.flip:
+        if self.flip and flip_allowed and torch.rand(()) < self.flip:
             image = image.flip(-1)
         if self.pad:
             # the crop of the zero-padded image at offset (dy, dx) is the image shifted by (-dy, -dx)
@@ -116,26 +162,46 @@ class FlipPadCropErase:
             ]
             image = shifted
         if self.erase and torch.rand(()) < self.erase:
-            area = height * width * float(torch.empty(()).uniform_(*self.erase_scale))
-            aspect = math.exp(float(torch.empty(()).uniform_(math.log(0.3), math.log(3.3))))
-            h = min(height, max(1, round(math.sqrt(area * aspect))))
-            w = min(width, max(1, round(math.sqrt(area / aspect))))
-            y, x = int(torch.randint(0, height - h + 1, ())), int(torch.randint(0, width - w + 1, ()))
-            image = image.clone()
-            if self.erase_value is None:
-                image[:, y : y + h, x : x + w] = torch.randint(0, 256, (3, h, w), dtype=image.dtype)
-            else:
-                image[:, y : y + h, x : x + w] = torch.tensor(self.erase_value, dtype=image.dtype)[:, None, None]
+            box = erase_box(height, width, self.erase_scale)
+            if box is not None:
+                y, x, h, w = box
+                image = image.clone()
+                if self.erase_value is None:
+                    image[:, y : y + h, x : x + w] = torch.randint(0, 256, (3, h, w), dtype=image.dtype)
+                else:
+                    image[:, y : y + h, x : x + w] = torch.tensor(self.erase_value, dtype=image.dtype)[:, None, None]
         return image.contiguous()
 
 
-def build_train_augment(size: tuple[int, int], config: AugmentConfig) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Random augmentation of a ``uint8 (3, H, W)`` tensor of size ``size``; output is the same dtype and size."""
-    steps: list[Callable[[torch.Tensor], torch.Tensor]] = []
-    if config.scale_jitter > 0:
-        ratio = size[1] / size[0]
-        steps.append(v2.RandomResizedCrop(size, scale=(1 - config.scale_jitter, 1.0), ratio=(ratio * 0.9, ratio * 1.1), antialias=True))
-    if config.brightness > 0:
-        steps.append(v2.ColorJitter(brightness=config.brightness, contrast=config.brightness))
-    steps.append(FlipPadCropErase(config.flip, config.pad, config.erase, config.erase_scale, config.erase_value))
-    return v2.Compose(steps) if len(steps) > 1 else steps[0]
+class TrainAugment:
+    """The training augmentation of :class:`AugmentConfig` for images of ``size``: ``(image, caption)`` -> image
+    (``uint8 (3, H, W)``, same size); the caption only decides whether a flip is allowed (``no_flip_words``)."""
+
+    def __init__(self, size: tuple[int, int], config: AugmentConfig) -> None:
+        steps: list[Callable[[torch.Tensor], torch.Tensor]] = []
+        if config.resized_crop is not None:
+            aspect = size[1] / size[0]
+            steps.append(v2.RandomResizedCrop(size, scale=tuple(config.resized_crop), ratio=(aspect * 3 / 4, aspect * 4 / 3),
+                                              antialias=True))
+        if config.color_jitter > 0:
+            steps.append(v2.ColorJitter(brightness=config.color_jitter, contrast=config.color_jitter,
+                                        saturation=config.color_jitter))
+        if config.grayscale > 0:
+            steps.append(v2.RandomGrayscale(config.grayscale))
+        self.before = v2.Compose(steps) if steps else None
+        self.flip_pad_crop_erase = FlipPadCropErase(config.flip, config.pad, config.erase, config.erase_scale,
+                                                    config.erase_value)
+        words = "|".join(re.escape(word) for word in config.no_flip_words)
+        self.no_flip = re.compile(rf"\b({words})\b", re.IGNORECASE) if words else None
+
+    def __call__(self, image: torch.Tensor, caption: str | None = None) -> torch.Tensor:
+        if self.before is not None:
+            image = self.before(image)
+        flip_allowed = self.no_flip is None or caption is None or self.no_flip.search(caption) is None
+        return self.flip_pad_crop_erase(image, flip_allowed)
+
+
+def build_train_augment(size: tuple[int, int], config: AugmentConfig) -> TrainAugment:
+    """Random augmentation of a ``uint8 (3, H, W)`` tensor of size ``size`` (and its caption); output is the same
+    dtype and size."""
+    return TrainAugment(size, config)

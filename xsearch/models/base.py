@@ -68,6 +68,9 @@ class RetrievalModule(L.LightningModule):
     composed_queries: ClassVar[bool] = False
     """Whether ``encode_queries`` takes a ``reference_image`` ``(B, 3, H, W)`` uint8 besides the ``text`` (composed
     queries: reference image + modification text); ``xsearch search --image`` refuses methods without it."""
+    image_interpolation: ClassVar[str] = "bicubic"
+    """The resize filter of the method's reference code (``bicubic``: CLIP's preprocessing; IRRA's family:
+    ``bilinear``); the method's configs set ``data.interpolation`` to it (checked by the tests)."""
 
     def __init__(
         self,

@@ -24,10 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xsearch.constants import CLIP_MEAN, CLIP_STD
 from xsearch.registry import TOWERS
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 SOT_ID, EOT_ID, MASK_ID = 49406, 49407, 49405
 """CLIP BPE ids: start and end of text, and the id IRRA reuses as ``<|mask|>`` (METHODS.md 1.1)."""
 PAD_ID = 0

@@ -42,6 +42,8 @@ class IRRA(RetrievalModule):
             ``warmup_epochs`` 5, cosine).
     """
 
+    image_interpolation = "bilinear"  # torchvision Resize((384, 128)) in IRRA's build_transforms
+
     def __init__(
         self,
         towers: CLIPTowers,

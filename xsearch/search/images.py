@@ -59,15 +59,15 @@ def scan_images(root: str | Path, exclude: Iterable[str | Path] = ()) -> list[Im
 class _Images(Dataset):
     """Item ``i``: ``{"row": i, "image": (3, H, W) uint8 or None, "error": None or why it is unreadable}``."""
 
-    def __init__(self, paths: list[Path], size: tuple[int, int], crop: Any) -> None:
-        self.paths, self.size, self.crop = paths, size, crop
+    def __init__(self, paths: list[Path], size: tuple[int, int], crop: Any, interpolation: str = "bicubic") -> None:
+        self.paths, self.size, self.crop, self.interpolation = paths, size, crop, interpolation
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, row: int) -> dict[str, Any]:
         try:
-            return {"row": row, "image": load_image(self.paths[row], self.size, self.crop), "error": None}
+            return {"row": row, "image": load_image(self.paths[row], self.size, self.crop, self.interpolation), "error": None}
         except UnreadableImage as error:
             return {"row": row, "image": None, "error": str(error)}
 
@@ -88,7 +88,7 @@ def embed_paths(loaded: LoadedModel, paths: list[Path], batch_size: int = 64, wo
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    loader = DataLoader(_Images(paths, loaded.image_size, loaded.crop), batch_size=batch_size, num_workers=workers,
+    loader = DataLoader(_Images(paths, loaded.image_size, loaded.crop, loaded.interpolation), batch_size=batch_size, num_workers=workers,
                         collate_fn=_collate, shuffle=False)
     chunks: list[torch.Tensor] = []
     rows: list[int] = []

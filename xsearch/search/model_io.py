@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import torch
 
+from xsearch.datamodules.transforms import INTERPOLATIONS
 from xsearch.models.checkpoint import load_method, read_checkpoint
 from xsearch.registry import METHODS
 
@@ -67,7 +68,8 @@ class LoadedModel:
 
     ``model``: the :class:`~xsearch.models.RetrievalModule` in eval mode on ``device``. ``method``: its registered
     name (or class name). ``class_path``: ``_class_path`` from the checkpoint. ``image_size``: ``(H, W)`` images are
-    resized to; ``crop``: the training crop (``None``, ``"center"`` or ``(top, left, bottom, right)`` fractions).
+    resized to; ``crop``: the training crop (``None``, ``"center"`` or ``(top, left, bottom, right)`` fractions);
+    ``interpolation``: the training resize filter (``bicubic`` or ``bilinear``).
     ``similarity``: :data:`SimilarityKind`. ``composed``: whether queries may carry a reference image.
     """
 
@@ -76,6 +78,7 @@ class LoadedModel:
     class_path: str
     image_size: tuple[int, int]
     crop: tuple[float, float, float, float] | Literal["center"] | None
+    interpolation: str
     similarity: SimilarityKind
     composed: bool
     checkpoint: CheckpointInfo
@@ -83,7 +86,7 @@ class LoadedModel:
 
     def preprocessing(self) -> dict[str, Any]:
         crop = list(self.crop) if isinstance(self.crop, tuple) else self.crop
-        return {"image_size": list(self.image_size), "crop": crop}
+        return {"image_size": list(self.image_size), "crop": crop, "interpolation": self.interpolation}
 
 
 def method_name(cls: type) -> str:
@@ -98,7 +101,7 @@ def similarity_kind(cls: type) -> SimilarityKind:
     return "cosine" if cls.similarity is RetrievalModule.similarity else "model"
 
 
-def _parse_preprocessing(data: Any, source: str | Path) -> tuple[tuple[int, int], Any]:
+def _parse_preprocessing(data: Any, source: str | Path) -> tuple[tuple[int, int], Any, str]:
     if not isinstance(data, dict) or data.get("image_size") is None:
         raise ValueError(f"{source}: no datamodule_hyper_parameters.image_size (not written by `xsearch fit`?): cannot "
                          "preprocess images the way the model was trained")
@@ -110,7 +113,11 @@ def _parse_preprocessing(data: Any, source: str | Path) -> tuple[tuple[int, int]
         crop = tuple(float(v) for v in crop)
     elif crop not in (None, "center"):
         raise ValueError(f"{source}: datamodule_hyper_parameters.crop {crop!r}: expected null, 'center' or 4 fractions")
-    return (int(size[0]), int(size[1])), crop
+    interpolation = data.get("interpolation") or "bicubic"  # checkpoints from before the filter was a choice: bicubic
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"{source}: datamodule_hyper_parameters.interpolation {interpolation!r}: expected one of "
+                         f"{', '.join(INTERPOLATIONS)}")
+    return (int(size[0]), int(size[1])), crop, interpolation
 
 
 def default_device() -> torch.device:
@@ -128,12 +135,12 @@ def load_model(path: str | Path, device: str | torch.device | None = None,
     info = info or checkpoint_info(path)
     model, header = load_method(info.path)
     cls = type(model)
-    image_size, crop = _parse_preprocessing(header.get("datamodule_hyper_parameters"), info.path)
+    image_size, crop, interpolation = _parse_preprocessing(header.get("datamodule_hyper_parameters"), info.path)
     class_path = header["hyper_parameters"]["_class_path"]
     device = torch.device(device) if device is not None else default_device()
     model = model.to(device).eval()
     return LoadedModel(
-        model=model, method=method_name(cls), class_path=class_path, image_size=image_size, crop=crop,
+        model=model, method=method_name(cls), class_path=class_path, image_size=image_size, crop=crop, interpolation=interpolation,
         similarity=similarity_kind(cls), composed=bool(cls.composed_queries), checkpoint=info, device=device,
     )
 

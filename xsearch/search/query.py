@@ -99,7 +99,7 @@ class Searcher:
             raise FileNotFoundError(f"reference image {path} does not exist")
         prep = self.index.header["preprocessing"]
         crop = tuple(prep["crop"]) if isinstance(prep["crop"], list) else prep["crop"]
-        return load_image(path, tuple(prep["image_size"]), crop)
+        return load_image(path, tuple(prep["image_size"]), crop, prep.get("interpolation", "bicubic"))
 
     def search(self, text: str, k: int = 20, reference: str | Path | None = None, nprobe: int | None = None) -> SearchResult:
         """Rank the indexed images for ``text`` (with ``reference``: a composed query, reference image +

@@ -257,6 +257,7 @@ def model_card(searcher: Searcher) -> dict[str, Any]:
                   "updated": index.header.get("updated")},
         "image_size": list(prep["image_size"]),
         "crop": prep.get("crop"),
+        "interpolation": prep.get("interpolation", "bicubic"),
         "max_k": MAX_K,
     }
 
