@@ -282,3 +282,14 @@ def test_dataset_filter_keeps_the_dataset_protocols_as_their_own_tables(tmp_path
     assert [r["dataset"] for r in leaderboard_table(store.rows(), dataset="celeba:composed")] == ["celeba:composed"]
     text = render_store(store, dataset="celeba", fmt="md")
     assert "### celeba\n" in text and "### celeba:composed\n" in text and "celebahq" not in text
+
+
+def test_a_grid_cell_seed_run_again_counts_once_with_its_latest_row(tmp_path):
+    store = ResultsStore(tmp_path / "r.sqlite")
+    cell = {"grid": "synthetic", "cell": "irra"}
+    for seed, r1 in ((0, 10.0), (1, 20.0), (0, 30.0)):  # seed 0 rerun (--force) after a code change
+        store.append(_record("irra", seed=seed, metrics={"R1": r1}, config={"lr": seed}, extra=cell))
+    store.append(_record("irra", seed=0, metrics={"R1": 5.0}, config={"outside": True}))  # not a grid row: kept
+    rows = {(r["n"], r["R1_mean"]) for r in leaderboard_table(store.rows())}
+    assert rows == {(2, 25.0), (1, 5.0)}  # (30 + 20) / 2: the first seed-0 row is superseded, kept in the store
+    assert len(store.rows()) == 4

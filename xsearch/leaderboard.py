@@ -69,6 +69,19 @@ def dataset_metrics(records: Iterable[RunRecord]) -> list[str]:
     return names or list(DEFAULT_METRICS)
 
 
+def _latest_per_cell_seed(records: Iterable[RunRecord]) -> list[RunRecord]:
+    """``records`` with only the latest row (highest ``id``, else the last given) of each (grid, cell, dataset, seed);
+    rows outside a grid are all kept."""
+    kept: dict[Any, RunRecord] = {}
+    for position, record in enumerate(records):
+        extra = record.extra or {}
+        key = ((extra.get("grid"), extra["cell"], record.dataset, record.seed) if extra.get("cell") and record.seed is not None
+               else ("row", position))
+        if key not in kept or (record.id or 0) >= (kept[key].id or 0):
+            kept[key] = record
+    return list(kept.values())
+
+
 def leaderboard_table(
     records: Iterable[RunRecord],
     dataset: str | None = None,
@@ -77,9 +90,10 @@ def leaderboard_table(
     """One row per (dataset, method, grid cell or config_hash) with ``<metric>_mean``/``<metric>_std``, ``n``, seeds,
     the latest run's time/checkpoint and ``kind: "measured"``; sorted by dataset, then the first metric descending.
     ``metrics`` defaults to each dataset's own columns (:func:`dataset_metrics`). ``dataset`` also keeps that
-    dataset's other protocols (``celeba`` shows ``celeba:composed`` too, as its own table)."""
+    dataset's other protocols (``celeba`` shows ``celeba:composed`` too, as its own table). A grid cell's seed run
+    again (``xsearch leaderboard run --force``) counts once, with its latest row: the store keeps the earlier ones."""
     by_dataset: dict[str, dict[tuple[str, str, str], list[RunRecord]]] = {}
-    for record in records:
+    for record in _latest_per_cell_seed(records):
         if dataset is not None and dataset not in (record.dataset, record.dataset.split(":")[0]):
             continue
         cell = (record.extra or {}).get("cell")  # a grid cell: its seeds aggregate even when their configs differ
