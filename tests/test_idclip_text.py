@@ -81,6 +81,20 @@ def test_training_text_is_a_prompt_drawn_afresh_then_the_untouched_caption(root)
     assert _train_texts(other, epochs=4) != texts
 
 
+def test_a_resumed_epoch_draws_the_same_prompts(root):
+    def epoch_texts(data: RetrievalDataModule, state: dict[str, int] | None = None) -> list[list[str]]:
+        data.setup("fit")
+        loader = data.train_dataloader()
+        loader.batch_sampler.set_epoch(2)
+        if state is not None:
+            loader.load_state_dict(state)
+        return [batch["text"] for batch in loader]
+
+    whole = epoch_texts(_data(root))
+    assert len(whole) == 3
+    assert epoch_texts(_data(root), {"epoch": 2, "delivered": 1, "batches": 3}) == whole[1:]
+
+
 def test_parsed_training_text_is_the_parsers_caption(root):
     data = _data(root, EntityTextOptions(train="parsed"))
     data.setup("fit")
