@@ -31,8 +31,8 @@ def root(tmp_path_factory) -> Path:
 
 
 def _data(root: Path, entity_text: EntityTextOptions | None = None, **options) -> RetrievalDataModule:
-    settings = dict(image_size=(64, 64), batch_size=5, eval_batch_size=8, num_workers=0, dataset_options={"entity": "slot"},
-                    positives="instance", cache_index=False, seed=3)
+    settings = dict(image_size=(64, 64), batch_size=5, eval_batch_size=8, num_workers=0, positives="instance",
+                    dataset_options={"entity": "slot"}, cache_index=False, seed=3)
     return RetrievalDataModule("coco_pfs", str(root), entity_text=entity_text, **{**settings, **options})
 
 
@@ -153,7 +153,8 @@ def test_each_protocol_is_stored_under_its_own_dataset_key(root):
     assert _data(root, EntityTextOptions(queries="templates")).benchmark == "coco_pfs:instance"
     assert _data(root, EntityTextOptions(queries="plain")).benchmark == "coco_pfs:instance"  # their no-name baseline
     assert _data(root, EntityTextOptions(queries="single")).benchmark == "coco_pfs:instance:single-template"
-    assert _data(root, EntityTextOptions(queries="single"), positives="identity").benchmark == "coco_pfs:single-template"
+    identity = _data(root, EntityTextOptions(queries="single"), positives="identity")
+    assert identity.benchmark == "coco_pfs:single-template"
     with pytest.raises(KeyError, match="unknown Id-CLIP query protocol 'some'; registered: plain, single, templates"):
         _data(root, EntityTextOptions(queries="some")).benchmark
     named = _data(root, EntityTextOptions(), dataset_options={"entity": "name"})
@@ -161,7 +162,8 @@ def test_each_protocol_is_stored_under_its_own_dataset_key(root):
         named.setup("test")
     plain_names = _data(root, dataset_options={"entity": "name"})  # other methods' captions: untouched
     plain_names.setup("test")
-    assert [q.text for q in plain_names.eval_sets["test"][0].captions] == [c.text for c in plain_names.index.split_captions("test")]
+    named_captions = plain_names.index.split_captions("test")
+    assert [q.text for q in plain_names.eval_sets["test"][0].captions] == [c.text for c in named_captions]
 
 
 def test_every_template_query_is_counted_at_test_and_validation_averages_the_templates(root, tmp_path):

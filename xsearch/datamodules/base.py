@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
+from xsearch.datamodules.coco_pfs import CaptionSource, caption_sources
 from xsearch.datamodules.composed import (
     AttributeTable,
     ComposedOptions,
@@ -26,7 +27,6 @@ from xsearch.datamodules.composed import (
     reference_candidates,
 )
 from xsearch.datamodules.degrade import DegradeConfig, degrade
-from xsearch.datamodules.coco_pfs import CaptionSource, caption_sources
 from xsearch.datamodules.entity_queries import EntityOptions, EntityQuerySet, entity_queries
 from xsearch.datamodules.entity_text import EntityTextOptions, GeneralQueries, query_protocol, train_text
 from xsearch.datamodules.face_pairs import FaceSampleSet, VerificationOptions, VerificationProtocol, verification_protocol

@@ -29,7 +29,9 @@ from typing import Callable, NamedTuple
 import torch
 
 from xsearch.datamodules.coco_pfs import CaptionSource
-from xsearch.datamodules.entity_captions import TEST_TEMPLATES, TRAIN_PROMPTS, VAL_TEMPLATES, prompt_caption, template_queries
+from xsearch.datamodules.entity_captions import (
+    TEST_TEMPLATES, TRAIN_PROMPTS, VAL_TEMPLATES, prompt_caption, template_queries,
+)
 from xsearch.datamodules.records import CaptionRecord
 from xsearch.registry import Registry
 
@@ -86,7 +88,8 @@ class QueryProtocol:
     suffix: str
 
 
-def template_protocol(captions: list[CaptionRecord], sources: dict[int, CaptionSource], averaged: bool) -> GeneralQueries:
+def template_protocol(captions: list[CaptionRecord], sources: dict[int, CaptionSource],
+                      averaged: bool) -> GeneralQueries:
     """Averaged: the captions themselves, each with the :data:`VAL_TEMPLATES` queries as ``prompts``; otherwise one
     record per (caption, :data:`TEST_TEMPLATES` template), numbered from 0 in caption order."""
     if averaged:
@@ -105,7 +108,8 @@ def single_protocol(captions: list[CaptionRecord], sources: dict[int, CaptionSou
 
 def plain_protocol(captions: list[CaptionRecord], sources: dict[int, CaptionSource], averaged: bool) -> GeneralQueries:
     """The plain COCO captions (no slot), one query each, with the captions' indexes."""
-    return GeneralQueries([CaptionRecord(c.index, c.image_index, sources[c.index].plain, c.pid, c.split) for c in captions])
+    return GeneralQueries([CaptionRecord(c.index, c.image_index, sources[c.index].plain, c.pid, c.split)
+                           for c in captions])
 
 
 QUERY_PROTOCOLS: Registry[QueryProtocol] = Registry("Id-CLIP query protocol")
