@@ -98,7 +98,8 @@ def test_first_five_captions_stripped(root):
 
 def test_face_crop_folders_and_no_image_indices_in_extras(index, root):
     assert index.extras["face_crop_dirs"] == {p: root / "vggface_test_kaggle" / c for p, c in ((9001, "n009001"), (9002, "n009002"))}
-    assert set(index.extras) == {"face_features", "face_feature_row", "item_keys", "class_ids", "face_crop_dirs"}
+    assert set(index.extras) == {"face_features", "face_feature_row", "item_keys", "class_ids", "face_crop_dirs", "entity",
+                                 "plain_captions"}
 
 
 # --------------------------------------------------------------------------------------

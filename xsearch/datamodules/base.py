@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
+from xsearch.datamodules.coco_pfs import CaptionSource, caption_sources
 from xsearch.datamodules.composed import (
     AttributeTable,
     ComposedOptions,
@@ -27,6 +28,7 @@ from xsearch.datamodules.composed import (
 )
 from xsearch.datamodules.degrade import DegradeConfig, degrade
 from xsearch.datamodules.entity_queries import EntityOptions, EntityQuerySet, entity_queries
+from xsearch.datamodules.entity_text import EntityTextOptions, GeneralQueries, query_protocol, train_text
 from xsearch.datamodules.face_pairs import FaceSampleSet, VerificationOptions, VerificationProtocol, verification_protocol
 from xsearch.datamodules.files import DatasetFormatError
 from xsearch.datamodules.image_cache import DiskImageCache
@@ -98,10 +100,13 @@ class ImageStore:
 class TrainPairs(Dataset):
     """One item per training caption: ``{"image", "text", "pid" (0..n-1 label), "index", "image_index"}``, plus
     ``"face"`` (the image's face descriptor) and ``"name"`` (the identity's display name) when ``faces`` maps image
-    indices to descriptors and ``names`` dataset pids to names (COCO-PFS)."""
+    indices to descriptors and ``names`` dataset pids to names (COCO-PFS). ``"text"`` is the caption's text, or
+    ``texts(caption)`` when set (Id-CLIP's training text, :mod:`xsearch.datamodules.entity_text`; drawn at every visit
+    of the item)."""
 
     faces: dict[int, torch.Tensor] | None = None
     names: dict[int, str] | None = None
+    texts: Callable[[CaptionRecord], str] | None = None
 
     def __init__(self, captions: list[CaptionRecord], labels: dict[int, int], images: ImageStore, augment: Callable) -> None:
         self.captions, self.labels, self.images, self.augment = captions, labels, images, augment
@@ -113,9 +118,10 @@ class TrainPairs(Dataset):
         return self.item(self.captions[i])
 
     def item(self, caption: CaptionRecord) -> dict[str, Any]:
+        text = caption.text if self.texts is None else self.texts(caption)
         item = {
-            "image": self.augment(self.images(caption.image_index), caption.text),
-            "text": caption.text,
+            "image": self.augment(self.images(caption.image_index), text),
+            "text": text,
             "pid": self.labels[caption.pid],
             "index": caption.index,
             "image_index": caption.image_index,
@@ -146,13 +152,15 @@ class TrainImages(TrainPairs):
 class QuerySet(Dataset):
     """Evaluation queries: ``{"text", "pid", "index", "image_index"}`` (+ ``"face"``, ``"name"`` as in
     :class:`TrainPairs`); every same-pid image is a positive, or with ``instance`` only the caption's own image
-    (instance-level R@K, Id-CLIP's general retrieval)."""
+    (instance-level R@K, Id-CLIP's general retrieval). With ``prompts`` (``{caption index: [T texts]}``, the same T
+    for all) every item also has ``"prompts"``, the texts whose features the method averages into the query."""
 
     relevance = None  # the metric's default: positives by pid
 
     def __init__(self, captions: list[CaptionRecord], faces: dict[int, torch.Tensor] | None = None,
-                 instance: bool = False, names: dict[int, str] | None = None) -> None:
-        self.captions, self.faces, self.names = captions, faces, names
+                 instance: bool = False, names: dict[int, str] | None = None,
+                 prompts: dict[int, list[str]] | None = None) -> None:
+        self.captions, self.faces, self.names, self.prompts = captions, faces, names, prompts
         if instance:  # COCO-style: only the caption's own image is correct
             self.relevance = QueryRelevance({c.index: [c.image_index] for c in captions})
 
@@ -166,6 +174,8 @@ class QuerySet(Dataset):
             item["face"] = self.faces[c.image_index]  # the identity's face, as seen in the caption's image
         if self.names is not None:
             item["name"] = self.names.get(c.pid, str(c.pid))
+        if self.prompts is not None:
+            item["prompts"] = self.prompts[c.index]
         return item
 
 
@@ -236,6 +246,10 @@ class RetrievalDataModule(L.LightningDataModule):
         entity_retrieval: also evaluate Id-CLIP's entity retrieval (identity-only prompts + a face -> every image
             of the identity; :mod:`xsearch.datamodules.entity_queries`) on each evaluation split, for datasets with
             face descriptors: one more loader; ``None``: no entity queries.
+        entity_text: Id-CLIP's training text and general-retrieval queries for captions with an ``[ENTITY]`` slot
+            (:mod:`xsearch.datamodules.entity_text`); ``None``: the defaults (the authors' protocols) on such
+            captions, nothing on others (setting it for a dataset without the slot is an error). The
+            ``single`` query protocol is stored as ``<benchmark>:single-template``.
     """
 
     def __init__(
@@ -266,6 +280,7 @@ class RetrievalDataModule(L.LightningDataModule):
         verification: VerificationOptions | None = None,
         positives: Literal["identity", "instance"] = "identity",
         entity_retrieval: EntityOptions | None = None,
+        entity_text: EntityTextOptions | None = None,
         bad_samples: Literal["fail", "skip"] = "fail",
         seed: int | None = None,
     ) -> None:
@@ -284,6 +299,8 @@ class RetrievalDataModule(L.LightningDataModule):
         self.query_mode = query_mode
         # kept as given: LightningCLI replaces ``hparams`` with the parsed config, where dataclasses are dicts
         self.degrade_config, self.verification, self.entity_retrieval = degrade, verification, entity_retrieval
+        self.entity_text = entity_text
+        self._caption_sources: dict[int, CaptionSource] | None = None
         self._attribute_table: AttributeTable | None = None
         self.face_sets: dict[str, tuple[FaceSampleSet, VerificationProtocol]] = {}
         self.entity_sets: dict[str, EntityQuerySet] = {}
@@ -303,11 +320,19 @@ class RetrievalDataModule(L.LightningDataModule):
         return self.degrade_config if split in self.hparams.degrade_splits else None
 
     @property
+    def entity_text_options(self) -> EntityTextOptions:
+        """``entity_text``, or the defaults (the authors' protocols) when unset."""
+        return self.entity_text if self.entity_text is not None else EntityTextOptions()
+
+    @property
     def benchmark(self) -> str:
-        """Name results are stored and compared under: the dataset, then ``:composed`` for composed queries and
-        ``:degraded`` when the test images are degraded (each protocol is its own leaderboard table)."""
-        protocol = [self.query_mode] if self.query_mode != "text" else []
-        protocol += ["instance"] if self.hparams.positives == "instance" and self.query_mode == "text" else []
+        """Name results are stored and compared under: the dataset, then ``:composed`` for composed queries,
+        ``:instance`` for instance positives, ``:single-template`` for Id-CLIP's one-template queries and ``:degraded``
+        when the test images are degraded (each protocol is its own leaderboard table)."""
+        text = self.query_mode == "text"
+        protocol = [] if text else [self.query_mode]
+        protocol += ["instance"] if self.hparams.positives == "instance" and text else []
+        protocol += [suffix] if (suffix := query_protocol(self.entity_text_options).suffix) and text else []
         protocol += ["degraded"] if self._degrade("test") is not None else []
         return ":".join([self.dataset, *protocol])
 
@@ -364,6 +389,27 @@ class RetrievalDataModule(L.LightningDataModule):
             self._faces = {r.index: torch.from_numpy(face_descriptor(index, r)) for r in index.images}
         return self._faces
 
+    def caption_sources(self) -> dict[int, CaptionSource] | None:
+        """``{caption index: CaptionSource}`` when the captions carry an ``[ENTITY]`` slot (COCO-PFS with
+        ``entity: slot``), else ``None``; ``entity_text`` set for captions without the slot is refused."""
+        index = self.load_index()
+        if index.extras.get("entity") != "slot":
+            if self.entity_text is not None:
+                raise ValueError(f"{self.dataset}: data.entity_text applies to captions with an [ENTITY] slot "
+                                 "(coco_pfs or synth_pfs with dataset_options: {entity: slot})")
+            return None
+        if self._caption_sources is None:
+            self._caption_sources = caption_sources(index)
+        return self._caption_sources
+
+    def general_queries(self, captions: list[CaptionRecord], averaged: bool) -> GeneralQueries:
+        """A split's text queries: the captions, or on captions with an ``[ENTITY]`` slot those of the
+        ``entity_text`` query protocol (``averaged`` at validation)."""
+        sources = self.caption_sources()
+        if sources is None:
+            return GeneralQueries(captions)
+        return query_protocol(self.entity_text_options).build(captions, sources, averaged)
+
     def identity_names(self) -> dict[int, str] | None:
         """Display names by dataset pid for datasets with face descriptors (the name-based Id-CLIP configurations)."""
         return self.load_index().identity_names if self.face_descriptors() is not None else None
@@ -390,6 +436,8 @@ class RetrievalDataModule(L.LightningDataModule):
             items = TrainImages if self.hparams.train_items == "images" else TrainPairs
             self.train_set = items(captions, self.labels, store, build_train_augment(size, self.augment_config))
             self.train_set.faces, self.train_set.names = self.face_descriptors(), self.identity_names()
+            if (sources := self.caption_sources()) is not None:
+                self.train_set.texts = train_text(self.entity_text_options, sources)
             if self.composed is not None:
                 table = self.attribute_table()
                 candidates = reference_candidates(index.split_images("train"), table, self.composed)
@@ -404,8 +452,9 @@ class RetrievalDataModule(L.LightningDataModule):
                 table = self.attribute_table()
                 queries = ComposedQuerySet(composed_pairs(images, table, self.composed), store, images, table)
             else:
-                queries = QuerySet(index.split_captions(split), self.face_descriptors(), self.hparams.positives == "instance",
-                                   self.identity_names())
+                general = self.general_queries(index.split_captions(split), averaged=stage in ("fit", "validate"))
+                queries = QuerySet(general.captions, self.face_descriptors(), self.hparams.positives == "instance",
+                                   self.identity_names(), general.prompts)
             self.eval_sets[split] = (queries, GallerySet(images, store))
             if self.verification is not None:
                 protocol = verification_protocol(images, index.extras, self.verification)

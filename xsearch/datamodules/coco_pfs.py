@@ -23,7 +23,10 @@ Display names come from ``identity_meta.csv`` (underscores -> spaces).
   (see :func:`face_descriptor`; the split is in the key since val and test share an image folder);
 - ``item_keys``: ``list[str]``, the features-file key of each row;
 - ``class_ids``: ``{pid: VGGFace2 class id}``;
-- ``face_crop_dirs``: ``{pid: vggface_test_kaggle/<class id>/}`` for the identities that have one.
+- ``face_crop_dirs``: ``{pid: vggface_test_kaggle/<class id>/}`` for the identities that have one;
+- ``entity``: the ``entity`` option the captions were built with;
+- ``plain_captions``: ``{(split, str(image path)): [its first 5 COCO captions, stripped]}``, the captions before the
+  identity went in (read per caption by :func:`caption_sources`).
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable, Literal, NamedTuple
 
 import numpy as np
 
@@ -249,15 +252,46 @@ ENTITY_CAPTIONS = {"name": caption_with_name, "slot": caption_with_slot, "none":
 """Caption builder per ``entity`` mode: ``(stripped COCO caption, seed, display name) -> text``."""
 
 
+def plain_captions(item: Item, coco: CocoCaptions) -> list[str]:
+    """The first 5 COCO captions of the item's image, stripped."""
+    return [c.strip() for c in coco.captions.get(item.coco_id, [])[:CAPTIONS_PER_IMAGE]]
+
+
+def caption_seed(key: str, number: int) -> str:
+    """The seed string of the choices made for caption ``number`` of item ``key``: ``"<key>#<number>"``."""
+    return f"{key}#{number}"
+
+
 def item_captions(item: Item, coco: CocoCaptions, name: str, entity: Entity) -> list[str]:
-    """The first 5 COCO captions (stripped) of the item's image, built per ``entity``; seeds ``"<key>#<n>"``."""
-    plain = coco.captions.get(item.coco_id, [])[:CAPTIONS_PER_IMAGE]
-    return [ENTITY_CAPTIONS[entity](c.strip(), f"{item.key}#{n}", name) for n, c in enumerate(plain)]
+    """The first 5 COCO captions (stripped) of the item's image, built per ``entity`` (seeds :func:`caption_seed`)."""
+    return [ENTITY_CAPTIONS[entity](c, caption_seed(item.key, n), name) for n, c in enumerate(plain_captions(item, coco))]
 
 
 def image_path(root: Path, item: Item, coco: CocoCaptions) -> Path:
     """``<split image folder>/<COCO file_name>_<class id>.jpg`` (double extension)."""
     return root / SPLIT_FILES[item.split].images / f"{coco.file_names[item.coco_id]}_{item.class_id}.jpg"
+
+
+class CaptionSource(NamedTuple):
+    """What a COCO-PFS caption was built from: the plain COCO caption (stripped) and its seed string."""
+
+    plain: str
+    seed: str
+
+
+def caption_sources(index: DatasetIndex) -> dict[int, CaptionSource]:
+    """``{caption index: CaptionSource}`` of every caption of a COCO-PFS index (valid after ``drop_images`` too: an
+    image's captions are numbered in order, as the parser built them)."""
+    extras = index.extras
+    rows, keys, plain = extras["face_feature_row"], extras["item_keys"], extras["plain_captions"]
+    numbers: dict[int, int] = defaultdict(int)
+    sources = {}
+    for caption in index.captions:
+        image = index.images[caption.image_index]
+        where, number = (image.split, str(image.path)), numbers[caption.image_index]
+        numbers[caption.image_index] += 1
+        sources[caption.index] = CaptionSource(plain[where][number], caption_seed(keys[rows[where]], number))
+    return sources
 
 
 def face_descriptor(index: DatasetIndex, image: ImageRecord) -> np.ndarray:
@@ -290,11 +324,13 @@ def parse(root: str | Path, entity: Entity = "name") -> DatasetIndex:
 
     images: list[ImageRecord] = []
     captions: list[CaptionRecord] = []
+    plain: dict[tuple[str, str], list[str]] = {}
     for item in items:
         source = coco[caption_files[item.split]]
         pid = pids[item.class_id]
         image = ImageRecord(len(images), image_path(root, item, source), pid, item.split)
         images.append(image)
+        plain[(image.split, str(image.path))] = plain_captions(item, source)
         for text in item_captions(item, source, display[item.class_id], entity):
             captions.append(CaptionRecord(len(captions), image.index, text, pid, item.split))
 
@@ -311,5 +347,7 @@ def parse(root: str | Path, entity: Entity = "name") -> DatasetIndex:
             "item_keys": [i.key for i in items],
             "class_ids": {pid: c for c, pid in pids.items()},
             "face_crop_dirs": crop_dirs(crops, pids),
+            "entity": entity,
+            "plain_captions": plain,
         },
     )

@@ -1,12 +1,19 @@
 """Identity-enriched captions (COCO-PFS, Id-CLIP): put an ``[ENTITY]`` slot into a plain caption.
 
-Pure string functions, shared by the ``coco_pfs`` parser and the ``idclip`` method:
+Pure string functions, shared by the ``coco_pfs`` parser, the Id-CLIP text protocols
+(:mod:`xsearch.datamodules.entity_text`) and the ``idclip`` method:
 
-- exactly one whole-word, case-insensitive person keyword in the caption -> the slot goes at the
+- :func:`entity_caption`, one seeded template per caption (the parser's ``entity: name / slot`` text):
+  exactly one whole-word, case-insensitive person keyword in the caption -> the slot goes at the
   keyword in one of :data:`KEYWORD_SHAPES` (an ``a``/``an`` right before the slot is dropped);
-- no keyword, or two and more -> one of :data:`PREFIX_TEMPLATES` is put before the caption.
+  no keyword, or two and more -> one of :data:`PREFIX_TEMPLATES` is put before the caption;
+- :func:`template_queries`, the authors' general-retrieval queries: every template of a
+  :class:`TemplateSet` (:data:`TEST_TEMPLATES`: 6 prefixes + 5 keyword shapes; :data:`VAL_TEMPLATES`:
+  6 + 3), a keyword shape replaced by a seeded prefix one when the caption has no single keyword;
+- :data:`TRAIN_PROMPTS` and :func:`prompt_caption`, the authors' training text "<prompt>. <caption>";
+- :data:`ENTITY_PROMPTS`, the identity-only prompts of entity retrieval.
 
-Choices are made by :func:`pick` from a string seed (CRC32, no RNG state), so the same item and
+Seeded choices are made by :func:`pick` from a string seed (CRC32, no RNG state), so the same item and
 caption always give the same text, in every process and in the parse cache. :func:`fill_entity`
 finally puts a name, a pseudo-token or anything else into the slot.
 """
@@ -14,7 +21,7 @@ from __future__ import annotations
 
 import re
 import zlib
-from typing import Sequence, TypeVar
+from typing import NamedTuple, Sequence, TypeVar
 
 T = TypeVar("T")
 
@@ -42,9 +49,16 @@ PREFIX_TEMPLATES = (
     SLOT + " in the image.",
     "There is " + SLOT + " in the picture.",
 )
-"""Prefixes used when the caption has no single keyword; the caption follows after a space."""
+"""Prefixes, the caption following after a space: :func:`entity_caption`'s when the caption has no single keyword, and
+the first six of the authors' query templates."""
 
-ENTITY_PROMPTS = (
+FAMOUS_SHAPES = (
+    "{before}famous {keyword} " + SLOT + "{after}",
+    "{before}famous " + SLOT + "{after}",
+)
+"""The two more keyword shapes of the authors' test queries: "famous man [ENTITY]" and "famous [ENTITY]"."""
+
+TRAIN_PROMPTS = (
     "An image with " + SLOT,
     "An image containing " + SLOT,
     SLOT,
@@ -52,7 +66,29 @@ ENTITY_PROMPTS = (
     SLOT + " in the image",
     "There is " + SLOT + " in the picture",
 )
-"""Id-CLIP's training / entity-retrieval prompts (no final period: Id-CLIP writes ``"<prompt>. <caption>"``)."""
+"""Id-CLIP's training prompts (no final period: the text is ``"<prompt>. <caption>"``, :func:`prompt_caption`)."""
+
+ENTITY_PROMPTS = PREFIX_TEMPLATES
+"""Id-CLIP's entity-retrieval prompts (identity only, no caption): the six prefixes, final period included."""
+
+
+class TemplateSet(NamedTuple):
+    """The query templates of one caption: ``prefixes`` (``"<prefix> <caption>"``), then ``keyword_shapes`` (the slot at
+    the caption's single person keyword, see :func:`insert_at_keyword`)."""
+
+    prefixes: tuple[str, ...]
+    keyword_shapes: tuple[str, ...]
+
+    @property
+    def size(self) -> int:
+        """Queries per caption."""
+        return len(self.prefixes) + len(self.keyword_shapes)
+
+
+TEST_TEMPLATES = TemplateSet(PREFIX_TEMPLATES, KEYWORD_SHAPES + FAMOUS_SHAPES)
+"""The authors' test templates: 6 prefixes + 5 keyword shapes = 11 queries per caption."""
+VAL_TEMPLATES = TemplateSet(PREFIX_TEMPLATES, KEYWORD_SHAPES)
+"""The authors' validation templates (averaged into one query): 6 prefixes + 3 keyword shapes (no "famous")."""
 
 _KEYWORD = re.compile(r"\b(?:" + "|".join(KEYWORDS) + r")\b", re.IGNORECASE)
 _ARTICLE_BEFORE_SLOT = re.compile(r"\b(?:a|an)\s+(?=" + re.escape(SLOT) + ")", re.IGNORECASE)
@@ -96,3 +132,23 @@ def entity_caption(caption: str, seed: str) -> str:
 def fill_entity(text: str, replacement: str) -> str:
     """``text`` with every slot replaced by ``replacement`` (a name, a pseudo-token, ...)."""
     return text.replace(SLOT, replacement)
+
+
+def template_queries(caption: str, seed: str, templates: TemplateSet = TEST_TEMPLATES) -> list[str]:
+    """``templates.size`` queries of ``caption`` (stripped), each with one slot, in template order.
+
+    Prefix templates always apply. Keyword shapes need exactly one keyword occurrence in the caption; otherwise each
+    is replaced by one of the prefix queries, chosen by ``seed`` (so every caption has the same number of queries)."""
+    caption = caption.strip()
+    plain = [with_prefix(template, caption) for template in templates.prefixes]
+    matches = keyword_matches(caption)
+    if len(matches) == 1:
+        anchored = [insert_at_keyword(caption, matches[0], shape) for shape in templates.keyword_shapes]
+    else:
+        anchored = [pick(plain, f"{seed}#template{k}") for k in range(len(templates.keyword_shapes))]
+    return plain + anchored
+
+
+def prompt_caption(prompt: str, caption: str) -> str:
+    """The authors' training text: ``"<prompt>. <caption>"`` (the caption stripped, otherwise untouched)."""
+    return f"{prompt}. {caption.strip()}"

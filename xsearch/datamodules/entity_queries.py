@@ -1,8 +1,9 @@
-"""Id-CLIP's entity-retrieval protocol (METHODS.md 5.1): identity-only prompts -> every image of that identity.
+"""Id-CLIP's entity-retrieval protocol: identity-only prompts -> every image of that identity.
 
 One query per identity of the evaluation split: the prompts of
-:data:`~xsearch.datamodules.entity_captions.ENTITY_PROMPTS` ("An image with [ENTITY]", "[ENTITY] in the image"...,
-the slot filled by the method) plus one face descriptor of the identity. Where that face comes from:
+:data:`~xsearch.datamodules.entity_captions.ENTITY_PROMPTS` (the authors' six: "An image with [ENTITY].", "An image
+with a person whose name is [ENTITY].", "[ENTITY].", ..., the slot filled by the method) plus one face descriptor of
+the identity. Where that face comes from:
 
 * ``held_out`` (default): the identity's first image in dataset order gives the descriptor and leaves the
   entity gallery, so the query face was never seen in a gallery image (identities with one image are skipped,

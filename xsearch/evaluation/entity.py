@@ -1,4 +1,4 @@
-"""Id-CLIP's entity-retrieval metrics (METHODS.md 1.5 and 5.1), as the authors define them.
+"""Id-CLIP's entity-retrieval metrics, as the authors define them.
 
 One query per identity (an identity-only prompt such as "An image with [TOK]."); every gallery image of that
 identity is relevant (``n_rel`` of them). With ``hits@K`` = relevant images among the first K:

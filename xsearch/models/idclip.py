@@ -1,4 +1,4 @@
-"""``idclip``: identity-aware CLIP retrieval (Messina et al., ECIR 2025; METHODS.md section 5).
+"""``idclip``: identity-aware CLIP retrieval (Messina et al., ECIR 2025).
 
 A person's 512-d face descriptor becomes a pseudo-word: a small translator MLP maps it to one text-token
 embedding, which replaces the ``[TOK]`` token of the caption right after the token lookup, before CLIP adds
@@ -7,10 +7,12 @@ person. Only the translator and ``prompt_tokens`` learnable visual prompt tokens
 CLS + patches at the input layer) train; CLIP stays frozen, so the gallery never needs re-indexing for a new
 identity. Loss: symmetric InfoNCE at a fixed temperature 0.07 (learnable as an option).
 
-Captions come from the ``coco_pfs`` parser with ``entity: slot`` (``[ENTITY]`` where the identity goes); ``conf``
-says what the slot becomes (:data:`CONFS`: ``[TOK]`` = the paper's conf1, conf2..conf6 mix in the name, ``name`` and
-``none`` are the zero-shot CLIP baselines). Batches carry ``face`` ``(B, 512)`` and ``name``. Entity-retrieval queries
-(:mod:`xsearch.datamodules.entity_queries`) bring ``prompts`` instead of ``text``: their text features are averaged.
+Texts come from the ``coco_pfs`` parser with ``entity: slot`` through :mod:`xsearch.datamodules.entity_text`
+(``[ENTITY]`` where the identity goes; by default the authors' "<prompt>. <caption>" training text and template
+queries); ``conf`` says what the slot becomes (:data:`CONFS`: ``[TOK]`` = the paper's conf1, conf2..conf6 mix in the
+name, ``name`` and ``none`` are the zero-shot CLIP baselines). Batches carry ``face`` ``(B, 512)`` and ``name``.
+Averaged queries (general retrieval at validation; entity retrieval, :mod:`xsearch.datamodules.entity_queries`) bring
+``prompts``: their text features are averaged before the L2 normalisation.
 """
 from __future__ import annotations
 
@@ -72,7 +74,7 @@ CONFS: dict[str, tuple[str, str]] = {
     "none": ("", "a person"),
 }
 """How a caption's ``[ENTITY]`` slot is filled, as ``(prefix, fill)``: the authors' test configurations conf1..conf6
-(METHODS.md 5.5; ``{name}`` = the identity's display name, ``[TOK]`` = the face pseudo-word), and the zero-shot
+(``{name}`` = the identity's display name, ``[TOK]`` = the face pseudo-word), and the zero-shot
 CLIP baselines ``name`` (the real name, no face) and ``none`` (no identity: the slot says "a person")."""
 
 
@@ -208,9 +210,9 @@ class IdCLIP(RetrievalModule):
         return F.normalize(self.clip.encode_image(images).global_features.float(), dim=-1)
 
     def encode_queries(self, batch: dict[str, Any]) -> Tensor:
-        """``text`` (B captions with a slot), ``face`` (B, face_dim), ``name`` -> ``(B, D)``. Entity queries bring
-        ``prompts`` instead: T lists of B identity-only prompts, whose text features are averaged before the L2
-        normalisation (prompt-template ensembling)."""
+        """``text`` (B captions with a slot), ``face`` (B, face_dim), ``name`` -> ``(B, D)``. With ``prompts`` (T lists
+        of B texts with a slot: the template queries of a caption, or an identity's entity prompts) the T text features
+        ``(B, D)`` are averaged before the L2 normalisation (template ensembling) and ``text`` is not used."""
         if "prompts" not in batch:
             return self.encode_texts(batch["text"], batch.get("face"), batch.get("name"))
         names = batch.get("name")
