@@ -121,13 +121,15 @@ class FCFM(nn.Module):
     """Face-caption fusion ("Working" in the authors' code) -> ``(B, fine_dim + 2 D)`` (640 for D = 256).
 
     Fine branch: regions ``v_l`` -> 3x3 conv (no padding) to ``c`` channels, ReLU, 2x2 max-pool, BN (``c`` maps of
-    ``s x s``, ``c = s^2``: 36 of 6x6 for a 14x14 map); words -> per-word ``Linear D -> c``, padding words zeroed,
-    Gram ``W^T W / sqrt(c)`` ``(c, c)`` reshaped to ``(c, s, s)``, BN; the word maps cross-attend the image maps
+    ``s x s``, ``c = s^2``: 36 of 6x6 for a 14x14 map); words -> per-word ``Linear D -> c`` (every position,
+    padding included, as the authors' code; ``mask_padding=True`` zeroes the padding words), Gram
+    ``W^T W / sqrt(c)`` ``(c, c)`` reshaped to ``(c, s, s)``, BN; the word maps cross-attend the image maps
     (:class:`SelfAttention2d`), LayerNorm, 2x2 max-pool, ``Linear -> fine_dim``. Coarse branch: LayerNorm of
     ``v_g`` and of the sentence."""
 
-    def __init__(self, dim: int = 256, map_size: int = 14, fine_dim: int = 128) -> None:
+    def __init__(self, dim: int = 256, map_size: int = 14, fine_dim: int = 128, mask_padding: bool = False) -> None:
         super().__init__()
+        self.mask_padding = mask_padding
         side = (map_size - 2) // 2
         channels = side * side
         self.side, self.channels = side, channels
@@ -146,7 +148,9 @@ class FCFM(nn.Module):
                 sentence: torch.Tensor) -> torch.Tensor:
         """``v_l (B, D, S, S)``, words ``(B, T, D)`` + mask ``(B, T)``, ``v_g (B, D)``, sentence ``(B, D)`` -> ``(B, out_dim)``."""
         image = self.image_norm(F.max_pool2d(F.relu(self.image_conv(regions)), 2))  # (B, c, s, s)
-        projected = self.word_projection(words) * word_mask[..., None].to(words.dtype)  # (B, T, c)
+        projected = self.word_projection(words)  # (B, T, c)
+        if self.mask_padding:
+            projected = projected * word_mask[..., None].to(words.dtype)
         gram = projected.transpose(1, 2) @ projected / math.sqrt(self.channels)  # (B, c, c)
         text = self.word_norm(gram.reshape(-1, self.channels, self.side, self.side))
         fused = F.max_pool2d(self.layer_norm(self.cross_attention(image, text)), 2).flatten(1)
@@ -173,6 +177,8 @@ class TGFR(RetrievalModule):
             the face (also the backbone's in stage ``face``) and the fused embedding ((35, 0.5), (30, 0.5), (30, 0.5)).
         focal_gamma: focal loss exponent after every ArcFace head (2).
         fine_dim: output of FCFM's fine branch (128; fused size = fine_dim + 2 feature_dim).
+        fusion_mask_padding: zero the padding words in FCFM's word Gram map (off: every position counts, as the
+            authors' code).
         **kwargs: :class:`RetrievalModule` options (``lr`` = the text encoder's, ``new_module_lr_factor`` for
             heads, fusion and margin heads; one Adam(W) optimiser, where the authors use SGD for margin heads).
     """
@@ -194,6 +200,7 @@ class TGFR(RetrievalModule):
         fused_margin: tuple[float, float] = (30.0, 0.5),
         focal_gamma: float = 2.0,
         fine_dim: int = 128,
+        fusion_mask_padding: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -208,7 +215,7 @@ class TGFR(RetrievalModule):
         map_size = 14  # layer 3 of an iResNet on 112x112 faces
         self.text_head = NGramTextHead(text_encoder.out_dim, feature_dim, tuple(ngram_sizes))
         self.image_head = FaceImageHead(face_encoder.out_dim, face_encoder.local_dim, map_size, feature_dim)
-        self.fusion = FCFM(feature_dim, map_size, fine_dim) if stage == "fuse" else None
+        self.fusion = FCFM(feature_dim, map_size, fine_dim, fusion_mask_padding) if stage == "fuse" else None
         self.loss_weights = {**DEFAULT_WEIGHTS, **(loss_weights or {})}
         self.stage = stage
         if stage == "face":  # only the backbone learns
