@@ -34,10 +34,37 @@ from xsearch.losses import ArcFaceHead, global_contrastive_loss, sentence_image_
 from xsearch.models.base import RetrievalModule
 from xsearch.models.encoders import TextEncoder
 from xsearch.models.iresnet import IResNet
+from xsearch.optim import OptimizerGroup
 from xsearch.registry import METHODS
 
 DEFAULT_WEIGHTS = {"word": 1.0, "sentence": 1.0, "global": 2.0, "text_id": 100.0, "image_id": 100.0}
 """Stage-1 loss weights of the BERT configuration (METHODS.md 4.3)."""
+
+OPTIMIZER_GROUPS: dict[str, list[dict[str, Any]]] = {
+    "align": [  # three optimisers, as the authors' train_encoders_bert.py; schedules counted in epochs
+        {"name": "text_encoder", "modules": ["text_encoder"], "optimizer": "adam", "clip_grad_norm": 1.0,
+         "optimizer_args": {"lr": 2e-5, "betas": (0.9, 0.999), "weight_decay": 0.01}},
+        {"name": "heads", "modules": ["text_head", "image_head"], "optimizer": "adam",
+         "optimizer_args": {"lr": 1e-3, "betas": (0.5, 0.999)}, "schedule": "exponential", "schedule_args": {"gamma": 0.98}},
+        {"name": "margin_heads", "modules": ["text_arcface", "image_arcface"], "optimizer": "sgd",
+         "optimizer_args": {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-5},
+         "schedule": "multistep", "schedule_args": {"milestones": [3, 8], "gamma": 0.1}},
+    ],
+    "fuse": [  # as the authors' fusion_bert.py
+        {"name": "margin_head", "modules": ["fused_arcface"], "optimizer": "sgd",
+         "optimizer_args": {"lr": 0.1, "weight_decay": 5e-4}, "schedule": "step", "schedule_args": {"step_size": 5, "gamma": 0.6}},
+        {"name": "text_encoder", "modules": ["text_encoder"], "optimizer": "adam",
+         "optimizer_args": {"lr": 1e-5, "betas": (0.9, 0.999), "weight_decay": 0.01},
+         "schedule": "step", "schedule_args": {"step_size": 10, "gamma": 0.8}},
+        {"name": "heads", "modules": ["text_head", "image_head", "fusion"], "optimizer": "adam",
+         "optimizer_args": {"lr": 1e-3, "weight_decay": 5e-5}, "schedule": "step", "schedule_args": {"step_size": 5, "gamma": 0.97}},
+    ],
+}
+"""The authors' optimisers and schedules per stage (METHODS.md 4.4), the default ``optimizer_groups`` of stages
+``align`` and ``fuse``: stage 1 BERT Adam 2e-5 (L2 0.01, gradient norm clipped to 1 before the step), heads Adam
+1e-3 with betas (0.5, 0.999) x0.98 per epoch, ArcFace weights SGD 0.1 (momentum 0.9, 5e-5) x0.1 after epochs 3
+and 8; stage 2 margin head SGD 0.1 (5e-4) x0.6 every 5 epochs, BERT Adam 1e-5 (0.01) x0.8 every 10, heads and
+fusion Adam 1e-3 (5e-5) x0.97 every 5."""
 
 
 class SelfAttention2d(nn.Module):
@@ -179,8 +206,10 @@ class TGFR(RetrievalModule):
         fine_dim: output of FCFM's fine branch (128; fused size = fine_dim + 2 feature_dim).
         fusion_mask_padding: zero the padding words in FCFM's word Gram map (off: every position counts, as the
             authors' code).
-        **kwargs: :class:`RetrievalModule` options (``lr`` = the text encoder's, ``new_module_lr_factor`` for
-            heads, fusion and margin heads; one Adam(W) optimiser, where the authors use SGD for margin heads).
+        **kwargs: :class:`RetrievalModule` options. Stages ``align`` and ``fuse`` train with
+            ``optimizer_groups`` (default: the authors' :data:`OPTIMIZER_GROUPS` of the stage), so ``lr``,
+            ``optimizer``, ``weight_decay``, ``warmup_epochs``... reach only a configured group without
+            ``modules``; stage ``face`` uses them (one optimiser, warm-up + schedule) unless groups are given.
     """
 
     def __init__(
@@ -233,6 +262,13 @@ class TGFR(RetrievalModule):
             self.image_arcface = ArcFaceHead(dim, num_classes, *hp.image_margin)
         else:
             self.fused_arcface = ArcFaceHead(self.fusion.out_dim, num_classes, *hp.fused_margin)
+
+    def optimizer_group_specs(self) -> list[OptimizerGroup]:
+        """The configured ``optimizer_groups``, else the authors' groups of the stage (:data:`OPTIMIZER_GROUPS`),
+        else (stage ``face``) the shared single optimiser."""
+        if self._optimizer_groups or self.stage not in OPTIMIZER_GROUPS:
+            return super().optimizer_group_specs()
+        return [OptimizerGroup.from_config(dict(entry)) for entry in OPTIMIZER_GROUPS[self.stage]]
 
     def backbone_modules(self) -> list[nn.Module]:
         return [self.face_encoder] if self.stage == "face" else [self.text_encoder.transformer]
