@@ -113,6 +113,7 @@ def _trainable(*modules: nn.Module) -> set[int]:
 def _epochs(schedulers: list[dict], count: int) -> None:
     (epoch,) = [s["scheduler"] for s in schedulers if s["interval"] == "epoch"]
     for _ in range(count):
+        epoch.optimizer.step()  # no gradients: nothing moves, but torch wants a step before the schedule's
         epoch.step()
 
 

@@ -1,4 +1,4 @@
-"""Face verification and identification metrics (TGFR's protocol, LFW's 10-fold accuracy; METHODS.md 1.5, 4.1).
+"""Face verification and identification metrics (TGFR's protocol, LFW's 10-fold accuracy).
 
 Verification scores are pair similarities (higher = more likely the same person) with labels 1 (same) / 0.
 

@@ -1,4 +1,4 @@
-"""``tgfr``: text-guided face recognition (Hasan, Sami, Nasrabadi, WACV 2024; METHODS.md section 4).
+"""``tgfr``: text-guided face recognition (Hasan, Sami, Nasrabadi, WACV 2024).
 
 A frozen ArcFace iResNet gives each 112x112 face a 512-d embedding and a ``(256, 14, 14)`` layer-3 map; a BERT
 (max 24 tokens, trained) gives token states. Two stages, each its own config:
@@ -15,6 +15,9 @@ A frozen ArcFace iResNet gives each 112x112 face a 512-d embedding and a ``(256,
 * ``stage: fuse`` (FCFM), started from a stage-1 checkpoint with ``--model.init_from``: a fine branch (word Gram
   map cross-attending the pooled region map -> 128) and a coarse branch (LayerNorm of face and sentence
   embeddings, 256 each) give the 640-d fused identity embedding, trained with ArcFace + focal.
+
+Optimisers: stages ``align`` and ``fuse`` train with the authors' three optimisers and per-epoch schedules
+(:data:`OPTIMIZER_GROUPS`, through the shared ``optimizer_groups``); stage ``face`` with the shared single one.
 
 Evaluation: text -> face retrieval with the aligned sentence / face embeddings (shared evaluator), and with
 ``data.verification`` set, verification and identification of ``fused`` (stage 2: the 640-d FCFM embedding;
@@ -38,10 +41,10 @@ from xsearch.optim import OptimizerGroup
 from xsearch.registry import METHODS
 
 DEFAULT_WEIGHTS = {"word": 1.0, "sentence": 1.0, "global": 2.0, "text_id": 100.0, "image_id": 100.0}
-"""Stage-1 loss weights of the BERT configuration (METHODS.md 4.3)."""
+"""Stage-1 loss weights of the authors' BERT configuration."""
 
 OPTIMIZER_GROUPS: dict[str, list[dict[str, Any]]] = {
-    "align": [  # three optimisers, as the authors' train_encoders_bert.py; schedules counted in epochs
+    "align": [  # three optimisers, as the authors' stage-1 script; schedules counted in epochs
         {"name": "text_encoder", "modules": ["text_encoder"], "optimizer": "adam", "clip_grad_norm": 1.0,
          "optimizer_args": {"lr": 2e-5, "betas": (0.9, 0.999), "weight_decay": 0.01}},
         {"name": "heads", "modules": ["text_head", "image_head"], "optimizer": "adam",
@@ -50,7 +53,7 @@ OPTIMIZER_GROUPS: dict[str, list[dict[str, Any]]] = {
          "optimizer_args": {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-5},
          "schedule": "multistep", "schedule_args": {"milestones": [3, 8], "gamma": 0.1}},
     ],
-    "fuse": [  # as the authors' fusion_bert.py
+    "fuse": [  # as the authors' fusion script
         {"name": "margin_head", "modules": ["fused_arcface"], "optimizer": "sgd",
          "optimizer_args": {"lr": 0.1, "weight_decay": 5e-4}, "schedule": "step", "schedule_args": {"step_size": 5, "gamma": 0.6}},
         {"name": "text_encoder", "modules": ["text_encoder"], "optimizer": "adam",
@@ -60,7 +63,7 @@ OPTIMIZER_GROUPS: dict[str, list[dict[str, Any]]] = {
          "optimizer_args": {"lr": 1e-3, "weight_decay": 5e-5}, "schedule": "step", "schedule_args": {"step_size": 5, "gamma": 0.97}},
     ],
 }
-"""The authors' optimisers and schedules per stage (METHODS.md 4.4), the default ``optimizer_groups`` of stages
+"""The authors' optimisers and schedules per stage, the default ``optimizer_groups`` of stages
 ``align`` and ``fuse``: stage 1 BERT Adam 2e-5 (L2 0.01, gradient norm clipped to 1 before the step), heads Adam
 1e-3 with betas (0.5, 0.999) x0.98 per epoch, ArcFace weights SGD 0.1 (momentum 0.9, 5e-5) x0.1 after epochs 3
 and 8; stage 2 margin head SGD 0.1 (5e-4) x0.6 every 5 epochs, BERT Adam 1e-5 (0.01) x0.8 every 10, heads and
