@@ -256,16 +256,15 @@ def test_focal_loss_gamma0_is_cross_entropy() -> None:
     torch.testing.assert_close(focal_loss(logits, labels, gamma=0.0), F.cross_entropy(logits, labels))
 
 
-def test_focal_loss_hand_case() -> None:
+def test_focal_loss_hand_case_is_the_factor_on_the_batch_mean() -> None:
     logits = [[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
     labels = [0, 2]
-    expected = 0.0
-    for row, label in zip(logits, labels):
-        ce = _ce(row, label)
-        expected += (1 - math.exp(-ce)) ** 2 * ce
-    expected /= 2
+    ce = (_ce(logits[0], 0) + _ce(logits[1], 2)) / 2  # TGFR's FocalLoss: CE of the batch first, then the factor
+    expected = (1 - math.exp(-ce)) ** 2 * ce
+    per_sample = sum((1 - math.exp(-_ce(row, label))) ** 2 * _ce(row, label) for row, label in zip(logits, labels)) / 2
     got = focal_loss(_t(logits), torch.tensor(labels), gamma=2.0)
     assert got.item() == pytest.approx(expected, abs=1e-12)
+    assert abs(expected - per_sample) > 1e-3  # the two definitions differ on this batch
     assert got.item() < F.cross_entropy(_t(logits), torch.tensor(labels)).item()
     with pytest.raises(ValueError, match=r"num_classes=3"):
         focal_loss(_t(logits), torch.tensor([0, -1]))

@@ -57,19 +57,30 @@ def test_ngram_head_words_are_the_max_over_ngrams_starting_there_and_padding_is_
     torch.testing.assert_close(head(garbage, mask)[2], sentence)
 
 
-def test_fcfm_is_640_dimensional_and_ignores_padding_words():
+def test_fcfm_is_640_dimensional_and_reads_padding_words_as_the_authors_code():
     torch.manual_seed(0)
     fusion = FCFM(dim=256, map_size=14, fine_dim=128).eval()
+    assert not fusion.mask_padding  # the authors' default
     regions, words = torch.randn(2, 256, 14, 14), torch.randn(2, 22, 256)
     mask = torch.zeros(2, 22, dtype=torch.bool)
     mask[:, :6] = True
     face, sentence = torch.randn(2, 256), torch.randn(2, 256)
     out = fusion(regions, words, mask, face, sentence)
     assert out.shape == (2, 640) and fusion.channels == 36
+    torch.testing.assert_close(out[:, 128:384], F.layer_norm(face, (256,)))  # coarse branch: LayerNorm (identity affine)
+    # the Gram map sums over all 22 positions, padding included: W^T W / sqrt(36) over the projected words
+    projected = fusion.word_projection(words)
+    gram = torch.einsum("btc,btd->bcd", projected, projected) / 6.0
+    text = fusion.word_norm(gram.reshape(2, 36, 6, 6))
+    image = fusion.image_norm(F.max_pool2d(F.relu(fusion.image_conv(regions)), 2))
+    fine = fusion.fine(F.max_pool2d(fusion.layer_norm(fusion.cross_attention(image, text)), 2).flatten(1))
+    torch.testing.assert_close(out[:, :128], fine)
     words2 = words.clone()
     words2[:, 6:] = torch.randn(2, 16, 256)
-    torch.testing.assert_close(fusion(regions, words2, mask, face, sentence), out)
-    torch.testing.assert_close(out[:, 128:384], F.layer_norm(face, (256,)))  # coarse branch: LayerNorm (identity affine)
+    assert not torch.allclose(fusion(regions, words2, mask, face, sentence)[:, :128], out[:, :128])
+    masked = FCFM(dim=256, map_size=14, fine_dim=128, mask_padding=True).eval()
+    masked.load_state_dict(fusion.state_dict())
+    torch.testing.assert_close(masked(regions, words2, mask, face, sentence), masked(regions, words, mask, face, sentence))
 
 
 @pytest.fixture(scope="module")

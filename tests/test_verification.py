@@ -26,6 +26,17 @@ def _random_pairs(seed: int, n: int = 600, decimals: int | None = None) -> tuple
     return scores, labels.astype(int)
 
 
+def _tgfr_reading(scores, labels, fars):
+    """TGFR's ``calculate_scores`` / ``get_tpr`` written out: scikit-learn's default ``roc_curve``, reversed
+    (``np.flipud``), EER = the FPR at ``nanargmin |(1 - tpr) - fpr|``, TAR = the TPR of the first point (in the
+    reversed order) at ``min(zip(|fpr - far|, index))``."""
+    fprs, tprs, _ = skm.roc_curve(labels, scores)
+    fprs, tprs = np.flipud(fprs), np.flipud(tprs)
+    eer = fprs[np.nanargmin(np.absolute((1 - tprs) - fprs))]
+    tars = [tprs[min(zip(abs(fprs - far), range(len(fprs))))[1]] for far in fars]
+    return eer, tars
+
+
 @pytest.mark.parametrize("seed, decimals", [(0, None), (1, 1), (2, 0), (3, 2)])
 def test_roc_curve_and_auc_equal_scikit_learn(seed, decimals):
     scores, labels = _random_pairs(seed, decimals=decimals)
@@ -34,6 +45,8 @@ def test_roc_curve_and_auc_equal_scikit_learn(seed, decimals):
     np.testing.assert_allclose(fpr, sk_fpr)
     np.testing.assert_allclose(tpr, sk_tpr)
     np.testing.assert_allclose(thresholds[1:], sk_thresholds[1:])
+    for ours, theirs in zip(roc_curve(scores, labels, drop_intermediate=True), skm.roc_curve(labels, scores)):
+        np.testing.assert_array_equal(ours, theirs)  # scikit-learn's default: the same points, bit for bit
     assert roc_auc(scores, labels) == pytest.approx(skm.roc_auc_score(labels, scores), abs=1e-12)
     assert roc_auc(torch.tensor(scores), torch.tensor(labels)) == pytest.approx(skm.roc_auc_score(labels, scores))
 
@@ -45,9 +58,55 @@ def test_tar_at_far_rules_on_the_scikit_learn_curve(seed):
     sk_fpr, sk_tpr, _ = skm.roc_curve(labels, scores, drop_intermediate=False)
     for far in (1e-4, 1e-3, 1e-2, 0.1, 0.3):
         assert tar_at_far(fpr, tpr, far) == pytest.approx(sk_tpr[sk_fpr <= far].max())
-        assert tar_at_far(fpr, tpr, far, rule="nearest") == pytest.approx(sk_tpr[np.argmin(np.abs(sk_fpr - far))])
+        last_nearest = len(sk_fpr) - 1 - np.argmin(np.abs(sk_fpr - far)[::-1])  # the highest TPR at the nearest FPR
+        assert tar_at_far(fpr, tpr, far, rule="nearest") == pytest.approx(sk_tpr[last_nearest])
     with pytest.raises(ValueError, match="rule"):
         tar_at_far(fpr, tpr, 1e-3, rule="closest")
+
+
+@pytest.mark.parametrize("seed, n, decimals", [(0, 600, 1), (1, 600, 2), (2, 300, 0), (3, 2000, 3), (4, 900, None)])
+def test_nearest_rule_equals_tgfr_code_with_ties_and_fars_below_one_negative(seed, n, decimals):
+    scores, labels = _random_pairs(seed, n=n, decimals=decimals)
+    negatives = int((labels == 0).sum())
+    fars = (1e-6, 1e-5, 1e-4, 0.4 / negatives, 0.5 / negatives, 1 / negatives, 1e-3, 5e-3, 1e-2, 0.1, 0.3)
+    eer, tars = _tgfr_reading(scores, labels, fars)
+    values = verification_metrics(scores, labels, fars=fars, rule="nearest")
+    for far, tar in zip(fars, tars):
+        assert values[f"TAR@FAR={far:g}"] == pytest.approx(100 * tar, abs=1e-12), far
+    assert values["EER"] == pytest.approx(100 * eer, abs=1e-12)
+    assert values["AUC"] == pytest.approx(100 * skm.roc_auc_score(labels, scores))
+    # below 1 / (2 #negatives) the nearest point is at FAR 0, and TGFR reads its highest TPR there, not (0, 0)
+    fpr, tpr, _ = roc_curve(scores, labels)
+    assert values["TAR@FAR=1e-06"] == pytest.approx(100 * tpr[fpr == 0].max())
+
+
+def test_nearest_rule_reads_scikit_learns_default_curve():
+    # 10 tied pairs (one same, one different person) at 10 scores: every point lies on the diagonal, and
+    # scikit-learn's default curve keeps (0, 0), (0.1, 0.1) and (1, 1) only
+    scores, labels = np.repeat(np.arange(10.0, 0.0, -1.0), 2), np.tile([1, 0], 10)
+    eer, tars = _tgfr_reading(scores, labels, (0.3, 0.6))
+    values = verification_metrics(scores, labels, fars=(0.3, 0.6), rule="nearest")
+    assert tars == [pytest.approx(0.1), pytest.approx(1.0)]
+    assert values["TAR@FAR=0.3"] == pytest.approx(10.0) and values["TAR@FAR=0.6"] == pytest.approx(100.0)
+    assert values["EER"] == pytest.approx(100 * eer) == pytest.approx(10.0)  # |FNR - FPR|: 0.8 at (0.1, 0.1), 1 elsewhere
+    assert verification_metrics(scores, labels, fars=(0.3,))["TAR@FAR=0.3"] == pytest.approx(30.0)  # at_most: full curve
+    with pytest.raises(ValueError, match="rule must be"):
+        verification_metrics(scores, labels, rule="closest")
+
+
+def test_eer_by_the_nearest_point_on_a_hand_computed_curve():
+    # ROC (0,0) (0,.5) (.5,.5) (.5,1) (1,1): |FNR - FPR| = 1, .5, 0, .5, 1 -> the third point, FPR 0.5
+    fpr, tpr, _ = roc_curve([0.9, 0.6, 0.4, 0.1], [1, 0, 1, 0])
+    assert equal_error_rate(fpr, tpr, rule="nearest") == pytest.approx(0.5)
+    # ROC (0,0) (0,.5) (1/3,.5) (2/3,.5) (2/3,1) (1,1): |FNR - FPR| = 1, .5, 1/6, 1/6, 2/3, 1: a tie, read at the
+    # last point (as TGFR's code on the reversed curve): FPR 2/3; interpolated between the tied points: 0.5
+    fpr, tpr, _ = roc_curve([0.9, 0.8, 0.7, 0.6, 0.5], [1, 0, 0, 1, 0])
+    assert equal_error_rate(fpr, tpr, rule="nearest") == pytest.approx(2 / 3)
+    assert equal_error_rate(fpr, tpr) == pytest.approx(0.5)
+    assert 100 * _tgfr_reading([0.9, 0.8, 0.7, 0.6, 0.5], [1, 0, 0, 1, 0], ())[0] == pytest.approx(
+        verification_metrics([0.9, 0.8, 0.7, 0.6, 0.5], [1, 0, 0, 1, 0], (), rule="nearest")["EER"]) == pytest.approx(200 / 3)
+    with pytest.raises(ValueError, match="rule must be"):
+        equal_error_rate(fpr, tpr, rule="closest")
 
 
 def test_eer_on_a_hand_computed_curve_and_against_a_dense_sweep():
@@ -84,6 +143,12 @@ def test_a_far_the_pairs_cannot_resolve_is_said_once(caplog):
     assert [r.getMessage() for r in caplog.records] == [
         "TAR@FAR=0.0001, TAR@FAR=0.001: 880 different-person pairs resolve FAR down to 1/880 = 1.1e-03 only; these "
         "TARs are the TPR at FAR = 0"]
+    with caplog.at_level("WARNING", logger="xsearch.evaluation.verification"):
+        caplog.clear()
+        verification_metrics(scores, labels, fars=(1e-4, 1e-3, 1e-2), rule="nearest")  # another reading: said too
+    assert [r.getMessage() for r in caplog.records] == [
+        "TAR@FAR=0.0001, TAR@FAR=0.001: 880 different-person pairs resolve FAR down to 1/880 = 1.1e-03 only; these "
+        "TARs are read at the ROC point nearest the target (at FAR = 0, or above the target)"]
     fpr, tpr, _ = roc_curve(scores, labels)
     assert first["TAR@FAR=0.001"] == first["TAR@FAR=0.0001"] == pytest.approx(100 * tpr[fpr == 0].max())
     assert first["TAR@FAR=0.01"] == pytest.approx(100 * tpr[fpr <= 1e-2].max())  # 8.8 negatives: resolved

@@ -62,3 +62,9 @@ TOWERS: Registry[type] = Registry("tower")
 
 DATASETS: Registry[Callable] = Registry("dataset")
 """Dataset parsers by name: ``parse(root, **options) -> DatasetIndex``."""
+
+OPTIMIZERS: Registry[Callable] = Registry("optimizer")
+"""Optimiser builders by name: ``build(param_groups, **args) -> torch.optim.Optimizer`` (:mod:`xsearch.optim`)."""
+
+SCHEDULES: Registry[Callable] = Registry("schedule")
+"""Learning-rate schedules by name: ``schedule(horizon, **args) -> factor(count)`` (:mod:`xsearch.optim`)."""

@@ -1,16 +1,22 @@
-"""Face verification and identification metrics (TGFR's protocol, LFW's 10-fold accuracy; METHODS.md 1.5, 4.1).
+"""Face verification and identification metrics (TGFR's protocol, LFW's 10-fold accuracy).
 
 Verification scores are pair similarities (higher = more likely the same person) with labels 1 (same) / 0.
 
 * :func:`roc_curve`: every distinct score is a threshold ("same" when ``score >= threshold``), as
-  scikit-learn's ``roc_curve(..., drop_intermediate=False)``; the first point is (0, 0) at ``+inf``.
+  scikit-learn's ``roc_curve(..., drop_intermediate=False)``; the first point is (0, 0) at ``+inf``. With
+  ``drop_intermediate=True`` it keeps the points scikit-learn's default keeps (the corners: a point goes when
+  both its FP and TP count steps equal the next ones).
 * :func:`roc_auc`: trapezoidal area under that curve (ties handled exactly, = ``roc_auc_score``).
-* :func:`equal_error_rate`: where FPR = FNR (= 1 - TPR), linearly interpolated between the two ROC points
-  around the crossing.
+* :func:`equal_error_rate`: where FPR = FNR (= 1 - TPR): ``rule="interpolate"`` linearly interpolates between
+  the two ROC points around the crossing; ``rule="nearest"`` is TGFR's reading, the FPR of the ROC point with
+  the smallest ``|FNR - FPR|`` (the last such point in curve order).
 * :func:`tar_at_far`: TPR (TAR) at a target FPR (FAR). ``rule="at_most"``: the best TPR among points with
-  FPR <= target (conservative, the usual definition); ``rule="nearest"``: the TPR of the point whose FPR is
-  closest to the target (TGFR's code; on a curve whose FPR steps are coarser than the target it can report a
-  point above the target FAR).
+  FPR <= target (conservative, the usual definition); ``rule="nearest"``: TGFR's reading, the TPR of the point
+  whose FPR is closest to the target, the last such point in curve order (= the highest TPR at that FPR); it
+  can be a point above the target FAR.
+* :func:`verification_metrics`: AUC, EER and TARs; with ``rule="nearest"`` (TGFR's protocol) EER and TARs are
+  read on the curve of scikit-learn's default ``roc_curve`` (intermediate points dropped), as TGFR's code does,
+  so they equal its ``calculate_scores`` (``roc_curve``, reversed, first ``argmin``).
 * :func:`kfold_accuracy`: LFW's protocol: contiguous folds; per fold, the threshold maximising accuracy on
   the other folds, accuracy on the held-out fold; mean and std over folds.
 * :func:`rank1_identification`: share of probes whose most similar gallery item has their identity.
@@ -25,7 +31,7 @@ import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
-_warned: set[tuple[int, tuple[float, ...]]] = set()
+_warned: set[tuple[str, int, tuple[float, ...]]] = set()
 
 __all__ = [
     "equal_error_rate", "face_protocol_metrics", "kfold_accuracy", "rank1_identification", "roc_auc", "roc_curve", "tar_at_far",
@@ -50,17 +56,35 @@ def _pairs(scores: Sequence[float] | np.ndarray | torch.Tensor, labels: Sequence
     return scores, labels
 
 
-def roc_curve(scores, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(fpr, tpr, thresholds)``, each ``(T + 1,)``: one point per distinct score (descending) after (0, 0)."""
+def _corners(false_positives: np.ndarray, true_positives: np.ndarray) -> np.ndarray:
+    """Indexes ``(K,)`` of the ``(T,)`` cumulative counts that scikit-learn's ``drop_intermediate`` keeps: the first,
+    the last, and every point whose FP or TP step differs from the next one (exact on integer counts)."""
+    if false_positives.size <= 2:
+        return np.arange(false_positives.size)
+    bends = (np.diff(false_positives, 2) != 0) | (np.diff(true_positives, 2) != 0)
+    return np.flatnonzero(np.r_[True, bends, True])
+
+
+def roc_curve(scores, labels, drop_intermediate: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(fpr, tpr, thresholds)``, each ``(T + 1,)``: one point per distinct score (descending) after (0, 0);
+    ``drop_intermediate`` keeps only scikit-learn's default points (collinear ones with equal steps dropped)."""
     scores, labels = _pairs(scores, labels)
     order = np.argsort(-scores, kind="stable")
     scores, labels = scores[order], labels[order]
     last_of_run = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]  # last index of each distinct score
     true_positives = np.cumsum(labels)[last_of_run]
     false_positives = (last_of_run + 1) - true_positives
+    if drop_intermediate:
+        kept = _corners(false_positives, true_positives)
+        last_of_run, true_positives, false_positives = last_of_run[kept], true_positives[kept], false_positives[kept]
     fpr = np.r_[0.0, false_positives / (~labels).sum()]
     tpr = np.r_[0.0, true_positives / labels.sum()]
     return fpr, tpr, np.r_[np.inf, scores[last_of_run]]
+
+
+def _last_argmin(values: np.ndarray) -> int:
+    """Index of the last minimum of a ``(T,)`` array (TGFR reverses the curve, then takes the first)."""
+    return int(values.size - 1 - np.argmin(values[::-1]))
 
 
 def roc_auc(scores, labels) -> float:
@@ -69,8 +93,14 @@ def roc_auc(scores, labels) -> float:
     return float(np.trapezoid(tpr, fpr))
 
 
-def equal_error_rate(fpr: np.ndarray, tpr: np.ndarray) -> float:
-    """The rate where FPR equals FNR = 1 - TPR, interpolated on the segment where ``FPR - FNR`` changes sign."""
+def equal_error_rate(fpr: np.ndarray, tpr: np.ndarray, rule: Literal["interpolate", "nearest"] = "interpolate") -> float:
+    """The rate where FPR equals FNR = 1 - TPR on a ``(T,)`` curve: interpolated on the segment where ``FPR - FNR``
+    changes sign (``interpolate``), or the FPR of the last point with the smallest ``|FNR - FPR|`` (``nearest``,
+    TGFR's reading)."""
+    if rule == "nearest":
+        return float(fpr[_last_argmin(np.abs((1.0 - tpr) - fpr))])
+    if rule != "interpolate":
+        raise ValueError(f"rule must be 'interpolate' or 'nearest', got {rule!r}")
     difference = fpr - (1.0 - tpr)  # increasing along the curve, from -1 at (0, 0) to +1 at (1, 1)
     after = int(np.argmax(difference >= 0))
     if after == 0 or difference[after] == 0:
@@ -81,28 +111,45 @@ def equal_error_rate(fpr: np.ndarray, tpr: np.ndarray) -> float:
 
 
 def tar_at_far(fpr: np.ndarray, tpr: np.ndarray, far: float, rule: Literal["at_most", "nearest"] = "at_most") -> float:
-    """TPR at a target FPR: the best with FPR <= ``far`` (``at_most``), or at the closest FPR (``nearest``,
-    the lowest-FPR point among equally close ones)."""
+    """TPR at a target FPR on a ``(T,)`` curve: the best with FPR <= ``far`` (``at_most``), or that of the last point
+    (the highest TPR) at the FPR closest to ``far`` (``nearest``, TGFR's reading)."""
     if rule == "at_most":
         return float(tpr[fpr <= far].max())
     if rule == "nearest":
-        return float(tpr[int(np.argmin(np.abs(fpr - far)))])
+        return float(tpr[_last_argmin(np.abs(fpr - far))])
     raise ValueError(f"rule must be 'at_most' or 'nearest', got {rule!r}")
+
+
+_READINGS: dict[str, tuple[bool, Literal["interpolate", "nearest"]]] = {
+    "at_most": (False, "interpolate"),  # the full curve, EER interpolated
+    "nearest": (True, "nearest"),  # TGFR: scikit-learn's default curve, EER at the nearest point
+}
+"""Per TAR rule: whether the curve drops scikit-learn's intermediate points, and the EER rule."""
 
 
 def verification_metrics(scores, labels, fars: Sequence[float] = DEFAULT_FARS,
                          rule: Literal["at_most", "nearest"] = "at_most") -> dict[str, float]:
-    """``{"AUC", "EER", "TAR@FAR=1e-06", ...}`` in percent from pair scores and 0/1 labels. A target FAR below
-    1 / (number of different-person pairs) cannot be resolved: its TAR is the TPR at FAR = 0, said once in a warning."""
+    """``{"AUC", "EER", "TAR@FAR=1e-06", ...}`` in percent from ``(P,)`` pair scores and 0/1 labels.
+
+    ``at_most``: EER interpolated, TARs the best TPR with FPR <= the target, on the full curve. ``nearest``
+    (TGFR's protocol): EER and TARs read at the nearest point of scikit-learn's default curve, as TGFR's code.
+    A target FAR below 1 / (number of different-person pairs) cannot be resolved; said once in a warning."""
+    if rule not in _READINGS:
+        raise ValueError(f"rule must be 'at_most' or 'nearest', got {rule!r}")
     negatives = int(np.sum(np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels) == 0))
     unresolved = tuple(far for far in fars if far * negatives < 1)
-    if unresolved and (negatives, unresolved) not in _warned:
-        _warned.add((negatives, unresolved))
+    if unresolved and (rule, negatives, unresolved) not in _warned:
+        _warned.add((rule, negatives, unresolved))
         log.warning("%s: %d different-person pairs resolve FAR down to 1/%d = %.1e only; these TARs are %s",
                     ", ".join(f"TAR@FAR={far:g}" for far in unresolved), negatives, negatives, 1 / max(negatives, 1),
-                    "the TPR at FAR = 0" if rule == "at_most" else "read at the nearest ROC point (FAR 0 or 1/N)")
+                    "the TPR at FAR = 0" if rule == "at_most"
+                    else "read at the ROC point nearest the target (at FAR = 0, or above the target)")
+    drop_intermediate, eer_rule = _READINGS[rule]
     fpr, tpr, _ = roc_curve(scores, labels)
-    metrics = {"AUC": 100.0 * float(np.trapezoid(tpr, fpr)), "EER": 100.0 * equal_error_rate(fpr, tpr)}
+    metrics = {"AUC": 100.0 * float(np.trapezoid(tpr, fpr))}
+    if drop_intermediate:
+        fpr, tpr, _ = roc_curve(scores, labels, drop_intermediate=True)
+    metrics["EER"] = 100.0 * equal_error_rate(fpr, tpr, eer_rule)
     metrics.update({f"TAR@FAR={far:g}": 100.0 * tar_at_far(fpr, tpr, far, rule) for far in fars})
     return metrics
 

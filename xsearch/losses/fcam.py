@@ -203,11 +203,9 @@ def arcface_logits(
 
 
 def focal_loss(logits: Tensor, labels: Tensor, gamma: float = 2.0) -> Tensor:
-    """Focal loss (Lin et al. 2017): ``mean_i (1 - p_i)^gamma ce_i`` with ``ce_i = CE(logits_i, label_i)``,
-    ``p_i = exp(-ce_i)``.
-
-    Note: TGFR's code (``FocalLoss`` around a mean-reduced ``CrossEntropyLoss``) applies the focal factor to the
-    batch-mean CE instead; xsearch uses the per-sample definition above. ``gamma = 0`` is plain CE.
+    """TGFR's focal loss: the focal factor on the batch-mean cross-entropy, ``(1 - p)^gamma ce`` with
+    ``ce = mean_i CE(logits_i, label_i)`` and ``p = exp(-ce)`` (the authors' ``FocalLoss`` around a mean-reduced
+    ``CrossEntropyLoss``; not Lin et al.'s per-sample factor). ``gamma = 0`` is plain CE.
 
     Args:
         logits: (B, C) class logits.
@@ -222,9 +220,8 @@ def focal_loss(logits: Tensor, labels: Tensor, gamma: float = 2.0) -> Tensor:
     if labels.shape != (logits.shape[0],):
         raise ValueError(f"expected labels of shape ({logits.shape[0]},), got {tuple(labels.shape)}")
     _check_labels(labels, logits.shape[1])
-    ce = F.cross_entropy(logits, labels, reduction="none")  # (B,)
-    p = torch.exp(-ce)
-    return ((1.0 - p).pow(gamma) * ce).mean()
+    ce = F.cross_entropy(logits, labels)  # scalar: the batch mean
+    return (1.0 - torch.exp(-ce)).pow(gamma) * ce
 
 
 class ArcFaceHead(nn.Module):

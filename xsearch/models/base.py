@@ -3,12 +3,12 @@
 A method implements ``encode_queries`` / ``encode_gallery`` (and optionally ``similarity``)
 plus ``training_losses``; this base owns evaluation (encode queries and gallery once ->
 similarity -> ``xsearch.evaluation``), metric logging, the ranked-list picture at test time,
-and the optimiser with backbone / new-module parameter groups and a warm-up + cosine schedule.
+and the optimisers: declared ``optimizer_groups`` (:mod:`xsearch.optim`), or by default one optimiser with
+backbone / new-module parameter groups and a warm-up + cosine schedule.
 """
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -23,7 +23,9 @@ from xsearch.datamodules.samplers import derived_seed
 from xsearch.evaluation import RetrievalMetric, cosine_similarity
 from xsearch.evaluation.entity import entity_metrics
 from xsearch.evaluation.verification import face_protocol_metrics
+from xsearch.optim import OptimizerGroup, accepted_arguments, build_optimization
 from xsearch.rankings import TOP_K
+from xsearch.registry import OPTIMIZERS
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +37,18 @@ class RetrievalModule(L.LightningModule):
         lr: learning rate of the pretrained backbones.
         new_module_lr_factor: multiplier of ``lr`` for modules the method adds (heads...).
         weight_decay: decoupled weight decay (biases and norms get none).
-        optimizer: ``adamw``, ``adam`` or ``sgd``.
+        optimizer: a name in :data:`~xsearch.registry.OPTIMIZERS` (``adamw``, ``adam`` or ``sgd``; SGD with
+            momentum 0.9).
         adam_eps: Adam(W) epsilon (IRRA uses an unusually large 1e-3).
         bias_lr_factor: extra multiplier of the learning rate of biases and norm weights (IRRA: 2).
         warmup_epochs: linear warm-up from ``0.1 x lr`` (fractions allowed), then ``schedule``.
         schedule: ``cosine`` (to 0 at the last step) or ``constant``.
+        optimizer_groups: optimisers and schedules per group of modules, each a mapping of
+            :class:`~xsearch.optim.OptimizerGroup` fields (``name``, ``modules``, ``optimizer``, ``optimizer_args``,
+            ``schedule``, ``schedule_args``, ``interval``, ``clip_grad_norm``). ``None``: one group of every
+            parameter from ``lr``, ``new_module_lr_factor``, ``weight_decay``, ``optimizer``, ``adam_eps``,
+            ``bias_lr_factor``, ``warmup_epochs`` and ``schedule`` (stepped per optimiser step). When given, those
+            options only reach a group without ``modules`` (through :meth:`parameter_groups`).
         ks: the R@K cut-offs reported.
         visualize_queries: test queries drawn with their top-5 gallery images (0 = none).
         init_from: a checkpoint (of this method or another) whose tensors of matching name and shape
@@ -77,11 +86,12 @@ class RetrievalModule(L.LightningModule):
         lr: float = 1e-5,
         new_module_lr_factor: float = 5.0,
         weight_decay: float = 4e-5,
-        optimizer: Literal["adamw", "adam", "sgd"] = "adam",
+        optimizer: str = "adam",
         adam_eps: float = 1e-8,
         bias_lr_factor: float = 1.0,
         warmup_epochs: float = 5.0,
         schedule: Literal["cosine", "constant"] = "cosine",
+        optimizer_groups: list[dict[str, Any]] | None = None,
         ks: tuple[int, ...] = (1, 5, 10),
         visualize_queries: int = 8,
         init_from: str | None = None,
@@ -89,6 +99,9 @@ class RetrievalModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()  # collects the subclass's arguments too
+        OPTIMIZERS.get(optimizer)  # a KeyError naming the registered ones, before any training
+        self._optimizer_groups = [OptimizerGroup.from_config(dict(entry)) for entry in optimizer_groups or []]
+        self._gradient_clips: list[tuple[list[nn.Parameter], float]] = []
         self.val_metric = RetrievalMetric(ks=ks, similarity_fn=self.similarity)
         self.test_metric = RetrievalMetric(ks=ks, similarity_fn=self.similarity, top_k=TOP_K)  # top-k: test_rankings.npz
         self._faces: dict[str, list[torch.Tensor]] = {}
@@ -448,29 +461,35 @@ class RetrievalModule(L.LightningModule):
             group["params"].append(param)
         return list(groups.values())
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def optimizer_group_specs(self) -> list[OptimizerGroup]:
+        """The optimiser groups this method trains with: the configured ``optimizer_groups``, else one group of
+        every trainable parameter (:meth:`parameter_groups`) with ``optimizer`` at ``lr`` and the warm-up +
+        ``schedule`` stepped per optimiser step. A method may override it to declare its own groups."""
+        if self._optimizer_groups:
+            return self._optimizer_groups
         hp = self.hparams
-        groups = self.parameter_groups()
-        if hp.optimizer == "sgd":
-            optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=0.9)
-        else:
-            optimizer_class = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
-            fused = all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
-            optimizer = optimizer_class(groups, lr=hp.lr, betas=(0.9, 0.999), eps=hp.adam_eps, fused=fused)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        steps_per_epoch = total / max(1, self.trainer.max_epochs or 1)
-        warmup = min(total - 1, int(hp.warmup_epochs * steps_per_epoch))
+        legacy = {"lr": hp.lr, "momentum": 0.9, "eps": hp.adam_eps}  # each optimiser takes those it knows
+        return [OptimizerGroup(name="all", optimizer=hp.optimizer, modules=None, interval="step",
+                               optimizer_args=accepted_arguments(OPTIMIZERS.get(hp.optimizer), legacy),
+                               schedule=f"warmup_{hp.schedule}", schedule_args={"warmup_epochs": hp.warmup_epochs})]
 
-        def factor(step: int) -> float:
-            if step < warmup:
-                return 0.1 + 0.9 * step / max(1, warmup)
-            if hp.schedule == "constant":
-                return 1.0
-            progress = (step - warmup) / max(1, total - warmup)
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    def _remaining_parameter_groups(self, keep: set[int]) -> list[dict[str, Any]]:
+        """:meth:`parameter_groups` restricted to the parameters whose id is in ``keep``."""
+        return [{**group, "params": [p for p in group["params"] if id(p) in keep]} for group in self.parameter_groups()]
 
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+    def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list[dict[str, Any]]]:
+        optimization = build_optimization(self, self.optimizer_group_specs(), self._remaining_parameter_groups,
+                                          steps=int(self.trainer.estimated_stepping_batches),
+                                          epochs=self.trainer.max_epochs or 1)
+        self._gradient_clips = optimization.clips
+        return optimization.lightning()
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Each optimiser group's own ``clip_grad_norm`` (its parameters' norm), then the trainer's clip, if any."""
+        for parameters, max_norm in self._gradient_clips:
+            torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm)
 
 
 def checkpoint_mismatch(theirs: dict[str, torch.Tensor], own: dict[str, torch.Tensor], model: str) -> str | None:

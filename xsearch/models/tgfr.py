@@ -1,4 +1,4 @@
-"""``tgfr``: text-guided face recognition (Hasan, Sami, Nasrabadi, WACV 2024; METHODS.md section 4).
+"""``tgfr``: text-guided face recognition (Hasan, Sami, Nasrabadi, WACV 2024).
 
 A frozen ArcFace iResNet gives each 112x112 face a 512-d embedding and a ``(256, 14, 14)`` layer-3 map; a BERT
 (max 24 tokens, trained) gives token states. Two stages, each its own config:
@@ -15,6 +15,9 @@ A frozen ArcFace iResNet gives each 112x112 face a 512-d embedding and a ``(256,
 * ``stage: fuse`` (FCFM), started from a stage-1 checkpoint with ``--model.init_from``: a fine branch (word Gram
   map cross-attending the pooled region map -> 128) and a coarse branch (LayerNorm of face and sentence
   embeddings, 256 each) give the 640-d fused identity embedding, trained with ArcFace + focal.
+
+Optimisers: stages ``align`` and ``fuse`` train with the authors' three optimisers and per-epoch schedules
+(:data:`OPTIMIZER_GROUPS`, through the shared ``optimizer_groups``); stage ``face`` with the shared single one.
 
 Evaluation: text -> face retrieval with the aligned sentence / face embeddings (shared evaluator), and with
 ``data.verification`` set, verification and identification of ``fused`` (stage 2: the 640-d FCFM embedding;
@@ -34,10 +37,37 @@ from xsearch.losses import ArcFaceHead, global_contrastive_loss, sentence_image_
 from xsearch.models.base import RetrievalModule
 from xsearch.models.encoders import TextEncoder
 from xsearch.models.iresnet import IResNet
+from xsearch.optim import OptimizerGroup
 from xsearch.registry import METHODS
 
 DEFAULT_WEIGHTS = {"word": 1.0, "sentence": 1.0, "global": 2.0, "text_id": 100.0, "image_id": 100.0}
-"""Stage-1 loss weights of the BERT configuration (METHODS.md 4.3)."""
+"""Stage-1 loss weights of the authors' BERT configuration."""
+
+OPTIMIZER_GROUPS: dict[str, list[dict[str, Any]]] = {
+    "align": [  # three optimisers, as the authors' stage-1 script; schedules counted in epochs
+        {"name": "text_encoder", "modules": ["text_encoder"], "optimizer": "adam", "clip_grad_norm": 1.0,
+         "optimizer_args": {"lr": 2e-5, "betas": (0.9, 0.999), "weight_decay": 0.01}},
+        {"name": "heads", "modules": ["text_head", "image_head"], "optimizer": "adam",
+         "optimizer_args": {"lr": 1e-3, "betas": (0.5, 0.999)}, "schedule": "exponential", "schedule_args": {"gamma": 0.98}},
+        {"name": "margin_heads", "modules": ["text_arcface", "image_arcface"], "optimizer": "sgd",
+         "optimizer_args": {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-5},
+         "schedule": "multistep", "schedule_args": {"milestones": [3, 8], "gamma": 0.1}},
+    ],
+    "fuse": [  # as the authors' fusion script
+        {"name": "margin_head", "modules": ["fused_arcface"], "optimizer": "sgd",
+         "optimizer_args": {"lr": 0.1, "weight_decay": 5e-4}, "schedule": "step", "schedule_args": {"step_size": 5, "gamma": 0.6}},
+        {"name": "text_encoder", "modules": ["text_encoder"], "optimizer": "adam",
+         "optimizer_args": {"lr": 1e-5, "betas": (0.9, 0.999), "weight_decay": 0.01},
+         "schedule": "step", "schedule_args": {"step_size": 10, "gamma": 0.8}},
+        {"name": "heads", "modules": ["text_head", "image_head", "fusion"], "optimizer": "adam",
+         "optimizer_args": {"lr": 1e-3, "weight_decay": 5e-5}, "schedule": "step", "schedule_args": {"step_size": 5, "gamma": 0.97}},
+    ],
+}
+"""The authors' optimisers and schedules per stage, the default ``optimizer_groups`` of stages
+``align`` and ``fuse``: stage 1 BERT Adam 2e-5 (L2 0.01, gradient norm clipped to 1 before the step), heads Adam
+1e-3 with betas (0.5, 0.999) x0.98 per epoch, ArcFace weights SGD 0.1 (momentum 0.9, 5e-5) x0.1 after epochs 3
+and 8; stage 2 margin head SGD 0.1 (5e-4) x0.6 every 5 epochs, BERT Adam 1e-5 (0.01) x0.8 every 10, heads and
+fusion Adam 1e-3 (5e-5) x0.97 every 5."""
 
 
 class SelfAttention2d(nn.Module):
@@ -121,13 +151,15 @@ class FCFM(nn.Module):
     """Face-caption fusion ("Working" in the authors' code) -> ``(B, fine_dim + 2 D)`` (640 for D = 256).
 
     Fine branch: regions ``v_l`` -> 3x3 conv (no padding) to ``c`` channels, ReLU, 2x2 max-pool, BN (``c`` maps of
-    ``s x s``, ``c = s^2``: 36 of 6x6 for a 14x14 map); words -> per-word ``Linear D -> c``, padding words zeroed,
-    Gram ``W^T W / sqrt(c)`` ``(c, c)`` reshaped to ``(c, s, s)``, BN; the word maps cross-attend the image maps
+    ``s x s``, ``c = s^2``: 36 of 6x6 for a 14x14 map); words -> per-word ``Linear D -> c`` (every position,
+    padding included, as the authors' code; ``mask_padding=True`` zeroes the padding words), Gram
+    ``W^T W / sqrt(c)`` ``(c, c)`` reshaped to ``(c, s, s)``, BN; the word maps cross-attend the image maps
     (:class:`SelfAttention2d`), LayerNorm, 2x2 max-pool, ``Linear -> fine_dim``. Coarse branch: LayerNorm of
     ``v_g`` and of the sentence."""
 
-    def __init__(self, dim: int = 256, map_size: int = 14, fine_dim: int = 128) -> None:
+    def __init__(self, dim: int = 256, map_size: int = 14, fine_dim: int = 128, mask_padding: bool = False) -> None:
         super().__init__()
+        self.mask_padding = mask_padding
         side = (map_size - 2) // 2
         channels = side * side
         self.side, self.channels = side, channels
@@ -146,7 +178,9 @@ class FCFM(nn.Module):
                 sentence: torch.Tensor) -> torch.Tensor:
         """``v_l (B, D, S, S)``, words ``(B, T, D)`` + mask ``(B, T)``, ``v_g (B, D)``, sentence ``(B, D)`` -> ``(B, out_dim)``."""
         image = self.image_norm(F.max_pool2d(F.relu(self.image_conv(regions)), 2))  # (B, c, s, s)
-        projected = self.word_projection(words) * word_mask[..., None].to(words.dtype)  # (B, T, c)
+        projected = self.word_projection(words)  # (B, T, c)
+        if self.mask_padding:
+            projected = projected * word_mask[..., None].to(words.dtype)
         gram = projected.transpose(1, 2) @ projected / math.sqrt(self.channels)  # (B, c, c)
         text = self.word_norm(gram.reshape(-1, self.channels, self.side, self.side))
         fused = F.max_pool2d(self.layer_norm(self.cross_attention(image, text)), 2).flatten(1)
@@ -173,8 +207,12 @@ class TGFR(RetrievalModule):
             the face (also the backbone's in stage ``face``) and the fused embedding ((35, 0.5), (30, 0.5), (30, 0.5)).
         focal_gamma: focal loss exponent after every ArcFace head (2).
         fine_dim: output of FCFM's fine branch (128; fused size = fine_dim + 2 feature_dim).
-        **kwargs: :class:`RetrievalModule` options (``lr`` = the text encoder's, ``new_module_lr_factor`` for
-            heads, fusion and margin heads; one Adam(W) optimiser, where the authors use SGD for margin heads).
+        fusion_mask_padding: zero the padding words in FCFM's word Gram map (off: every position counts, as the
+            authors' code).
+        **kwargs: :class:`RetrievalModule` options. Stages ``align`` and ``fuse`` train with
+            ``optimizer_groups`` (default: the authors' :data:`OPTIMIZER_GROUPS` of the stage), so ``lr``,
+            ``optimizer``, ``weight_decay``, ``warmup_epochs``... reach only a configured group without
+            ``modules``; stage ``face`` uses them (one optimiser, warm-up + schedule) unless groups are given.
     """
 
     def __init__(
@@ -194,6 +232,7 @@ class TGFR(RetrievalModule):
         fused_margin: tuple[float, float] = (30.0, 0.5),
         focal_gamma: float = 2.0,
         fine_dim: int = 128,
+        fusion_mask_padding: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -208,7 +247,7 @@ class TGFR(RetrievalModule):
         map_size = 14  # layer 3 of an iResNet on 112x112 faces
         self.text_head = NGramTextHead(text_encoder.out_dim, feature_dim, tuple(ngram_sizes))
         self.image_head = FaceImageHead(face_encoder.out_dim, face_encoder.local_dim, map_size, feature_dim)
-        self.fusion = FCFM(feature_dim, map_size, fine_dim) if stage == "fuse" else None
+        self.fusion = FCFM(feature_dim, map_size, fine_dim, fusion_mask_padding) if stage == "fuse" else None
         self.loss_weights = {**DEFAULT_WEIGHTS, **(loss_weights or {})}
         self.stage = stage
         if stage == "face":  # only the backbone learns
@@ -226,6 +265,13 @@ class TGFR(RetrievalModule):
             self.image_arcface = ArcFaceHead(dim, num_classes, *hp.image_margin)
         else:
             self.fused_arcface = ArcFaceHead(self.fusion.out_dim, num_classes, *hp.fused_margin)
+
+    def optimizer_group_specs(self) -> list[OptimizerGroup]:
+        """The configured ``optimizer_groups``, else the authors' groups of the stage (:data:`OPTIMIZER_GROUPS`),
+        else (stage ``face``) the shared single optimiser."""
+        if self._optimizer_groups or self.stage not in OPTIMIZER_GROUPS:
+            return super().optimizer_group_specs()
+        return [OptimizerGroup.from_config(dict(entry)) for entry in OPTIMIZER_GROUPS[self.stage]]
 
     def backbone_modules(self) -> list[nn.Module]:
         return [self.face_encoder] if self.stage == "face" else [self.text_encoder.transformer]
