@@ -206,3 +206,11 @@ def test_erase_with_a_fill_value_and_scale(seed):
     changed = (out != 7).any(0)
     assert 0.3 * 800 * 0.8 <= changed.sum() <= 0.4 * 800 * 1.2  # rounding of the box sides
     assert out[:, changed].unique(dim=1).tolist() == [[123], [117], [104]]
+
+
+def test_tgfr_s_nearest_roc_reading_is_its_own_benchmark_key():
+    from xsearch.datamodules.face_pairs import VerificationOptions
+
+    nearest = RetrievalDataModule("synth_faces", "unused", verification=VerificationOptions(tar_rule="nearest"))
+    assert nearest.benchmark == "synth_faces:roc-nearest"
+    assert RetrievalDataModule("synth_faces", "unused", verification=VerificationOptions()).benchmark == "synth_faces"

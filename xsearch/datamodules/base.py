@@ -327,12 +327,14 @@ class RetrievalDataModule(L.LightningDataModule):
     @property
     def benchmark(self) -> str:
         """Name results are stored and compared under: the dataset, then ``:composed`` for composed queries,
-        ``:instance`` for instance positives, ``:single-template`` for Id-CLIP's one-template queries and ``:degraded``
-        when the test images are degraded (each protocol is its own leaderboard table)."""
+        ``:instance`` for instance positives, ``:single-template`` for Id-CLIP's one-template queries, ``:roc-nearest``
+        when verification TARs are read at the nearest ROC point (TGFR's code) and ``:degraded`` when the test images
+        are degraded (each protocol is its own leaderboard table)."""
         text = self.query_mode == "text"
         protocol = [] if text else [self.query_mode]
         protocol += ["instance"] if self.hparams.positives == "instance" and text else []
         protocol += [suffix] if (suffix := query_protocol(self.entity_text_options).suffix) and text else []
+        protocol += ["roc-nearest"] if getattr(self.verification, "tar_rule", "at_most") == "nearest" else []
         protocol += ["degraded"] if self._degrade("test") is not None else []
         return ":".join([self.dataset, *protocol])
 
