@@ -436,6 +436,11 @@ def test_uploads_with_too_many_pixels_are_refused_before_decoding(composed, phot
         f"reference image ref.jpg is {width} x {height} = {width * height:,} pixels; at most {width * height - 1:,} "
         "pixels are accepted")
     monkeypatch.setattr(serve_module, "MAX_UPLOAD_PIXELS", 40_000_000)
+    monkeypatch.setattr(serve_module, "MAX_UPLOAD", 1000)  # a body declared larger is refused before it is read
+    response = client.post("/api/search", data={"text": "the same person"}, files={"file": ("big.png", b"x" * 70_000)})
+    assert _error(response, 413) == f"the request body is {int(response.request.headers['content-length']):,} bytes; " \
+        "a search with a reference image may be at most 66,536"
+    monkeypatch.setattr(serve_module, "MAX_UPLOAD", 20 * 1024 * 1024)
     # Pillow's decompression-bomb warning (over MAX_IMAGE_PIXELS) and error (over twice that): not an image
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     assert upload("warned.png", png((40, 30)), 400).startswith(

@@ -56,6 +56,8 @@ MAX_TEXT = 1000
 """Longest query text accepted, in characters."""
 MAX_UPLOAD = 20 * 1024 * 1024
 """Largest reference image accepted, in bytes."""
+MAX_FORM_OVERHEAD = 64 * 1024
+"""Bytes a search request may carry besides the reference image (text, k, multipart boundaries)."""
 MAX_UPLOAD_PIXELS = 40_000_000
 """Largest reference image accepted, in pixels (width x height, read from the file's header before decoding; 40
 megapixels decode to 120 MB of RGB)."""
@@ -494,7 +496,12 @@ def create_app(searcher: Searcher, host: str = "127.0.0.1", allowed_hosts: Itera
             return await search_request(request)
 
     async def search_request(request: Request) -> JSONResponse:
-        """Parse the query of ``request`` (form or JSON) and answer it."""
+        """Parse the query of ``request`` (form or JSON) and answer it; a body declared larger than an upload may be
+        is refused before it is read."""
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > MAX_UPLOAD + MAX_FORM_OVERHEAD:
+            raise RequestError(f"the request body is {int(length):,} bytes; a search with a reference image may be at "
+                               f"most {(MAX_UPLOAD + MAX_FORM_OVERHEAD):,}", 413)
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         upload: tuple[str, bytes] | None = None
         if kind == "application/json":
