@@ -486,3 +486,86 @@ def test_encode_writes_embeddings_with_their_ids(workspace, trained, direct, pho
         f"--out {workspace / 'b.npy'}: expected a .safetensors or .parquet file")
     assert not (workspace / "b.safetensors").exists()
     assert read_captions(workspace / "caps.txt").texts == ["a man in a red jacket"]
+
+
+# -- hand-edited or damaged index folders (no model needed: the index is written directly) -------------------------
+def _hand_made_index(folder: Path) -> Path:
+    """A valid FAISS-searched index of two images (``a.jpg``, ``b.jpg``, 4-d embeddings) written without a model."""
+    from xsearch.search.images import ImageFile
+
+    header = {"format": index_module.FORMAT, "version": index_module.VERSION, "generation": 1,
+              "images_root": str(folder.parent / "photos"),
+              "checkpoint": {"path": str(folder.parent / "model.ckpt"), "sha256": "0" * 64, "size": 1, "mtime_ns": 1},
+              "model": {"method": "dual_encoder", "class_path": "xsearch.models.DualEncoder", "similarity": "cosine",
+                        "composed_queries": False},
+              "preprocessing": {"image_size": [64, 32], "crop": None}, "dim": 4, "count": 2,
+              "search": {"kind": "faiss", "factory": "Flat", "metric": "cosine"}, "skipped": [],
+              "created": "2024-01-01T00:00:00Z", "updated": "2024-01-01T00:00:00Z"}
+    items = [ImageFile("a.jpg", 1, 1), ImageFile("b.jpg", 1, 1)]
+    index_module._write(folder, header, items, np.eye(2, 4, dtype=np.float32), "Flat")
+    return folder
+
+
+def _edit_header(folder: Path, dotted: str, value: object) -> None:
+    """Set (or, for ``...``, delete) the field ``a.b`` of ``folder/index.json``."""
+    header = json.loads((folder / "index.json").read_text())
+    *parents, last = dotted.split(".")
+    target = header
+    for part in parents:
+        target = target[part]
+    if value is ...:
+        del target[last]
+    else:
+        target[last] = value
+    (folder / "index.json").write_text(json.dumps(header))
+
+
+WRONG_FIELDS = [
+    ("count", "many", 'field count: expected an integer >= 0, got "many"'),
+    ("count", True, "field count: expected an integer >= 0, got true"),
+    ("dim", [], "field dim: expected an integer >= 1, got []"),
+    ("checkpoint", 5, "field checkpoint: expected an object, got 5"),
+    ("checkpoint.sha256", "abc", 'field checkpoint.sha256: expected 64 lowercase hex digits, got "abc"'),
+    ("checkpoint.size", ..., "field checkpoint.size: expected an integer >= 0, got nothing (the field is missing)"),
+    ("search", {"kind": 3}, "field search.kind: expected 'faiss' or 'exact', got 3"),
+    ("search.factory", None, "field search.factory: expected a FAISS factory string (text), got null"),
+    ("files.embeddings", ..., "field files.embeddings: expected a file name, got nothing (the field is missing)"),
+    ("files.items", "../../etc/passwd", 'field files.items: expected a file name, got "../../etc/passwd"'),
+    ("files.faiss", None, "field files.faiss: expected a file name (search.kind is 'faiss'), got null"),
+    ("files", [], "field files: expected an object naming the index files, got []"),
+    ("images_root", 7, "field images_root: expected the indexed folder's path (text), got 7"),
+    ("model.method", ["x"], 'field model.method: expected a method name (text), got ["x"]'),
+    ("model.composed_queries", "yes", 'field model.composed_queries: expected true or false, got "yes"'),
+    ("preprocessing.image_size", [64, 0], "field preprocessing.image_size: expected [height, width] in pixels "
+                                          "(integers >= 1), got [64, 0]"),
+    ("preprocessing.crop", "middle", "field preprocessing.crop: expected null, 'center' or [top, left, bottom, right] "
+                                     'fractions, got "middle"'),
+    ("skipped", "none", 'field skipped: expected a list of {"path", "reason", ...} objects, got "none"'),
+    ("generation", -1, "field generation: expected an integer >= 0, got -1"),
+]
+
+
+@pytest.mark.parametrize("field, value, expected", WRONG_FIELDS, ids=[f"{f}={v!r}" for f, v, _ in WRONG_FIELDS])
+def test_a_hand_edited_index_header_is_one_line_naming_the_field_and_the_expected_type(field, value, expected, tmp_path,
+                                                                                       capsys):
+    folder = _hand_made_index(tmp_path / "index")
+    assert load_index(folder).checkpoint.sha256 == "0" * 64  # valid as written
+    _edit_header(folder, field, value)
+    line = (f"{folder / 'index.json'}: {expected}; fix it, or rebuild the index with xsearch index ... --rebuild")
+    with pytest.raises(ValueError) as raised:
+        load_index(folder)
+    assert str(raised.value) == line
+    assert _error(capsys, ["search", str(folder), "a person"]) == line
+
+
+def test_a_hand_edited_index_header_stops_serve_and_index_too(tmp_path, capsys):
+    folder = _hand_made_index(tmp_path / "index")
+    _edit_header(folder, "count", "many")
+    line = (f'{folder / "index.json"}: field count: expected an integer >= 0, got "many"; fix it, or rebuild the index '
+            "with xsearch index ... --rebuild")
+    assert _error(capsys, ["serve", str(folder), "--port", "0"]) == line
+    (tmp_path / "model.ckpt").write_bytes(b"x")  # hashed before the existing index is read; never loaded
+    (tmp_path / "photos").mkdir()
+    assert _error(capsys, ["index", "--ckpt", str(tmp_path / "model.ckpt"), "--images", str(tmp_path / "photos"),
+                           "--out", str(folder)]) == line
+    assert json.loads((folder / "index.json").read_text())["count"] == "many"  # left as it was

@@ -146,7 +146,8 @@ class SearchIndex:
 
     @property
     def checkpoint(self) -> CheckpointInfo:
-        return CheckpointInfo(**self.header["checkpoint"])
+        recorded = self.header["checkpoint"]
+        return CheckpointInfo(recorded["path"], recorded["sha256"], recorded["size"], recorded["mtime_ns"])
 
     def __len__(self) -> int:
         return len(self.items)
@@ -186,10 +187,102 @@ class SearchIndex:
         return best_scores, best_rows
 
 
+def _count(low: int) -> Callable[[Any], bool]:
+    """Whether a value is an integer (not a boolean) of at least ``low``."""
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and value != ""
+
+
+def _file_name(value: Any) -> bool:
+    """A plain file name inside the index folder (no folder part)."""
+    return _text(value) and "/" not in value and "\\" not in value and value not in (".", "..")
+
+
+def _crop(value: Any) -> bool:
+    return value is None or value == "center" or (isinstance(value, list) and len(value) == 4 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in value))
+
+
+def _skipped(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(s, dict) and _text(s.get("path")) and isinstance(s.get("reason"), str)
+                                           for s in value)
+
+
+HEADER_FIELDS: tuple[tuple[str, Callable[[Any], bool], str, bool], ...] = (
+    ("files", lambda v: isinstance(v, dict), "an object naming the index files", True),
+    ("files.items", _file_name, "a file name", True),
+    ("files.embeddings", _file_name, "a file name", True),
+    ("files.faiss", lambda v: v is None or _file_name(v), "a file name or null", False),
+    ("count", _count(0), "an integer >= 0", True),
+    ("dim", _count(1), "an integer >= 1", True),
+    ("images_root", _text, "the indexed folder's path (text)", True),
+    ("checkpoint", lambda v: isinstance(v, dict), "an object", True),
+    ("checkpoint.path", _text, "a file path (text)", True),
+    ("checkpoint.sha256", lambda v: isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v),
+     "64 lowercase hex digits", True),
+    ("checkpoint.size", _count(0), "an integer >= 0", True),
+    ("checkpoint.mtime_ns", _count(-(2**63)), "an integer", True),
+    ("search", lambda v: isinstance(v, dict), "an object", True),
+    ("search.kind", lambda v: v in ("faiss", "exact"), "'faiss' or 'exact'", True),
+    ("search.factory", _text, "a FAISS factory string (text)", True),
+    ("model", lambda v: isinstance(v, dict), "an object", True),
+    ("model.method", _text, "a method name (text)", True),
+    ("model.composed_queries", lambda v: isinstance(v, bool), "true or false", False),
+    ("preprocessing", lambda v: isinstance(v, dict), "an object", True),
+    ("preprocessing.image_size", lambda v: isinstance(v, list) and len(v) == 2 and all(_count(1)(x) for x in v),
+     "[height, width] in pixels (integers >= 1)", True),
+    ("preprocessing.crop", _crop, "null, 'center' or [top, left, bottom, right] fractions", False),
+    ("skipped", _skipped, "a list of {\"path\", \"reason\", ...} objects", False),
+    ("generation", _count(0), "an integer >= 0", False),
+    ("created", lambda v: isinstance(v, str), "a time (text)", False),
+    ("updated", lambda v: isinstance(v, str), "a time (text)", False),
+)
+"""Every header field read when an index is searched, served or updated: dotted name, check, what it must be (in
+words), and whether it is required (an optional one may be absent, not wrong)."""
+
+_ABSENT = object()
+
+
+def _header_field(header: dict[str, Any], dotted: str) -> Any:
+    """The value at ``a.b`` in ``header``, or :data:`_ABSENT`."""
+    value: Any = header
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return _ABSENT
+        value = value[part]
+    return value
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """A field's value for an error message: its JSON (one line, at most ``limit`` characters)."""
+    text = json.dumps(value, ensure_ascii=True)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_header(header: dict[str, Any], header_path: Path) -> None:
+    """:class:`ValueError` naming ``header_path``, the first field of :data:`HEADER_FIELDS` that is missing or of the
+    wrong type, what was expected and what it holds (a hand-edited ``index.json``); a FAISS-searched index must name
+    its ``files.faiss``."""
+    for dotted, valid, expected, required in HEADER_FIELDS:
+        value = _header_field(header, dotted)
+        if (value is _ABSENT and not required) or (value is not _ABSENT and valid(value)):
+            continue
+        got = "nothing (the field is missing)" if value is _ABSENT else _shown(value)
+        raise ValueError(f"{header_path}: field {dotted}: expected {expected}, got {got}; fix it, or rebuild the index "
+                         "with xsearch index ... --rebuild")
+    if header["search"]["kind"] == "faiss" and not _file_name(header["files"].get("faiss")):
+        raise ValueError(f"{header_path}: field files.faiss: expected a file name (search.kind is 'faiss'), got "
+                         f"{_shown(header['files'].get('faiss'))}; fix it, or rebuild the index with xsearch index ... "
+                         "--rebuild")
+
+
 def load_index(folder: str | Path, with_faiss: bool = True) -> SearchIndex:
-    """Read an index folder, checking that its files exist and agree (counts, sizes). Raises
-    :class:`FileNotFoundError` naming the folder or file that is missing, :class:`ValueError` naming the file that
-    is corrupt or inconsistent."""
+    """Read an index folder, checking its header's fields (:func:`check_header`) and that its files exist and agree
+    (counts, sizes). Raises :class:`FileNotFoundError` naming the folder or file that is missing, :class:`ValueError`
+    naming the file (and for the header the field) that is corrupt or inconsistent."""
     folder = Path(folder)
     header_path = folder / HEADER
     if not folder.is_dir():
@@ -207,14 +300,11 @@ def load_index(folder: str | Path, with_faiss: bool = True) -> SearchIndex:
     if header.get("version") != VERSION:
         raise ValueError(f"{header_path}: index format version {header.get('version')!r}; this xsearch reads {VERSION}: "
                          "rebuild it with xsearch index ... --rebuild")
-    try:
-        files, count, dim = header["files"], int(header["count"]), int(header["dim"])
-        header["checkpoint"]["sha256"], header["images_root"], header["search"]["kind"]  # noqa: B018  present
-    except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"{header_path}: index header lacks {error}; rebuild it with xsearch index ... --rebuild") from None
+    check_header(header, header_path)
+    files, count, dim = header["files"], header["count"], header["dim"]
 
     def member(key: str) -> Path:
-        path = folder / str(files.get(key))
+        path = folder / files[key]
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing from the index (named by {header_path}); rebuild it with "
                                     "xsearch index ... --rebuild")
