@@ -4,6 +4,7 @@ input gets one clear error naming the thing."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -569,3 +570,26 @@ def test_a_hand_edited_index_header_stops_serve_and_index_too(tmp_path, capsys):
     assert _error(capsys, ["index", "--ckpt", str(tmp_path / "model.ckpt"), "--images", str(tmp_path / "photos"),
                            "--out", str(folder)]) == line
     assert json.loads((folder / "index.json").read_text())["count"] == "many"  # left as it was
+
+
+ODD_NAMES = ("new\nline.jpg", "tab\tand\x1b[31mescape.jpg", "right\u202eto-left.jpg", "café au lait.jpg")
+
+
+def test_search_prints_one_line_per_result_whatever_the_file_names(workspace, trained, photos, capsys):
+    folder = workspace / "odd_names"
+    folder.mkdir()
+    pictures = sorted(p for p in photos.rglob("*") if p.suffix in (".jpg", ".png") and "notes" not in p.parts)
+    for name, picture in zip(ODD_NAMES, pictures):
+        Image.open(picture).convert("RGB").save(folder / name, format="JPEG")
+    assert main(["index", "--ckpt", str(trained), "--images", str(folder), "--out", str(workspace / "odd_index"),
+                 "--workers", "0"]) == 0
+    capsys.readouterr()
+    assert main(["search", str(workspace / "odd_index"), "a person", "--k", "4"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4  # one line per result: no name splits or rewrites a line
+    shown = {re.fullmatch(r" *\d+  -?\d\.\d{4}  (.*)", line).group(1) for line in lines}
+    assert shown == {repr(str(folder / name)) for name in ODD_NAMES[:3]} | {str(folder / "café au lait.jpg")}
+    from xsearch.search.images import shown_name
+
+    assert shown_name("bytes\udcff.jpg") == "'bytes\\udcff.jpg'"  # an undecodable name prints instead of crashing
+    assert shown_name("no\u2028break.jpg") == "'no\\u2028break.jpg'" and shown_name("a b ü.jpg") == "a b ü.jpg"

@@ -579,6 +579,7 @@ PICTURE_FORMATS = (".png", ".jpg", ".jpeg", ".webp")
 
 
 def _index_command(argv: list[str]) -> int:
+    from xsearch.search.images import shown_name
     from xsearch.search.index import build_index
 
     parser = argparse.ArgumentParser(prog="xsearch index", description="Embed every image under a folder with a trained "
@@ -601,13 +602,14 @@ def _index_command(argv: list[str]) -> int:
     else:
         print(f"[xsearch] indexed {report.total} images in {report.folder} ({report.embedded} embedded, {report.kept} "
               f"unchanged, {report.removed} removed, {len(report.skipped)} skipped as unreadable"
-              f"{': ' + ', '.join(p for p, _ in report.skipped[:5]) if report.skipped else ''}"
+              f"{': ' + ', '.join(shown_name(p) for p, _ in report.skipped[:5]) if report.skipped else ''}"
               f"{', ...' if len(report.skipped) > 5 else ''})")
     return 0
 
 
 def _search_command(argv: list[str]) -> int:
     from xsearch.atomic import atomic_path
+    from xsearch.search.images import shown_name
     from xsearch.search.picture import results_picture, thumb_size_for
     from xsearch.search.query import Searcher, check_query
 
@@ -633,7 +635,7 @@ def _search_command(argv: list[str]) -> int:
         print(json.dumps(result.to_json(), indent=1))
     else:
         for hit in result.hits:
-            print(f"{hit.rank:>4}  {hit.score:.4f}  {hit.file}")
+            print(f"{hit.rank:>4}  {hit.score:.4f}  {shown_name(hit.file)}")  # one line per result, whatever the name
     if args.out is not None:
         picture = results_picture(args.query, [h.file for h in result.hits], [h.score for h in result.hits],
                                   [h.path for h in result.hits], args.image,
