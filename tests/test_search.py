@@ -593,3 +593,62 @@ def test_search_prints_one_line_per_result_whatever_the_file_names(workspace, tr
 
     assert shown_name("bytes\udcff.jpg") == "'bytes\\udcff.jpg'"  # an undecodable name prints instead of crashing
     assert shown_name("no\u2028break.jpg") == "'no\\u2028break.jpg'" and shown_name("a b ü.jpg") == "a b ü.jpg"
+
+
+KILLED_WRITER = """
+import sys, time
+from xsearch.atomic import atomic_path
+with atomic_path(sys.argv[1]) as tmp:
+    tmp.write_bytes(b"half an embedding matrix")
+    print(tmp.name, flush=True)
+    time.sleep(60)
+"""
+
+
+def _killed_mid_write(target: Path) -> Path:
+    """Start a process writing ``target`` through ``atomic_path``, kill it (SIGKILL) mid-write: the temporary it left."""
+    import os
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    child = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(target)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        name = child.stdout.readline().strip()
+    finally:
+        child.kill()
+        child.wait()
+        child.stdout.close()
+    assert name.startswith(f".{target.name}.")
+    return target.parent / name
+
+
+def test_the_next_index_run_removes_the_temporaries_of_writes_killed_midway(workspace, trained, photos, indexed, capsys):
+    folder = workspace / "killed_index"
+    shutil.copytree(indexed[0], folder)
+    header = json.loads((folder / "index.json").read_text())
+    killed = _killed_mid_write(folder / f"embeddings.{header['generation'] + 1}.npy")
+    assert killed.is_file()  # a kill leaves the temporary of the write it interrupted
+    by_hand = [folder / ".index.json.abcd_123.json", folder / ".faiss.9.index.zzzzzzzz.index"]
+    others = [folder / ".notes.txt.abcdefgh.txt", folder / ".embeddings.2.npy.backup"]  # not temporaries of index files
+    for path in by_hand + others:
+        path.write_text("left over")
+    assert main(["index", "--ckpt", str(trained), "--images", str(photos), "--out", str(folder), "--workers", "0"]) == 0
+    assert "is up to date" in capsys.readouterr().out
+    assert not killed.exists() and not any(p.exists() for p in by_hand)
+    assert all(p.read_text() == "left over" for p in others)
+    assert len(load_index(folder)) == len(load_index(indexed[0]))
+
+
+def test_a_first_index_run_killed_before_its_header_does_not_block_the_folder(workspace, trained, photos, capsys):
+    folder, images = workspace / "first_killed", workspace / "two_photos"
+    images.mkdir()
+    for picture in sorted(p for p in photos.rglob("*.jpg") if "notes" not in p.parts)[:2]:
+        shutil.copy(picture, images / picture.name)
+    folder.mkdir()
+    (folder / ".writer.lock").touch()
+    (folder / "items.1.jsonl").write_text('{"path": "a.jpg", "size"')  # written, then killed before index.json
+    killed = _killed_mid_write(folder / "embeddings.1.npy")
+    assert main(["index", "--ckpt", str(trained), "--images", str(images), "--out", str(folder), "--workers", "0"]) == 0
+    assert not killed.exists()
+    assert len(load_index(folder)) == 2
+    assert sorted(p.name for p in folder.iterdir()) == [".writer.lock", "embeddings.1.npy", "faiss.1.index", "index.json",
+                                                        "items.1.jsonl"]

@@ -11,7 +11,9 @@ An index folder holds (``<g>`` = a generation number, bumped by every write)::
     .writer.lock          held by the ``xsearch index`` run writing the folder (a second one fails at once)
 
 Every file is written atomically under a new generation and ``index.json`` last, so a reader (or a run killed
-half way) sees the previous index or the new one, never a mix; files of older generations are removed after.
+half way) sees the previous index or the new one, never a mix; files of older generations are removed after. A run
+killed mid-write leaves the hidden temporary file of that write (``.embeddings.<g>.npy.<random>.npy``...): the next
+``xsearch index`` run into the folder removes it once it holds the writer lock.
 
 Methods that rank by the cosine of one vector per item (the base class's ``similarity``) get a FAISS index
 (``IndexFlatIP`` = exact by default; any ``index_factory`` string, e.g. ``IVF4096,Flat`` or ``HNSW32``, for millions of
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import time
 from contextlib import contextmanager
@@ -32,7 +35,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from xsearch.atomic import atomic_path, write_text_atomic
+from xsearch.atomic import atomic_path, temporary_target, write_text_atomic
 from xsearch.search.images import IMAGE_EXTENSIONS, ImageFile, embed_paths, scan_images
 from xsearch.search.model_io import CheckpointInfo, checkpoint_info, load_model, method_name, model_class, \
     read_checkpoint_header, similarity_kind
@@ -43,6 +46,8 @@ FORMAT = "xsearch-index"
 VERSION = 1
 HEADER = "index.json"
 LOCK = ".writer.lock"  # held by the xsearch index run writing the folder
+INDEX_FILE = re.compile(r"index\.json|items\.\d+\.jsonl|embeddings\.\d+\.npy|faiss\.\d+\.index")
+"""The names of the files an index folder holds (besides :data:`LOCK`)."""
 DEFAULT_FACTORY = "Flat"
 DEFAULT_NPROBE = 16
 """Inverted lists visited per query by an IVF index unless ``--nprobe`` says otherwise (at most ``nlist``)."""
@@ -385,12 +390,14 @@ def build_index(checkpoint: str | Path, images: str | Path, out: str | Path, bat
 def _sole_writer(out: Path) -> Iterator[None]:
     """Hold the writer lock of the index folder ``out`` (created if missing; removed again if this run leaves it with
     nothing but the lock): a second ``xsearch index`` into the same folder fails at once instead of mixing its files
-    with the first one's. Refuses a file, or a folder with files that is not an index."""
+    with the first one's. Refuses a file, or a folder with files that is not an index (files named like an index's,
+    left by a first run killed before it wrote ``index.json``, do not count). Holding the lock, it removes the temporary
+    files that runs killed mid-write left (:func:`_remove_temporaries`)."""
     from filelock import FileLock, Timeout
 
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} is a file; an index is a folder")
-    if out.is_dir() and not (out / HEADER).is_file() and any(p.name != LOCK for p in out.iterdir()):
+    if out.is_dir() and not (out / HEADER).is_file() and not all(_own_file(p.name) for p in out.iterdir()):
         raise FileExistsError(f"--out {out} is a folder with files but no {HEADER}: not an xsearch index; choose a new "
                               "or empty folder")
     created = not out.exists()
@@ -402,11 +409,34 @@ def _sole_writer(out: Path) -> Iterator[None]:
         raise BlockingIOError(f"{out} is being written by another xsearch index run (it holds {out / LOCK}): wait for "
                               "it to finish, or index into another --out") from None
     try:
+        _remove_temporaries(out)
         yield
     finally:
         lock.release()
         if created and [p.name for p in out.iterdir()] == [LOCK]:  # failed before writing anything: leave no folder
             shutil.rmtree(out, ignore_errors=True)
+
+
+def _own_file(name: str) -> bool:
+    """Whether ``name`` is one of an index folder's files: the lock, an :data:`INDEX_FILE`, or the temporary of one."""
+    target = temporary_target(name)
+    return name == LOCK or INDEX_FILE.fullmatch(name) is not None or (
+        target is not None and INDEX_FILE.fullmatch(target) is not None)
+
+
+def _remove_temporaries(out: Path) -> list[str]:
+    """Remove the temporaries of :data:`INDEX_FILE` files in ``out`` (named like :func:`xsearch.atomic.atomic_path`
+    names them) and return their names. Called with the writer lock held, so no live run is writing them: each is what
+    a run killed mid-write left."""
+    removed = []
+    for path in out.iterdir():
+        target = temporary_target(path.name)
+        if target is not None and INDEX_FILE.fullmatch(target) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    if removed:
+        log.info("removed %d temporary files left in %s by an interrupted xsearch index run", len(removed), out)
+    return sorted(removed)
 
 
 def _build(info: CheckpointInfo, images: Path, out: Path, batch_size: int, factory: str | None, rebuild: bool,
