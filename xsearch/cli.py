@@ -231,7 +231,8 @@ def _one_line(message: str, parser: Any) -> str:
 
 RESTRICTIONS = {
     "PositiveInt": "an integer > 0", "NonNegativeInt": "an integer >= 0", "PositiveFloat": "a number > 0",
-    "NonNegativeFloat": "a number >= 0", "ClosedUnitInterval": "a number in [0, 1]", "OpenUnitInterval": "a number in (0, 1)",
+    "NonNegativeFloat": "a number >= 0", "ClosedUnitInterval": "a number in [0, 1]",
+    "OpenUnitInterval": "a number in (0, 1)",
 }
 """What each ``jsonargparse.typing`` restricted number of the config's signatures accepts, in words."""
 
@@ -289,8 +290,8 @@ LIMIT_BATCHES = ("limit_train_batches", "limit_val_batches", "limit_test_batches
 
 def _trainer_problem(trainer: Any) -> str | None:
     """The first trainer value Lightning would refuse only once the model is built (or would take silently): an integer
-    option below its minimum (:data:`TRAINER_LIMITS`; null is left to the parser's typing), or a ``limit_*_batches`` that is neither a
-    fraction in [0, 1] nor a whole number of batches."""
+    option below its minimum (:data:`TRAINER_LIMITS`; whether null is allowed is left to the parser's typing), or a
+    ``limit_*_batches`` that is neither a fraction in [0, 1] nor a whole number of batches."""
     if trainer is None or not hasattr(trainer, "get"):
         return None
     for key, (lowest, meaning) in TRAINER_LIMITS.items():

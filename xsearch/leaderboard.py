@@ -178,7 +178,8 @@ def csv_safe(value: Any) -> Any:
     """``value`` for a CSV cell that a spreadsheet shows as text, never runs: a string starting with one of
     :data:`FORMULA_STARTS` gets a leading single quote, unless it is a plain number (``-0.5``, ``+3e-2``) or the
     missing-value mark; numbers and other values are returned as they are."""
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS) and value != MISSING and not _NUMBER.fullmatch(value):
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS) and value != MISSING \
+            and not _NUMBER.fullmatch(value):
         return "'" + value
     return value
 

@@ -198,22 +198,25 @@ def _count(low: int) -> Callable[[Any], bool]:
 
 
 def _text(value: Any) -> bool:
+    """Whether a value is a non-empty string."""
     return isinstance(value, str) and value != ""
 
 
 def _file_name(value: Any) -> bool:
-    """A plain file name inside the index folder (no folder part)."""
+    """Whether a value is a plain file name inside the index folder (no folder part)."""
     return _text(value) and "/" not in value and "\\" not in value and value not in (".", "..")
 
 
 def _crop(value: Any) -> bool:
+    """Whether a value is a training crop as the header records it: null, ``center`` or four fractions."""
     return value is None or value == "center" or (isinstance(value, list) and len(value) == 4 and all(
         isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in value))
 
 
 def _skipped(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(s, dict) and _text(s.get("path")) and isinstance(s.get("reason"), str)
-                                           for s in value)
+    """Whether a value is the header's list of skipped files, each with its ``path`` and ``reason``."""
+    return isinstance(value, list) and all(
+        isinstance(s, dict) and _text(s.get("path")) and isinstance(s.get("reason"), str) for s in value)
 
 
 HEADER_FIELDS: tuple[tuple[str, Callable[[Any], bool], str, bool], ...] = (
