@@ -546,7 +546,8 @@ WRONG_FIELDS = [
 ]
 
 
-@pytest.mark.parametrize("field, value, expected", WRONG_FIELDS, ids=[f"{f}={v!r}" for f, v, _ in WRONG_FIELDS])
+@pytest.mark.parametrize("field, value, expected", WRONG_FIELDS,
+                         ids=[f"{f}={'(missing)' if v is ... else repr(v)}" for f, v, _ in WRONG_FIELDS])
 def test_a_hand_edited_index_header_is_one_line_naming_the_field_and_the_expected_type(field, value, expected, tmp_path,
                                                                                        capsys):
     folder = _hand_made_index(tmp_path / "index")
