@@ -174,3 +174,23 @@ def test_leaderboard_run_checks_the_readme_markers_before_running_anything(tmp_p
         main(["leaderboard", "run", "--grid", "grid.yaml", "--results", "r.sqlite", "--report", "docs", "--readme", "README.md"])
     assert "README.md: expected the lines '<!-- leaderboard:g begin -->'" in capsys.readouterr().err
     assert not Path("r.sqlite").exists() and not Path("runs").exists()
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_as_formulas_are_text_and_numbers_stay_numbers(tmp_path, capsys):
+    store = ResultsStore(tmp_path / "lb.sqlite")
+    hostile = RunRecord(method='=HYPERLINK("http://example.invalid","x")', dataset="@SUM(1+1)",
+                        metrics={"R1": -0.5, "R5": 20.0}, config={"m": 1}, checkpoint="-2+3.ckpt", seed=-1,
+                        git_commit="+1+1", extra={"tag": "=cmd|' /C calc'!A0"})
+    store.append(hostile)
+    store.append(RunRecord(method="\tirra", dataset="\rpedes", metrics={"R1": 1.0}, config={"m": 2}, checkpoint="a.ckpt"))
+    assert main(["leaderboard", "--format", "csv", "--results", str(store.path)]) == 0
+    printed = capsys.readouterr().out
+    write_report(store, tmp_path / "report", "g")
+    for text in (printed, (tmp_path / "report" / "g.csv").read_bytes().decode()):  # as written: no newline translation
+        rows = {row["checkpoint"]: row for row in csv.DictReader(io.StringIO(text))}
+        first, second = rows["'-2+3.ckpt"], rows["a.ckpt"]
+        assert first["method"] == "'=HYPERLINK(\"http://example.invalid\",\"x\")" and first["dataset"] == "'@SUM(1+1)"
+        assert first["git_commit"] == "'+1+1"
+        assert first["R1_mean"] == "-0.5" and first["seeds"] == "-1" and first["R5_mean"] == "20.0"  # numbers stay numbers
+        assert second["method"] == "'\tirra" and second["dataset"] == "'\rpedes" and second["R5_mean"] == "-"
+        assert not [cell for row in rows.values() for cell in row.values() if cell and cell[0] in "=+@\t\r"]

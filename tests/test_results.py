@@ -139,6 +139,60 @@ def test_corrupt_file(tmp_path: Path) -> None:
         ResultsStore(path).rows()
 
 
+def test_check_refuses_what_cannot_be_a_store_and_writes_nothing(tmp_path: Path) -> None:
+    ResultsStore(tmp_path / "new" / "runs.sqlite").check()  # to be created by the first append: fine, not created now
+    assert not (tmp_path / "new").exists()
+    good = tmp_path / "good.sqlite"
+    ResultsStore(good).append(_record())
+    before = good.read_bytes()
+    ResultsStore(good).check()
+    assert good.read_bytes() == before
+    notes = tmp_path / "notes.sqlite"
+    notes.write_text("my notes\n")
+    with pytest.raises(ResultsStoreError, match=rf"^results store {re.escape(str(notes))} is not a usable SQLite database "
+                                                r"\(file is not a database\); move it away or pass another path$"):
+        ResultsStore(notes).check()
+    assert notes.read_text() == "my notes\n"
+    with pytest.raises(ResultsStoreError, match=rf"^results store {re.escape(str(tmp_path))} is a folder; expected an SQLite"):
+        ResultsStore(tmp_path).check()
+    with pytest.raises(ResultsStoreError, match=rf"^cannot create results store .*: {re.escape(str(notes))} is a file"):
+        ResultsStore(notes / "runs.sqlite").check()
+    future = tmp_path / "future.sqlite"
+    with sqlite3.connect(future) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    with pytest.raises(ResultsStoreError, match="schema version 99, newer"):
+        ResultsStore(future).check()
+
+
+def test_leaderboard_of_a_file_that_is_not_sqlite_is_one_line(tmp_path: Path, capsys) -> None:
+    from xsearch.cli import main
+
+    notes = tmp_path / "notes.sqlite"
+    notes.write_text("my notes\n")
+    for args in (["leaderboard"], ["leaderboard", "show", "--format", "csv"]):
+        assert main([*args, "--results", str(notes)]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert captured.err == (f"xsearch: error: results store {notes} is not a usable SQLite database (file is not a "
+                                "database); move it away or pass another path\n")
+    assert main(["leaderboard", "--results", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith(f"xsearch: error: results store {tmp_path} is a folder; expected an SQLite")
+
+
+def test_leaderboard_run_checks_the_store_before_running_any_cell(tmp_path: Path, monkeypatch, capsys) -> None:
+    import xsearch.grid
+    from xsearch.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(xsearch.grid, "run_grid", lambda *a, **k: pytest.fail("the grid ran"))
+    Path("grid.yaml").write_text("name: g\nseeds: [0]\ncells:\n  a:\n    - fit: [--config, missing.yaml]\n")
+    Path("notes.sqlite").write_text("my notes\n")
+    assert main(["leaderboard", "run", "--grid", "grid.yaml", "--results", "notes.sqlite"]) == 2
+    assert capsys.readouterr().err == ("xsearch: error: results store notes.sqlite is not a usable SQLite database (file "
+                                       "is not a database); move it away or pass another path\n")
+    assert not Path("runs").exists()
+
+
 def test_a_store_locked_by_another_process_gives_a_clear_error_and_loses_nothing(tmp_path: Path, monkeypatch) -> None:
     import xsearch.results as results
 

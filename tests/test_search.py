@@ -4,6 +4,7 @@ input gets one clear error naming the thing."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -506,3 +507,169 @@ def test_encode_writes_embeddings_with_their_ids(workspace, trained, direct, pho
         f"--out {workspace / 'b.npy'}: expected a .safetensors or .parquet file")
     assert not (workspace / "b.safetensors").exists()
     assert read_captions(workspace / "caps.txt").texts == ["a man in a red jacket"]
+
+
+# -- hand-edited or damaged index folders (no model needed: the index is written directly) -------------------------
+def _hand_made_index(folder: Path) -> Path:
+    """A valid FAISS-searched index of two images (``a.jpg``, ``b.jpg``, 4-d embeddings) written without a model."""
+    from xsearch.search.images import ImageFile
+
+    header = {"format": index_module.FORMAT, "version": index_module.VERSION, "generation": 1,
+              "images_root": str(folder.parent / "photos"),
+              "checkpoint": {"path": str(folder.parent / "model.ckpt"), "sha256": "0" * 64, "size": 1, "mtime_ns": 1},
+              "model": {"method": "dual_encoder", "class_path": "xsearch.models.DualEncoder", "similarity": "cosine",
+                        "composed_queries": False},
+              "preprocessing": {"image_size": [64, 32], "crop": None}, "dim": 4, "count": 2,
+              "search": {"kind": "faiss", "factory": "Flat", "metric": "cosine"}, "skipped": [],
+              "created": "2024-01-01T00:00:00Z", "updated": "2024-01-01T00:00:00Z"}
+    items = [ImageFile("a.jpg", 1, 1), ImageFile("b.jpg", 1, 1)]
+    index_module._write(folder, header, items, np.eye(2, 4, dtype=np.float32), "Flat")
+    return folder
+
+
+def _edit_header(folder: Path, dotted: str, value: object) -> None:
+    """Set (or, for ``...``, delete) the field ``a.b`` of ``folder/index.json``."""
+    header = json.loads((folder / "index.json").read_text())
+    *parents, last = dotted.split(".")
+    target = header
+    for part in parents:
+        target = target[part]
+    if value is ...:
+        del target[last]
+    else:
+        target[last] = value
+    (folder / "index.json").write_text(json.dumps(header))
+
+
+WRONG_FIELDS = [
+    ("count", "many", 'field count: expected an integer >= 0, got "many"'),
+    ("count", True, "field count: expected an integer >= 0, got true"),
+    ("dim", [], "field dim: expected an integer >= 1, got []"),
+    ("checkpoint", 5, "field checkpoint: expected an object, got 5"),
+    ("checkpoint.sha256", "abc", 'field checkpoint.sha256: expected 64 lowercase hex digits, got "abc"'),
+    ("checkpoint.size", ..., "field checkpoint.size: expected an integer >= 0, got nothing (the field is missing)"),
+    ("search", {"kind": 3}, "field search.kind: expected 'faiss' or 'exact', got 3"),
+    ("search.factory", None, "field search.factory: expected a FAISS factory string (text), got null"),
+    ("files.embeddings", ..., "field files.embeddings: expected a file name, got nothing (the field is missing)"),
+    ("files.items", "../../etc/passwd", 'field files.items: expected a file name, got "../../etc/passwd"'),
+    ("files.faiss", None, "field files.faiss: expected a file name (search.kind is 'faiss'), got null"),
+    ("files", [], "field files: expected an object naming the index files, got []"),
+    ("images_root", 7, "field images_root: expected the indexed folder's path (text), got 7"),
+    ("model.method", ["x"], 'field model.method: expected a method name (text), got ["x"]'),
+    ("model.composed_queries", "yes", 'field model.composed_queries: expected true or false, got "yes"'),
+    ("preprocessing.image_size", [64, 0], "field preprocessing.image_size: expected [height, width] in pixels "
+                                          "(integers >= 1), got [64, 0]"),
+    ("preprocessing.crop", "middle", "field preprocessing.crop: expected null, 'center' or [top, left, bottom, right] "
+                                     'fractions, got "middle"'),
+    ("skipped", "none", 'field skipped: expected a list of {"path", "reason", ...} objects, got "none"'),
+    ("generation", -1, "field generation: expected an integer >= 0, got -1"),
+]
+
+
+@pytest.mark.parametrize("field, value, expected", WRONG_FIELDS,
+                         ids=[f"{f}={'(missing)' if v is ... else repr(v)}" for f, v, _ in WRONG_FIELDS])
+def test_a_hand_edited_index_header_is_one_line_naming_the_field_and_the_expected_type(field, value, expected, tmp_path,
+                                                                                       capsys):
+    folder = _hand_made_index(tmp_path / "index")
+    assert load_index(folder).checkpoint.sha256 == "0" * 64  # valid as written
+    _edit_header(folder, field, value)
+    line = (f"{folder / 'index.json'}: {expected}; fix it, or rebuild the index with xsearch index ... --rebuild")
+    with pytest.raises(ValueError) as raised:
+        load_index(folder)
+    assert str(raised.value) == line
+    assert _error(capsys, ["search", str(folder), "a person"]) == line
+
+
+def test_a_hand_edited_index_header_stops_serve_and_index_too(tmp_path, capsys):
+    folder = _hand_made_index(tmp_path / "index")
+    _edit_header(folder, "count", "many")
+    line = (f'{folder / "index.json"}: field count: expected an integer >= 0, got "many"; fix it, or rebuild the index '
+            "with xsearch index ... --rebuild")
+    assert _error(capsys, ["serve", str(folder), "--port", "0"]) == line
+    (tmp_path / "model.ckpt").write_bytes(b"x")  # hashed before the existing index is read; never loaded
+    (tmp_path / "photos").mkdir()
+    assert _error(capsys, ["index", "--ckpt", str(tmp_path / "model.ckpt"), "--images", str(tmp_path / "photos"),
+                           "--out", str(folder)]) == line
+    assert json.loads((folder / "index.json").read_text())["count"] == "many"  # left as it was
+
+
+ODD_NAMES = ("new\nline.jpg", "tab\tand\x1b[31mescape.jpg", "right\u202eto-left.jpg", "café au lait.jpg")
+
+
+def test_search_prints_one_line_per_result_whatever_the_file_names(workspace, trained, photos, capsys):
+    folder = workspace / "odd_names"
+    folder.mkdir()
+    pictures = sorted(p for p in photos.rglob("*") if p.suffix in (".jpg", ".png") and "notes" not in p.parts)
+    for name, picture in zip(ODD_NAMES, pictures):
+        Image.open(picture).convert("RGB").save(folder / name, format="JPEG")
+    assert main(["index", "--ckpt", str(trained), "--images", str(folder), "--out", str(workspace / "odd_index"),
+                 "--workers", "0"]) == 0
+    capsys.readouterr()
+    assert main(["search", str(workspace / "odd_index"), "a person", "--k", "4"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4  # one line per result: no name splits or rewrites a line
+    shown = {re.fullmatch(r" *\d+  -?\d\.\d{4}  (.*)", line).group(1) for line in lines}
+    assert shown == {repr(str(folder / name)) for name in ODD_NAMES[:3]} | {str(folder / "café au lait.jpg")}
+    from xsearch.search.images import shown_name
+
+    assert shown_name("bytes\udcff.jpg") == "'bytes\\udcff.jpg'"  # an undecodable name prints instead of crashing
+    assert shown_name("no\u2028break.jpg") == "'no\\u2028break.jpg'" and shown_name("a b ü.jpg") == "a b ü.jpg"
+
+
+KILLED_WRITER = """
+import sys, time
+from xsearch.atomic import atomic_path
+with atomic_path(sys.argv[1]) as tmp:
+    tmp.write_bytes(b"half an embedding matrix")
+    print(tmp.name, flush=True)
+    time.sleep(60)
+"""
+
+
+def _killed_mid_write(target: Path) -> Path:
+    """Start a process writing ``target`` through ``atomic_path``, kill it (SIGKILL) mid-write: the temporary it left."""
+    import os
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    child = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(target)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        name = child.stdout.readline().strip()
+    finally:
+        child.kill()
+        child.wait()
+        child.stdout.close()
+    assert name.startswith(f".{target.name}.")
+    return target.parent / name
+
+
+def test_the_next_index_run_removes_the_temporaries_of_writes_killed_midway(workspace, trained, photos, indexed, capsys):
+    folder = workspace / "killed_index"
+    shutil.copytree(indexed[0], folder)
+    header = json.loads((folder / "index.json").read_text())
+    killed = _killed_mid_write(folder / f"embeddings.{header['generation'] + 1}.npy")
+    assert killed.is_file()  # a kill leaves the temporary of the write it interrupted
+    by_hand = [folder / ".index.json.abcd_123.json", folder / ".faiss.9.index.zzzzzzzz.index"]
+    others = [folder / ".notes.txt.abcdefgh.txt", folder / ".embeddings.2.npy.backup"]  # not temporaries of index files
+    for path in by_hand + others:
+        path.write_text("left over")
+    assert main(["index", "--ckpt", str(trained), "--images", str(photos), "--out", str(folder), "--workers", "0"]) == 0
+    assert "is up to date" in capsys.readouterr().out
+    assert not killed.exists() and not any(p.exists() for p in by_hand)
+    assert all(p.read_text() == "left over" for p in others)
+    assert len(load_index(folder)) == len(load_index(indexed[0]))
+
+
+def test_a_first_index_run_killed_before_its_header_does_not_block_the_folder(workspace, trained, photos, capsys):
+    folder, images = workspace / "first_killed", workspace / "two_photos"
+    images.mkdir()
+    for picture in sorted(p for p in photos.rglob("*.jpg") if "notes" not in p.parts)[:2]:
+        shutil.copy(picture, images / picture.name)
+    folder.mkdir()
+    (folder / ".writer.lock").touch()
+    (folder / "items.1.jsonl").write_text('{"path": "a.jpg", "size"')  # written, then killed before index.json
+    killed = _killed_mid_write(folder / "embeddings.1.npy")
+    assert main(["index", "--ckpt", str(trained), "--images", str(images), "--out", str(folder), "--workers", "0"]) == 0
+    assert not killed.exists()
+    assert len(load_index(folder)) == 2
+    assert sorted(p.name for p in folder.iterdir()) == [".writer.lock", "embeddings.1.npy", "faiss.1.index", "index.json",
+                                                        "items.1.jsonl"]

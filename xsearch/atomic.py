@@ -1,7 +1,12 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""Atomic file writes: a reader sees the old file or the new one, never half of one.
+
+A write goes to a hidden temporary file beside the target, renamed over it when complete; a process killed mid-write
+leaves that temporary behind (:func:`temporary_target` recognises one, for whoever owns the folder to remove).
+"""
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +27,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+_TEMPORARY = re.compile(r"\.(?P<target>.+)\.[a-z0-9_]{8}(?P<suffix>\.[^.]*)?")
+"""An :func:`atomic_path` temporary: ``.<target name>.<tempfile's 8 random characters><the target's suffix>``."""
+
+
+def temporary_target(name: str) -> str | None:
+    """The name of the file that ``name`` was the :func:`atomic_path` temporary of (``.items.3.jsonl.k2x9_a0b.jsonl``
+    -> ``items.3.jsonl``), or ``None`` when ``name`` is not named like one. A temporary outlives its write only when
+    the writing process was killed."""
+    match = _TEMPORARY.fullmatch(name)
+    if match is None or (match["suffix"] or "") != Path(match["target"]).suffix:
+        return None
+    return match["target"]
 
 
 def _umask() -> int:

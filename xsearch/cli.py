@@ -36,6 +36,7 @@ def _lightning_cli(args: list[str]) -> None:
     from lightning.pytorch.plugins.io import TorchCheckpointIO
 
     from xsearch.checkpoint_io import AtomicCheckpointIO
+    from xsearch.config_types import NonNegativeInt
 
     from xsearch.datamodules import RetrievalDataModule
     from xsearch.models import RetrievalModule
@@ -52,6 +53,8 @@ def _lightning_cli(args: list[str]) -> None:
         """Config errors as one line (the key, what was expected, a close valid key), not a page of usage."""
 
         def error(self, message: str, ex: Exception | None = None) -> Any:
+            if not self.exit_on_error:  # a nested parser (a class's init_args): the outer one reports the full key
+                return super().error(message, ex)
             parser = getattr(ex, "subcommand_parser", None) or self
             prog = parser.prog.replace(" [options]", "")
             sys.stderr.write(f"{prog}: error: {_one_line(message, parser)} ({prog} --help lists every option)\n")
@@ -62,7 +65,8 @@ def _lightning_cli(args: list[str]) -> None:
             """Names, choices and paths checked before any model is built (a wrong dataset used to fail after the
             towers had loaded)."""
             config = self.config[self.subcommand] if self.subcommand else self.config
-            problem = _config_problem(config) or _checkpoint_problem(config)
+            problem = (_config_problem(config) or _trainer_problem(config.get("trainer"))
+                       or _results_problem(config, self.subcommand) or _checkpoint_problem(config))
             if problem:
                 sys.stderr.write(f"xsearch {self.subcommand}: error: {problem}\n")
                 raise SystemExit(2)
@@ -79,7 +83,7 @@ def _lightning_cli(args: list[str]) -> None:
             parser.add_argument("--results", default="results/xsearch.sqlite", help="SQLite results store that test runs append to")
             parser.add_argument("--test_after_fit", type=bool, default=False, help="after fit, test the best checkpoint and record it")
             parser.add_argument("--tag", type=str | None, default=None, help="label stored with the results row (e.g. an ablation name)")
-            parser.add_argument("--last_every_n_steps", type=int, default=0,
+            parser.add_argument("--last_every_n_steps", type=NonNegativeInt, default=0,
                                 help="also write last.ckpt every N training steps (0: at epoch ends only); resume a "
                                      "killed fit with --ckpt_path last")
 
@@ -206,6 +210,9 @@ def _one_line(message: str, parser: Any) -> str:
     import re
 
     text = " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+    restricted = _restricted_value(text)
+    if restricted:
+        return restricted
     bad_class = re.search(r'Parser key "(\w+)".*?Problem with given class_path \'([^\']+)\': (.*?) - ', text)
     if bad_class:
         key, class_path, reason = bad_class.groups()
@@ -220,6 +227,36 @@ def _one_line(message: str, parser: Any) -> str:
             close = difflib.get_close_matches(given.split("=")[0], known, n=1, cutoff=0.75)
             text += f"; did you mean {close[0]}?" if close else f"; no option {given}"
     return text
+
+
+RESTRICTIONS = {
+    "PositiveInt": "an integer > 0", "NonNegativeInt": "an integer >= 0", "PositiveFloat": "a number > 0",
+    "NonNegativeFloat": "a number >= 0", "ClosedUnitInterval": "a number in [0, 1]",
+    "OpenUnitInterval": "a number in (0, 1)",
+}
+"""What each ``jsonargparse.typing`` restricted number of the config's signatures accepts, in words."""
+
+
+def _restricted_value(text: str) -> str | None:
+    """``KEY: expected an integer > 0, got 0`` for jsonargparse's (one-lined) message about a value outside a
+    restricted number type (:data:`RESTRICTIONS`), with the full key (``model.init_args.embed_dim`` for an argument of
+    a ``class_path``); ``None`` for any other message."""
+    import re
+
+    found = re.search(r"Not of type (\w+): (.*?)(?: - |$)", text)
+    if not found or found.group(1) not in RESTRICTIONS:
+        return None
+    name, reason = found.groups()
+    value = re.match(r"(\S+) (?:does not conform|not an integer|not a number)|.*: '(.*)'$", reason)
+    value = next((v for v in value.groups() if v is not None), None) if value else None
+    if not value:  # a union (e.g. PositiveInt | None): jsonargparse names the value after the alternatives
+        given = re.search(r"Given value: (\S+)", text[found.end():])
+        value = given.group(1) if given else "?"
+    key = ".init_args.".join(re.findall(r'Parser key "([^"]+)"', text[: found.start()]))
+    expected = RESTRICTIONS[name]
+    if re.search(rf"Subtypes: \[<class 'jsonargparse\.typing\.{name}'>, <class 'NoneType'>\]", text):
+        expected += " or null"
+    return f"{key}: expected {expected}, got {value}"
 
 
 def _config_problem(config: Any) -> str | None:
@@ -239,6 +276,51 @@ def _config_problem(config: Any) -> str | None:
         return (f"data.root: {resolve_root(root)} does not exist (a relative root lives under $XSEARCH_DATA, default "
                 "./data); point it at the dataset folder, or set data.generate for a synthetic dataset")
     return None
+
+
+TRAINER_LIMITS: dict[str, tuple[int, str]] = {
+    "max_epochs": (-1, " (-1: no limit) or null"), "min_epochs": (0, " or null"), "max_steps": (-1, " (-1: no limit)"),
+    "min_steps": (0, " or null"), "accumulate_grad_batches": (1, ""), "check_val_every_n_epoch": (1, " or null"),
+    "log_every_n_steps": (0, " or null"), "num_sanity_val_steps": (-1, " (-1: every validation batch) or null"),
+    "num_nodes": (1, ""),
+}
+"""Integer trainer options: the smallest value Lightning accepts, then what else it accepts, in words."""
+LIMIT_BATCHES = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches")
+
+
+def _trainer_problem(trainer: Any) -> str | None:
+    """The first trainer value Lightning would refuse only once the model is built (or would take silently): an integer
+    option below its minimum (:data:`TRAINER_LIMITS`; whether null is allowed is left to the parser's typing), or a
+    ``limit_*_batches`` that is neither a fraction in [0, 1] nor a whole number of batches."""
+    if trainer is None or not hasattr(trainer, "get"):
+        return None
+    for key, (lowest, meaning) in TRAINER_LIMITS.items():
+        value = trainer.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < lowest):
+            return f"trainer.{key}: expected an integer >= {lowest}{meaning}, got {value!r}"
+    for key in LIMIT_BATCHES:
+        value = trainer.get(key)
+        if value is not None and (isinstance(value, bool) or value < 0 or (isinstance(value, float) and value > 1
+                                                                          and not value.is_integer())):
+            return f"trainer.{key}: expected a fraction in [0, 1] or a whole number of batches >= 0, got {value!r}"
+    return None
+
+
+def _results_problem(config: Any, subcommand: str | None) -> str | None:
+    """Why the results store (``--results``) of a run that will append to it cannot be used (``test``, and ``fit`` with
+    ``--test_after_fit``), checked before anything is built or evaluated; ``None`` when it can, or when nothing will be
+    recorded."""
+    from xsearch.grid import CELL_ENV, GRID_ENV
+    from xsearch.results import ResultsStore, ResultsStoreError
+
+    if subcommand != "test" and not (subcommand == "fit" and config.get("test_after_fit")):
+        return None
+    if os.environ.get(GRID_ENV) and not os.environ.get(CELL_ENV):  # a grid's intermediate step records nothing
+        return None
+    try:
+        ResultsStore(config["results"]).check()
+    except ResultsStoreError as error:
+        return f"--results: {error}"
 
 
 def _checkpoint_problem(config: Any) -> str | None:
@@ -407,6 +489,7 @@ def _leaderboard_command(argv: list[str]) -> int:
 
 def _leaderboard_run(argv: list[str]) -> int:
     from xsearch.grid import load_grid, run_grid
+    from xsearch.results import ResultsStore
 
     parser = argparse.ArgumentParser(prog="xsearch leaderboard run",
                                      description="Run a grid of methods x datasets x seeds; finished cells are skipped.")
@@ -423,6 +506,7 @@ def _leaderboard_run(argv: list[str]) -> int:
                         help="then refresh the <!-- leaderboard:<grid> begin/end --> block of FILE (needs --report)")
     args = parser.parse_args(argv)
     grid = load_grid(args.grid)
+    ResultsStore(args.results).check()  # before hours of runs, not when the first cell appends
     if args.readme:
         from xsearch.report import replace_block
 
@@ -512,6 +596,7 @@ PICTURE_FORMATS = (".png", ".jpg", ".jpeg", ".webp")
 
 
 def _index_command(argv: list[str]) -> int:
+    from xsearch.search.images import shown_name
     from xsearch.search.index import build_index
 
     parser = argparse.ArgumentParser(prog="xsearch index", description="Embed every image under a folder with a trained "
@@ -534,13 +619,14 @@ def _index_command(argv: list[str]) -> int:
     else:
         print(f"[xsearch] indexed {report.total} images in {report.folder} ({report.embedded} embedded, {report.kept} "
               f"unchanged, {report.removed} removed, {len(report.skipped)} skipped as unreadable"
-              f"{': ' + ', '.join(p for p, _ in report.skipped[:5]) if report.skipped else ''}"
+              f"{': ' + ', '.join(shown_name(p) for p, _ in report.skipped[:5]) if report.skipped else ''}"
               f"{', ...' if len(report.skipped) > 5 else ''})")
     return 0
 
 
 def _search_command(argv: list[str]) -> int:
     from xsearch.atomic import atomic_path
+    from xsearch.search.images import shown_name
     from xsearch.search.picture import results_picture, thumb_size_for
     from xsearch.search.query import Searcher, check_query
 
@@ -566,7 +652,7 @@ def _search_command(argv: list[str]) -> int:
         print(json.dumps(result.to_json(), indent=1))
     else:
         for hit in result.hits:
-            print(f"{hit.rank:>4}  {hit.score:.4f}  {hit.file}")
+            print(f"{hit.rank:>4}  {hit.score:.4f}  {shown_name(hit.file)}")  # one line per result, whatever the name
     if args.out is not None:
         picture = results_picture(args.query, [h.file for h in result.hits], [h.score for h in result.hits],
                                   [h.path for h in result.hits], args.image,
@@ -629,6 +715,8 @@ def _encode_command(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``xsearch`` console script."""
+    from xsearch.results import ResultsStoreError
+
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("WANDB_MODE", "offline")  # no account or network needed; opt in with WANDB_MODE=online
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
@@ -641,7 +729,7 @@ def main(argv: list[str] | None = None) -> int:
         _lightning_cli(argv)
         return 0
     except (FileNotFoundError, FileExistsError, ValueError, KeyError, OSError, pickle.UnpicklingError,
-            FloatingPointError) as error:
+            FloatingPointError, ResultsStoreError) as error:
         if os.environ.get("XSEARCH_DEBUG"):
             raise
         message = error.args[0] if isinstance(error, KeyError) and error.args else error

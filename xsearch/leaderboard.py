@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import statistics
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -182,12 +183,27 @@ def _render_md(rows: list[dict[str, Any]], metrics: Sequence[str] | None, source
     return "\n\n".join(parts) + "\n"
 
 
+FORMULA_STARTS: tuple[str, ...] = ("=", "+", "-", "@", "\t", "\r")
+"""First characters that make a spreadsheet read a CSV cell as a formula (OWASP's CSV injection list)."""
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def csv_safe(value: Any) -> Any:
+    """``value`` for a CSV cell that a spreadsheet shows as text, never runs: a string starting with one of
+    :data:`FORMULA_STARTS` gets a leading single quote, unless it is a plain number (``-0.5``, ``+3e-2``) or the
+    missing-value mark; numbers and other values are returned as they are."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS) and value != MISSING \
+            and not _NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
 def _csv_value(value: Any) -> Any:
     if value is None:
         return MISSING
     if isinstance(value, list):
-        return " ".join(str(item) for item in value)
-    return value
+        return csv_safe(" ".join(str(item) for item in value))
+    return csv_safe(value)
 
 
 def _render_csv(rows: list[dict[str, Any]], metrics: Sequence[str] | None) -> str:
@@ -196,12 +212,16 @@ def _render_csv(rows: list[dict[str, Any]], metrics: Sequence[str] | None) -> st
     for name in names:
         columns += [f"{name}_mean", f"{name}_std"]
     columns += _TAIL_COLUMNS
+    lines = [_csv_line(columns)] + [_csv_line([_csv_value(row.get(column)) for column in columns]) for row in rows]
+    return "".join(lines)
+
+
+def _csv_line(cells: Sequence[Any]) -> str:
+    """One CSV line ending in ``\\n``, a cell that holds a ``\\r`` or ``\\n`` quoted (the csv module quotes the
+    characters of its line terminator only, so it is given ``\\r\\n``, and the line ends in ``\\n`` again)."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow([_csv_value(row.get(column)) for column in columns])
-    return buffer.getvalue()
+    csv.writer(buffer, lineterminator="\r\n").writerow(cells)
+    return buffer.getvalue()[:-2] + "\n"
 
 
 def render(

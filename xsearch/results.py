@@ -134,7 +134,42 @@ class ResultsStore:
         return f"ResultsStore({str(self.path)!r})"
 
     # -- connection and schema -------------------------------------------------------------
+    def check(self) -> None:
+        """Raise :class:`ResultsStoreError` naming the path when the store cannot be used: a folder, a file that is not
+        an SQLite database or has a newer schema, or a path below a file. A store that does not exist yet is fine (the
+        first append creates it). Reads only: nothing is created or changed."""
+        self._refuse_folder()
+        if not self.path.exists():
+            parent = next(p for p in self.path.absolute().parents if p.exists())
+            if not parent.is_dir():
+                raise ResultsStoreError(f"cannot create results store {self.path}: {parent} is a file, not a folder")
+            return
+        try:
+            conn = sqlite3.connect(f"{self.path.absolute().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+        except sqlite3.Error as exc:
+            raise ResultsStoreError(f"cannot open results store {self.path}: {exc}") from exc
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.DatabaseError as exc:
+            if _is_locked(exc):
+                raise self._locked(exc) from exc
+            raise self._unusable(exc) from exc
+        finally:
+            conn.close()
+        self._check_version(version)
+
+    def _refuse_folder(self) -> None:
+        if self.path.is_dir():
+            raise ResultsStoreError(f"results store {self.path} is a folder; expected an SQLite file (or a path to "
+                                    "create one)")
+
+    def _unusable(self, exc: sqlite3.Error) -> ResultsStoreError:
+        return ResultsStoreError(f"results store {self.path} is not a usable SQLite database ({exc}); move it away or "
+                                 "pass another path")
+
     def _connect(self) -> sqlite3.Connection:
+        self._refuse_folder()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
@@ -159,10 +194,7 @@ class ResultsStore:
         except sqlite3.DatabaseError as exc:
             if _is_locked(exc):
                 raise self._locked(exc) from exc
-            raise ResultsStoreError(
-                f"results store {self.path} is not a usable SQLite database ({exc}); "
-                "move it away or pass another path"
-            ) from exc
+            raise self._unusable(exc) from exc
         self._initialised = True
 
     def _locked(self, exc: sqlite3.Error) -> ResultsStoreError:

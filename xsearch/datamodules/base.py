@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from xsearch.datamodules.coco_pfs import CaptionSource, caption_sources
+from xsearch.config_types import NonNegativeInt, PositiveInt
 from xsearch.datamodules.composed import (
     AttributeTable,
     ComposedOptions,
@@ -256,14 +257,14 @@ class RetrievalDataModule(L.LightningDataModule):
         self,
         dataset: str,
         root: str,
-        image_size: tuple[int, int] = (384, 128),
+        image_size: tuple[PositiveInt, PositiveInt] = (384, 128),
         crop: tuple[float, float, float, float] | Literal["center"] | None = None,
         interpolation: Interpolation = "bicubic",
-        batch_size: int = 64,
-        eval_batch_size: int = 256,
-        num_workers: int = 4,
+        batch_size: PositiveInt = 64,
+        eval_batch_size: PositiveInt = 256,
+        num_workers: NonNegativeInt = 4,
         sampler: Literal["random", "identity"] = "random",
-        instances: int = 4,
+        instances: PositiveInt = 4,
         val_split: str = "val",
         cache_images: bool = False,
         image_cache: str | None = None,

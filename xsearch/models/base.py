@@ -18,6 +18,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from xsearch.config_types import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from xsearch.datamodules.base import EVAL_ROLES
 from xsearch.datamodules.samplers import derived_seed
 from xsearch.evaluation import RetrievalMetric, cosine_similarity
@@ -83,17 +84,17 @@ class RetrievalModule(L.LightningModule):
 
     def __init__(
         self,
-        lr: float = 1e-5,
-        new_module_lr_factor: float = 5.0,
-        weight_decay: float = 4e-5,
+        lr: PositiveFloat = 1e-5,
+        new_module_lr_factor: NonNegativeFloat = 5.0,
+        weight_decay: NonNegativeFloat = 4e-5,
         optimizer: str = "adam",
-        adam_eps: float = 1e-8,
-        bias_lr_factor: float = 1.0,
-        warmup_epochs: float = 5.0,
+        adam_eps: PositiveFloat = 1e-8,
+        bias_lr_factor: NonNegativeFloat = 1.0,
+        warmup_epochs: NonNegativeFloat = 5.0,
         schedule: Literal["cosine", "constant"] = "cosine",
         optimizer_groups: list[dict[str, Any]] | None = None,
-        ks: tuple[int, ...] = (1, 5, 10),
-        visualize_queries: int = 8,
+        ks: tuple[PositiveInt, ...] = (1, 5, 10),
+        visualize_queries: NonNegativeInt = 8,
         init_from: str | None = None,
         on_nonfinite_loss: Literal["stop", "skip"] = "stop",
     ) -> None:

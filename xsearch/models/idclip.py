@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xsearch.config_types import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from xsearch.datamodules.entity_captions import SLOT, fill_entity
 from xsearch.distributed import gather
 from xsearch.losses import cosine_logits, entity_info_nce, info_nce
@@ -118,17 +119,17 @@ class IdCLIP(RetrievalModule):
     def __init__(
         self,
         clip: CLIPTowers,
-        face_dim: int = 512,
-        translator_hidden: int = 768,
+        face_dim: PositiveInt = 512,
+        translator_hidden: PositiveInt = 768,
         translator_bias: bool = False,
-        prompt_tokens: int = 5,
-        temperature: float = 0.07,
+        prompt_tokens: NonNegativeInt = 5,
+        temperature: PositiveFloat = 0.07,
         learnable_temperature: bool = False,
         conf: str = "conf1",
-        entity_loss_weight: float = 0.0,
+        entity_loss_weight: NonNegativeFloat = 0.0,
         entity_targets: Literal["softmax", "bce"] = "softmax",
         stage: Literal["clip", "idclip"] = "idclip",
-        clip_id_weight: float = 0.0,
+        clip_id_weight: NonNegativeFloat = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)

@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from xsearch.config_types import ClosedUnitInterval, NonNegativeFloat, PositiveFloat, PositiveInt
 from xsearch.distributed import gather
 from xsearch.losses import IdentityClassifier, sdm_loss, weighted_sum
 from xsearch.losses.mlm import mask_tokens, mlm_loss
@@ -47,13 +48,13 @@ class IRRA(RetrievalModule):
     def __init__(
         self,
         towers: CLIPTowers,
-        sdm_weight: float = 1.0,
-        id_weight: float = 1.0,
-        mlm_weight: float = 1.0,
-        sdm_scale: float = 50.0,
-        mlm_probability: float = 0.15,
+        sdm_weight: NonNegativeFloat = 1.0,
+        id_weight: NonNegativeFloat = 1.0,
+        mlm_weight: NonNegativeFloat = 1.0,
+        sdm_scale: PositiveFloat = 50.0,
+        mlm_probability: ClosedUnitInterval = 0.15,
         cross_layers: int = 4,
-        num_classes: int | None = None,
+        num_classes: PositiveInt | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)

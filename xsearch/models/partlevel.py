@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xsearch.config_types import NonNegativeFloat, NonNegativeInt, PositiveInt
 from xsearch.distributed import gather
 from xsearch.evaluation import cosine_similarity
 from xsearch.losses import cmr_loss, part_diversity, part_sdm_loss
@@ -89,18 +90,18 @@ class PartLevel(IRRA):
     def __init__(
         self,
         towers: CLIPTowers,
-        num_parts: int = 8,
-        coarse_parts: int = 0,
+        num_parts: PositiveInt = 8,
+        coarse_parts: NonNegativeInt = 0,
         decoder_layers: int = 2,
-        decoder_heads: int | None = None,
-        part_weight: float = 1.0,
-        cmr_weight: float = 1.0,
+        decoder_heads: PositiveInt | None = None,
+        part_weight: NonNegativeFloat = 1.0,
+        cmr_weight: NonNegativeFloat = 1.0,
         cmr_base_margin: float = 0.2,
         cmr_min_margin: float = 0.05,
         cmr_negative: Literal["hardest", "semi_hard"] = "hardest",
         commonality: bool = True,
-        diversity_weight: float = 0.0,
-        part_start_epoch: int = 5,
+        diversity_weight: NonNegativeFloat = 0.0,
+        part_start_epoch: NonNegativeInt = 5,
         part_similarity_weight: float = 1.0,
         coarse_similarity_weight: float = 1.0,
         global_only: bool = False,

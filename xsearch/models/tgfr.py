@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xsearch.config_types import PositiveFloat, PositiveInt
 from xsearch.distributed import gather
 from xsearch.losses import ArcFaceHead, global_contrastive_loss, sentence_image_loss, weighted_sum, word_region_loss
 from xsearch.models.base import RetrievalModule
@@ -220,18 +221,18 @@ class TGFR(RetrievalModule):
         face_encoder: IResNet,
         text_encoder: TextEncoder,
         stage: Literal["face", "align", "fuse"] = "align",
-        feature_dim: int = 256,
+        feature_dim: PositiveInt = 256,
         ngram_sizes: tuple[int, ...] = (2, 3, 4),
         gamma1: float = 4.0,
         gamma2: float = 5.0,
         gamma3: float = 10.0,
-        sentence_scale: float = 10.0,
+        sentence_scale: PositiveFloat = 10.0,
         loss_weights: dict[str, float] | None = None,
         text_margin: tuple[float, float] = (35.0, 0.5),
         image_margin: tuple[float, float] = (30.0, 0.5),
         fused_margin: tuple[float, float] = (30.0, 0.5),
         focal_gamma: float = 2.0,
-        fine_dim: int = 128,
+        fine_dim: PositiveInt = 128,
         fusion_mask_padding: bool = False,
         **kwargs: Any,
     ) -> None:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xsearch.config_types import NonNegativeFloat, NonNegativeInt, PositiveInt
 from xsearch.distributed import gather
 from xsearch.losses import DifficultyAwareMNRL, weighted_sum
 from xsearch.models.base import RetrievalModule
@@ -92,13 +93,13 @@ class XModal(RetrievalModule):
         self,
         image_encoder: ImageEncoder,
         text_encoder: SentenceEncoder | TextEncoder,
-        embed_dim: int = 512,
-        head_hidden: int | None = 512,
+        embed_dim: PositiveInt = 512,
+        head_hidden: PositiveInt | None = 512,
         fusion: str = "gated",
-        fusion_hidden: int = 512,
+        fusion_hidden: PositiveInt = 512,
         composed_query: Literal["fused", "reference", "text"] = "fused",
-        text_weight: float = 1.0,
-        composed_weight: float = 1.0,
+        text_weight: NonNegativeFloat = 1.0,
+        composed_weight: NonNegativeFloat = 1.0,
         scale: float = 20.0,
         margin: float = 0.2,
         level_weights: tuple[float, float, float] = (0.5, 1.0, 1.5),
@@ -106,8 +107,8 @@ class XModal(RetrievalModule):
         hardness_mode: Literal["in_batch_negatives", "hard_negatives", "all_negatives"] | None = None,
         hardness_strength: float = 0.0,
         symmetric: bool = False,
-        image_lr_factor: float = 1.0,
-        hard_negative_bank: int = 0,
+        image_lr_factor: NonNegativeFloat = 1.0,
+        hard_negative_bank: NonNegativeInt = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -17,6 +18,22 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 """File name endings (any case) taken as images."""
+
+
+UNPRINTABLE_CATEGORIES = ("Cc", "Cf", "Cs", "Zl", "Zp")
+"""Unicode categories a printed file name must not carry as they are: control characters (newline, tab, escape...),
+format characters (right-to-left override...), surrogates (undecodable bytes of a name) and line / paragraph
+separators: they would split, reorder or break a printed line."""
+
+
+def shown_name(name: str | Path) -> str:
+    """A file name (or path) as printed on one line: unchanged when every character is printable (non-ASCII letters
+    and spaces included), else Python's quoted ``repr`` of it, whose escapes (``\\n``, ``\\x1b``, ``\\u202e``...) show
+    what the name holds without acting on the terminal."""
+    text = str(name)
+    if any(unicodedata.category(char) in UNPRINTABLE_CATEGORIES for char in text):
+        return repr(text)
+    return text
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,9 @@ An index folder holds (``<g>`` = a generation number, bumped by every write)::
     .writer.lock          held by the ``xsearch index`` run writing the folder (a second one fails at once)
 
 Every file is written atomically under a new generation and ``index.json`` last, so a reader (or a run killed
-half way) sees the previous index or the new one, never a mix; files of older generations are removed after.
+half way) sees the previous index or the new one, never a mix; files of older generations are removed after. A run
+killed mid-write leaves the hidden temporary file of that write (``.embeddings.<g>.npy.<random>.npy``...): the next
+``xsearch index`` run into the folder removes it once it holds the writer lock.
 
 Methods that rank by the cosine of one vector per item (the base class's ``similarity``) get a FAISS index
 (``IndexFlatIP`` = exact by default; any ``index_factory`` string, e.g. ``IVF4096,Flat`` or ``HNSW32``, for millions of
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import time
 from contextlib import contextmanager
@@ -32,7 +35,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from xsearch.atomic import atomic_path, write_text_atomic
+from xsearch.atomic import atomic_path, temporary_target, write_text_atomic
 from xsearch.search.images import IMAGE_EXTENSIONS, ImageFile, embed_paths, scan_images
 from xsearch.models.checkpoint import check_class_paths, read_checkpoint
 from xsearch.search.model_io import CheckpointInfo, checkpoint_info, load_model, method_name, similarity_kind
@@ -43,6 +46,8 @@ FORMAT = "xsearch-index"
 VERSION = 1
 HEADER = "index.json"
 LOCK = ".writer.lock"  # held by the xsearch index run writing the folder
+INDEX_FILE = re.compile(r"index\.json|items\.\d+\.jsonl|embeddings\.\d+\.npy|faiss\.\d+\.index")
+"""The names of the files an index folder holds (besides :data:`LOCK`)."""
 DEFAULT_FACTORY = "Flat"
 DEFAULT_NPROBE = 16
 """Inverted lists visited per query by an IVF index unless ``--nprobe`` says otherwise (at most ``nlist``)."""
@@ -146,7 +151,8 @@ class SearchIndex:
 
     @property
     def checkpoint(self) -> CheckpointInfo:
-        return CheckpointInfo(**self.header["checkpoint"])
+        recorded = self.header["checkpoint"]
+        return CheckpointInfo(recorded["path"], recorded["sha256"], recorded["size"], recorded["mtime_ns"])
 
     def __len__(self) -> int:
         return len(self.items)
@@ -186,10 +192,106 @@ class SearchIndex:
         return best_scores, best_rows
 
 
+def _count(low: int) -> Callable[[Any], bool]:
+    """Whether a value is an integer (not a boolean) of at least ``low``."""
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _text(value: Any) -> bool:
+    """Whether a value is a non-empty string."""
+    return isinstance(value, str) and value != ""
+
+
+def _file_name(value: Any) -> bool:
+    """Whether a value is a plain file name inside the index folder (no folder part)."""
+    return _text(value) and "/" not in value and "\\" not in value and value not in (".", "..")
+
+
+def _crop(value: Any) -> bool:
+    """Whether a value is a training crop as the header records it: null, ``center`` or four fractions."""
+    return value is None or value == "center" or (isinstance(value, list) and len(value) == 4 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in value))
+
+
+def _skipped(value: Any) -> bool:
+    """Whether a value is the header's list of skipped files, each with its ``path`` and ``reason``."""
+    return isinstance(value, list) and all(
+        isinstance(s, dict) and _text(s.get("path")) and isinstance(s.get("reason"), str) for s in value)
+
+
+HEADER_FIELDS: tuple[tuple[str, Callable[[Any], bool], str, bool], ...] = (
+    ("files", lambda v: isinstance(v, dict), "an object naming the index files", True),
+    ("files.items", _file_name, "a file name", True),
+    ("files.embeddings", _file_name, "a file name", True),
+    ("files.faiss", lambda v: v is None or _file_name(v), "a file name or null", False),
+    ("count", _count(0), "an integer >= 0", True),
+    ("dim", _count(1), "an integer >= 1", True),
+    ("images_root", _text, "the indexed folder's path (text)", True),
+    ("checkpoint", lambda v: isinstance(v, dict), "an object", True),
+    ("checkpoint.path", _text, "a file path (text)", True),
+    ("checkpoint.sha256", lambda v: isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v),
+     "64 lowercase hex digits", True),
+    ("checkpoint.size", _count(0), "an integer >= 0", True),
+    ("checkpoint.mtime_ns", _count(-(2**63)), "an integer", True),
+    ("search", lambda v: isinstance(v, dict), "an object", True),
+    ("search.kind", lambda v: v in ("faiss", "exact"), "'faiss' or 'exact'", True),
+    ("search.factory", _text, "a FAISS factory string (text)", True),
+    ("model", lambda v: isinstance(v, dict), "an object", True),
+    ("model.method", _text, "a method name (text)", True),
+    ("model.composed_queries", lambda v: isinstance(v, bool), "true or false", False),
+    ("preprocessing", lambda v: isinstance(v, dict), "an object", True),
+    ("preprocessing.image_size", lambda v: isinstance(v, list) and len(v) == 2 and all(_count(1)(x) for x in v),
+     "[height, width] in pixels (integers >= 1)", True),
+    ("preprocessing.crop", _crop, "null, 'center' or [top, left, bottom, right] fractions", False),
+    ("preprocessing.interpolation", lambda v: v in ("bicubic", "bilinear"), "'bicubic' or 'bilinear'", False),
+    ("skipped", _skipped, "a list of {\"path\", \"reason\", ...} objects", False),
+    ("generation", _count(0), "an integer >= 0", False),
+    ("created", lambda v: isinstance(v, str), "a time (text)", False),
+    ("updated", lambda v: isinstance(v, str), "a time (text)", False),
+)
+"""Every header field read when an index is searched, served or updated: dotted name, check, what it must be (in
+words), and whether it is required (an optional one may be absent, not wrong)."""
+
+_ABSENT = object()
+
+
+def _header_field(header: dict[str, Any], dotted: str) -> Any:
+    """The value at ``a.b`` in ``header``, or :data:`_ABSENT`."""
+    value: Any = header
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return _ABSENT
+        value = value[part]
+    return value
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """A field's value for an error message: its JSON (one line, at most ``limit`` characters)."""
+    text = json.dumps(value, ensure_ascii=True)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_header(header: dict[str, Any], header_path: Path) -> None:
+    """:class:`ValueError` naming ``header_path``, the first field of :data:`HEADER_FIELDS` that is missing or of the
+    wrong type, what was expected and what it holds (a hand-edited ``index.json``); a FAISS-searched index must name
+    its ``files.faiss``."""
+    for dotted, valid, expected, required in HEADER_FIELDS:
+        value = _header_field(header, dotted)
+        if (value is _ABSENT and not required) or (value is not _ABSENT and valid(value)):
+            continue
+        got = "nothing (the field is missing)" if value is _ABSENT else _shown(value)
+        raise ValueError(f"{header_path}: field {dotted}: expected {expected}, got {got}; fix it, or rebuild the index "
+                         "with xsearch index ... --rebuild")
+    if header["search"]["kind"] == "faiss" and not _file_name(header["files"].get("faiss")):
+        raise ValueError(f"{header_path}: field files.faiss: expected a file name (search.kind is 'faiss'), got "
+                         f"{_shown(header['files'].get('faiss'))}; fix it, or rebuild the index with xsearch index ... "
+                         "--rebuild")
+
+
 def load_index(folder: str | Path, with_faiss: bool = True) -> SearchIndex:
-    """Read an index folder, checking that its files exist and agree (counts, sizes). Raises
-    :class:`FileNotFoundError` naming the folder or file that is missing, :class:`ValueError` naming the file that
-    is corrupt or inconsistent."""
+    """Read an index folder, checking its header's fields (:func:`check_header`) and that its files exist and agree
+    (counts, sizes). Raises :class:`FileNotFoundError` naming the folder or file that is missing, :class:`ValueError`
+    naming the file (and for the header the field) that is corrupt or inconsistent."""
     folder = Path(folder)
     header_path = folder / HEADER
     if not folder.is_dir():
@@ -207,14 +309,11 @@ def load_index(folder: str | Path, with_faiss: bool = True) -> SearchIndex:
     if header.get("version") != VERSION:
         raise ValueError(f"{header_path}: index format version {header.get('version')!r}; this xsearch reads {VERSION}: "
                          "rebuild it with xsearch index ... --rebuild")
-    try:
-        files, count, dim = header["files"], int(header["count"]), int(header["dim"])
-        header["checkpoint"]["sha256"], header["images_root"], header["search"]["kind"]  # noqa: B018  present
-    except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"{header_path}: index header lacks {error}; rebuild it with xsearch index ... --rebuild") from None
+    check_header(header, header_path)
+    files, count, dim = header["files"], header["count"], header["dim"]
 
     def member(key: str) -> Path:
-        path = folder / str(files.get(key))
+        path = folder / files[key]
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing from the index (named by {header_path}); rebuild it with "
                                     "xsearch index ... --rebuild")
@@ -295,12 +394,14 @@ def build_index(checkpoint: str | Path, images: str | Path, out: str | Path, bat
 def _sole_writer(out: Path) -> Iterator[None]:
     """Hold the writer lock of the index folder ``out`` (created if missing; removed again if this run leaves it with
     nothing but the lock): a second ``xsearch index`` into the same folder fails at once instead of mixing its files
-    with the first one's. Refuses a file, or a folder with files that is not an index."""
+    with the first one's. Refuses a file, or a folder with files that is not an index (files named like an index's,
+    left by a first run killed before it wrote ``index.json``, do not count). Holding the lock, it removes the temporary
+    files that runs killed mid-write left (:func:`_remove_temporaries`)."""
     from filelock import FileLock, Timeout
 
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} is a file; an index is a folder")
-    if out.is_dir() and not (out / HEADER).is_file() and any(p.name != LOCK for p in out.iterdir()):
+    if out.is_dir() and not (out / HEADER).is_file() and not all(_own_file(p.name) for p in out.iterdir()):
         raise FileExistsError(f"--out {out} is a folder with files but no {HEADER}: not an xsearch index; choose a new "
                               "or empty folder")
     created = not out.exists()
@@ -312,11 +413,34 @@ def _sole_writer(out: Path) -> Iterator[None]:
         raise BlockingIOError(f"{out} is being written by another xsearch index run (it holds {out / LOCK}): wait for "
                               "it to finish, or index into another --out") from None
     try:
+        _remove_temporaries(out)
         yield
     finally:
         lock.release()
         if created and [p.name for p in out.iterdir()] == [LOCK]:  # failed before writing anything: leave no folder
             shutil.rmtree(out, ignore_errors=True)
+
+
+def _own_file(name: str) -> bool:
+    """Whether ``name`` is one of an index folder's files: the lock, an :data:`INDEX_FILE`, or the temporary of one."""
+    target = temporary_target(name)
+    return name == LOCK or INDEX_FILE.fullmatch(name) is not None or (
+        target is not None and INDEX_FILE.fullmatch(target) is not None)
+
+
+def _remove_temporaries(out: Path) -> list[str]:
+    """Remove the temporaries of :data:`INDEX_FILE` files in ``out`` (named like :func:`xsearch.atomic.atomic_path`
+    names them) and return their names. Called with the writer lock held, so no live run is writing them: each is what
+    a run killed mid-write left."""
+    removed = []
+    for path in out.iterdir():
+        target = temporary_target(path.name)
+        if target is not None and INDEX_FILE.fullmatch(target) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    if removed:
+        log.info("removed %d temporary files left in %s by an interrupted xsearch index run", len(removed), out)
+    return sorted(removed)
 
 
 def _build(info: CheckpointInfo, images: Path, out: Path, batch_size: int, factory: str | None, rebuild: bool,

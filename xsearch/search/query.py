@@ -98,7 +98,7 @@ class Searcher:
         if not path.is_file():
             raise FileNotFoundError(f"reference image {path} does not exist")
         prep = self.index.header["preprocessing"]
-        crop = tuple(prep["crop"]) if isinstance(prep["crop"], list) else prep["crop"]
+        crop = tuple(prep["crop"]) if isinstance(prep.get("crop"), list) else prep.get("crop")
         return load_image(path, tuple(prep["image_size"]), crop, prep.get("interpolation", "bicubic"))
 
     def search(self, text: str, k: int = 20, reference: str | Path | None = None, nprobe: int | None = None) -> SearchResult:
