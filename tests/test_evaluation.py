@@ -92,7 +92,7 @@ def test_all_scores_equal_ranks_by_index() -> None:
     assert per_query.last_positive_rank.tolist() == [4, 5, 6]
 
 
-RANKING_PATHS = ("counted", "keyed", "dense", "binned", "sorted")
+RANKING_PATHS = ("counted", "keyed", "dense", "binned", "sorted", "candidate")
 
 
 def rank_with(name: str, similarity: torch.Tensor, positive_index: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -101,6 +101,13 @@ def rank_with(name: str, similarity: torch.Tensor, positive_index: torch.Tensor,
         return retrieval_module._sorted_ranks(similarity, positive_index)
     if name == "keyed":
         return retrieval_module._keyed_ranks(similarity, positive_index)
+    if name == "candidate":  # however many the candidates
+        share = retrieval_module._CANDIDATE_SHARE
+        retrieval_module._CANDIDATE_SHARE = 0
+        try:
+            return retrieval_module._candidate_ranks(similarity, positive_index, valid)
+        finally:
+            retrieval_module._CANDIDATE_SHARE = share
     return getattr(retrieval_module, f"_{name}_ranks")(similarity, positive_index, valid)
 
 
@@ -202,6 +209,7 @@ def test_metrics_match_reference_on_adversarial_problems(dense_max: int, monkeyp
     """The public evaluator, all queries through the histogram path (0) or the counting path (10**6)."""
     monkeypatch.setattr(retrieval_module, "_DENSE_MAX_POSITIVES", dense_max)
     monkeypatch.setattr(retrieval_module, "_SORT_FALLBACK_POSITIVES", 10**6)
+    monkeypatch.setattr(retrieval_module, "_CANDIDATE_SHARE", 10**9)  # no shortcut: the path under test
     for problem, (similarity, qp, gp) in adversarial_problems().items():
         per_query = retrieval_metrics_per_query(similarity, qp, gp)
         for q, expected in enumerate(reference_per_query(similarity, qp, gp)):
@@ -217,8 +225,18 @@ def test_metrics_match_reference_on_adversarial_problems(dense_max: int, monkeyp
 def test_positive_ranked_last_on_every_path() -> None:
     similarity = torch.arange(20.0).repeat(2, 1)  # the only positive scores lowest: every item precedes it
     positive_index = torch.tensor([[0], [0]])
+    valid = torch.ones(2, 1, dtype=torch.bool)
     for name in RANKING_PATHS:
-        assert rank_with(name, similarity, positive_index, torch.ones(2, 1, dtype=torch.bool)).tolist() == [[20], [20]]
+        assert rank_with(name, similarity, positive_index, valid).tolist() == [[20], [20]]
+    assert retrieval_module._candidate_ranks(similarity, positive_index, valid) is None  # every item a candidate
+
+
+@pytest.mark.parametrize("share", [0, 10**9])
+def test_candidate_shortcut_on_or_off_gives_the_same_metrics(share: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(retrieval_module, "_CANDIDATE_SHARE", share)  # 0: always taken; 10**9: never
+    for problem, (similarity, qp, gp) in adversarial_problems().items():
+        reference = reference_metrics(similarity, qp, gp, skip_missing=True)
+        assert_metrics_equal(retrieval_metrics(similarity, qp, gp, on_missing="skip"), reference)
 
 
 def test_many_positives_use_sort_fallback_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -289,6 +307,7 @@ def test_small_working_set_and_copied_blocks(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(retrieval_module, "_TARGET_BLOCK_ELEMENTS", 50)  # one row, positives blocked
     monkeypatch.setattr(retrieval_module, "_BLOCK_COPY_BYTES", 41 * 4 * 4)  # 4-row copied blocks
     monkeypatch.setattr(retrieval_module, "_DENSE_MAX_POSITIVES", 10**6)  # count every query densely
+    monkeypatch.setattr(retrieval_module, "_CANDIDATE_SHARE", 10**9)
     assert_metrics_equal(retrieval_metrics(similarity.half().float().T.contiguous().T, qp, gp), expected)
     assert_metrics_equal(retrieval_metrics(similarity.T.contiguous().T, qp, gp), expected)
 

@@ -54,15 +54,25 @@ __all__ = [
 
 # Target number of elements of a chunk's working tensors ((rows, positives, G) comparisons, (rows, G) bins): small
 # enough to stay in cache and reuse allocator blocks (measured: 256 x 3 x 3,074 is ~7x faster than 6,156 x 3 x 3,074).
-_TARGET_BLOCK_ELEMENTS = 1 << 21
+_TARGET_BLOCK_ELEMENTS = 1 << 20
 # Queries with at most this many positives are counted with one comparison pass per positive; above it, the
 # histogram path (a fixed number of passes over the row, whatever the number of positives) is cheaper.
 _DENSE_MAX_POSITIVES = 8
 # Queries with more positives than this are ranked by a (chunked) stable sort: the histogram path's tables grow
 # with the square of the positive count.
 _SORT_FALLBACK_POSITIVES = 256
+# Candidates (items scoring at least a query's worst positive, the only ones that can precede a positive) are
+# compared alone with the positives while they are at most 1 / _CANDIDATE_SHARE of the chunk's items (x P / 4
+# for more positives): gathering and comparing one costs several passes' worth per item. After a chunk where
+# they were too many, the next _CANDIDATE_RETRY - 1 chunks skip the check (a weak model fails it everywhere).
+_CANDIDATE_SHARE = 8
+_CANDIDATE_RETRY = 8
+# A chunk holds at least this many rows when that keeps it within _MAX_BLOCK_ELEMENTS (large galleries: fewer
+# chunks, less per-chunk overhead).
+_MIN_CHUNK_ROWS = 8
+_MAX_BLOCK_ELEMENTS = 1 << 23
 # Histogram bins per row: the next power of two above G / _BIN_DIVISOR, within [16, 2**15].
-_BIN_DIVISOR = 2
+_BIN_DIVISOR = 4
 # A conflict group (a bin holding positives of different scores) with more items than this share of the row is
 # re-binned over its own score range (at most _MAX_ZOOMS times, then counted densely) instead of compared item by item.
 _HEAVY_GROUP_SHARE = 1 / 16
@@ -272,6 +282,36 @@ def _counted_ranks(
     return greater.to(torch.int64) + 1
 
 
+def _candidate_ranks(
+    scores: torch.Tensor, positive_index: torch.Tensor, valid: torch.Tensor
+) -> torch.Tensor | None:
+    """Positions of the positives counted among the few items that score at least the worst positive.
+
+    Any item placed before a positive scores at least as much as it, hence at least the row's lowest
+    positive score; when such candidates are rare (a useful model), comparing them alone with every
+    positive is much cheaper than a pass over the row per positive. Returns None when they are too many.
+
+    Args / Returns: as :func:`_counted_ranks`.
+    """
+    num_rows, num_gallery = scores.shape
+    num_pos = positive_index.shape[1]
+    thresholds = scores.gather(1, positive_index)  # (C, P)
+    lowest = thresholds.masked_fill(~valid, float("inf")).amin(dim=1, keepdim=True)  # (C, 1)
+    candidate = scores >= lowest  # (C, G)
+    num_candidates = int(candidate.view(torch.uint8).sum(dtype=torch.int64))
+    if num_candidates * _CANDIDATE_SHARE * max(1, num_pos // 4) > scores.numel():
+        return None
+    flat = candidate.view(-1).nonzero().squeeze(1)  # (M,) row-major positions
+    row = flat // num_gallery
+    column = flat - row * num_gallery
+    value = scores.view(-1).index_select(0, flat)[:, None]  # (M, 1)
+    row_thresholds = thresholds.index_select(0, row)  # (M, P)
+    earlier = column[:, None] < positive_index.index_select(0, row)  # (M, P)
+    beats = (value > row_thresholds) | ((value == row_thresholds) & earlier)
+    counts = torch.zeros_like(positive_index).index_add_(0, row, beats.to(positive_index.dtype))
+    return counts + 1
+
+
 def _count_true(mask: torch.Tensor) -> torch.Tensor:
     """(..., G) bool -> (...) int32 number of True (summed as bytes: about twice as fast as a bool sum)."""
     return mask.view(torch.uint8).sum(dim=-1, dtype=torch.int32)
@@ -313,6 +353,11 @@ def _dense_ranks(scores: torch.Tensor, positive_index: torch.Tensor, valid: torc
     return _counted_ranks(scores, positive_index, valid)
 
 
+def _lookup(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table[index]`` for a 1-D table and an index of any shape (index_select: cheaper than advanced indexing)."""
+    return table.index_select(0, index.reshape(-1)).view(index.shape)
+
+
 def _num_bins(num_gallery: int) -> int:
     """Histogram bins per row (a power of two)."""
     return 1 << max(4, min(15, (max(1, num_gallery // _BIN_DIVISOR) - 1).bit_length()))
@@ -324,6 +369,7 @@ def _binned_ranks(
     valid: torch.Tensor,
     bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
     zooms: int = 0,
+    checked: bool = False,
 ) -> torch.Tensor:
     """:func:`_counted_ranks` in a fixed number of passes over the rows, whatever the number of positives.
 
@@ -339,7 +385,8 @@ def _binned_ranks(
     (:func:`_conflict_counts`); when it holds many (scores concentrated by an outlier), the row is binned
     again over that bin's range.
 
-    Args / Returns: as :func:`_counted_ranks`; ``bounds``: ((C,), (C,)) score range to bin (finite rows).
+    Args / Returns: as :func:`_counted_ranks`; ``bounds``: ((C,), (C,)) score range to bin (finite rows);
+    ``checked``: the rows are known to hold no NaN.
     """
     num_rows, num_gallery = scores.shape
     num_bins = _num_bins(num_gallery)
@@ -353,7 +400,7 @@ def _binned_ranks(
         ])
     if bounds is None:
         low, high = scores.amin(dim=1), scores.amax(dim=1)
-        if bool(torch.isnan(high).any()):
+        if not checked and bool(torch.isnan(high).any()):
             raise ValueError("similarity contains NaN")
     else:
         low, high = bounds
@@ -384,10 +431,11 @@ def _binned_ranks(
     item_class = (scores > item_reference).view(torch.uint8) + (scores >= item_reference).view(torch.uint8)
     counts = torch.bincount(torch.add(group, item_class, alpha=cells).view(-1), minlength=3 * cells).view(3, cells)
     del item_class
-    higher_bins = num_gallery - counts.sum(dim=0).view(num_rows, num_bins).cumsum(dim=1).view(-1)[positive_group]
-    ranks = 1 + higher_bins + counts[2][positive_group]
-    conflict = valid & (reference[positive_group] != thresholds)  # reference is another positive's score
-    equal = counts[1][positive_group]
+    through_bin = counts.sum(dim=0).view(num_rows, num_bins).cumsum(dim=1).view(-1)  # items in bins <= b
+    higher_bins = num_gallery - _lookup(through_bin, positive_group)
+    ranks = 1 + higher_bins + _lookup(counts[2], positive_group)
+    conflict = valid & (_lookup(reference, positive_group) != thresholds)  # reference: another positive's score
+    equal = _lookup(counts[1], positive_group)
     tied_rows = (valid & ~conflict & (equal > 1)).any(dim=1).nonzero().squeeze(1)
     if tied_rows.numel():
         ranks.index_add_(0, tied_rows, _earlier_ties(scores, item_reference, group, positive_index, valid,
@@ -428,7 +476,7 @@ def _earlier_ties(
     sub_group = positive_group.index_select(0, rows)
     slot_of_group = torch.full((cells,), slots, dtype=torch.int32, device=device)
     slot_of_group[sub_group[sub_valid]] = slot_id[sub_valid]
-    positive_slot = slot_of_group[sub_group].clamp_(max=slots - 1).to(torch.int64)  # (R, P)
+    positive_slot = _lookup(slot_of_group, sub_group).clamp_(max=slots - 1).to(torch.int64)  # (R, P)
     item_slot = slot_of_group.index_select(0, group.index_select(0, rows).view(-1)).view(num_sub, num_gallery)
     tied = scores.index_select(0, rows) == item_reference.index_select(0, rows)
     key = torch.where(tied, item_slot * (num_pos + 1) + segment, slots * (num_pos + 1))
@@ -460,7 +508,7 @@ def _resolve_conflicts(
     member = in_conflict.index_select(0, sub_group.view(-1)).view(rows.numel(), num_gallery)
     members_per_row = _count_true(member)
     heavy = members_per_row > max(32, int(num_gallery * _HEAVY_GROUP_SHARE))
-    affected = in_conflict[positive_group] & valid  # every positive of a conflict bin
+    affected = _lookup(in_conflict, positive_group) & valid  # every positive of a conflict bin
     if bool(heavy.any()):
         heavy_rows = rows[heavy]
         args = (scores.index_select(0, heavy_rows), positive_index.index_select(0, heavy_rows),
@@ -477,17 +525,28 @@ def _resolve_conflicts(
         rows, member = rows[~heavy], member[~heavy]
         if not rows.numel():
             return ranks
+    # each item of a conflict bin against its row's conflict-bin positives (compacted to the front, padded)
+    sub_affected = affected.index_select(0, rows)
+    width = int(sub_affected.sum(dim=1).max())
+    order = torch.argsort((~sub_affected).to(torch.uint8), dim=1, stable=True)[:, :width]  # (R, W) slots
+    slot_valid = sub_affected.gather(1, order)
+    slot_score = scores.gather(1, positive_index).index_select(0, rows).gather(1, order)
+    slot_index = positive_index.index_select(0, rows).gather(1, order)
+    slot_group = positive_group.index_select(0, rows).gather(1, order).masked_fill_(~slot_valid, -1)
     items = member.view(-1).nonzero().squeeze(1)  # positions in the (len(rows), G) block
     local = items // num_gallery
-    row = rows[local]
     column = items - local * num_gallery
+    row = rows.index_select(0, local)
     value = scores[row, column][:, None]
     item_group = group[row, column][:, None].to(torch.int64)
-    thresholds = scores.gather(1, positive_index).index_select(0, row)  # (M, P)
-    same_bin = item_group == positive_group.index_select(0, row)
-    precedes = (value > thresholds) | ((value == thresholds) & (column[:, None] < positive_index.index_select(0, row)))
-    within = torch.zeros_like(positive_index).index_add_(0, row, (precedes & same_bin).to(torch.int64))
-    return torch.where(affected, 1 + higher_bins + within, ranks)
+    threshold = slot_score.index_select(0, local)  # (M, W)
+    precedes = (value > threshold) | ((value == threshold) & (column[:, None] < slot_index.index_select(0, local)))
+    precedes &= item_group == slot_group.index_select(0, local)
+    within = torch.zeros_like(slot_index).index_add_(0, local, precedes.to(torch.int64))  # (R, W)
+    slot_ranks = 1 + higher_bins.index_select(0, rows).gather(1, order) + within
+    sub_ranks = ranks.index_select(0, rows).scatter_(1, order, torch.where(slot_valid, slot_ranks, ranks.index_select(0, rows).gather(1, order)))
+    ranks[rows] = sub_ranks
+    return ranks
 
 
 def _sorted_ranks(scores: torch.Tensor, positive_index: torch.Tensor) -> torch.Tensor:
@@ -509,15 +568,24 @@ def _padded_positives(
     return positive_index, valid
 
 
-def _positive_ranks(scores: torch.Tensor, positive_index: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """(C, P) 1-based positions of the positives: count for few positives, bin for more, sort for very many."""
+def _positive_ranks(
+    scores: torch.Tensor, positive_index: torch.Tensor, valid: torch.Tensor, try_candidates: bool = True
+) -> tuple[torch.Tensor, bool]:
+    """(C, P) 1-based positions of the positives and whether the candidate shortcut served them.
+
+    Few candidates: compare them alone; else count for few positives, bin for more, sort for very many.
+    """
     num_pos = positive_index.shape[1]
-    if num_pos > _DENSE_MAX_POSITIVES and num_pos <= _SORT_FALLBACK_POSITIVES:
-        return _binned_ranks(scores, positive_index, valid)  # checks NaN itself
     _check_not_nan(scores)
+    if try_candidates and num_pos <= _SORT_FALLBACK_POSITIVES:
+        ranks = _candidate_ranks(scores, positive_index, valid)
+        if ranks is not None:
+            return ranks, True
     if num_pos > _SORT_FALLBACK_POSITIVES:
-        return _sorted_ranks(scores, positive_index)
-    return _dense_ranks(scores, positive_index, valid)
+        return _sorted_ranks(scores, positive_index), False
+    if num_pos > _DENSE_MAX_POSITIVES:
+        return _binned_ranks(scores, positive_index, valid, checked=True), False
+    return _dense_ranks(scores, positive_index, valid), False
 
 
 def _summarize_ranks(
@@ -543,6 +611,11 @@ def _row_cost(num_positives: int, num_gallery: int) -> int:
     return 4 * num_gallery
 
 
+def _rows_within(budget: int, row_cost: int) -> int:
+    """Rows per chunk: within ``budget`` elements, or at least _MIN_CHUNK_ROWS within _MAX_BLOCK_ELEMENTS."""
+    return max(1, budget // row_cost, min(_MIN_CHUNK_ROWS, _MAX_BLOCK_ELEMENTS // row_cost))
+
+
 def _row_chunks(
     counts: list[int], num_gallery: int, chunk_size: int | None
 ) -> Iterator[tuple[int, int]]:
@@ -557,10 +630,10 @@ def _row_chunks(
             hi = min(total, lo + chunk_size)
         else:
             budget = _TARGET_BLOCK_ELEMENTS
-            hi = min(total, lo + max(1, budget // _row_cost(counts[lo], num_gallery)))
+            hi = min(total, lo + _rows_within(budget, _row_cost(counts[lo], num_gallery)))
             # counts ascend, so the last row of a chunk is its most expensive one
-            while hi - lo > 1 and (hi - lo) * _row_cost(counts[hi - 1], num_gallery) > budget:
-                hi = lo + max(1, budget // _row_cost(counts[hi - 1], num_gallery))
+            while hi - lo > 1 and hi - lo > _rows_within(budget, _row_cost(counts[hi - 1], num_gallery)):
+                hi = lo + _rows_within(budget, _row_cost(counts[hi - 1], num_gallery))
         yield lo, hi
         lo = hi
 
@@ -658,6 +731,7 @@ def _rank_all(
     dtype_bytes = torch.finfo(dtype).bits // 8
     in_place = similarity.dtype == dtype and similarity.stride(1) == 1
     block_rows = num_queries if in_place else max(1, _BLOCK_COPY_BYTES // (num_gallery * dtype_bytes))
+    chunks_since_failure = _CANDIDATE_RETRY  # candidate shortcut: tried while it works, retried now and then
     for block_start in range(0, num_queries, block_rows):
         # natural-order row block, made contiguous in the compute dtype (a view when already so)
         block = similarity[block_start : block_start + block_rows].to(dtype).contiguous()
@@ -672,7 +746,10 @@ def _rank_all(
             n = counts_sorted[lo:hi]
             positive_index, valid = _padded_positives(gallery_order, start[rows], n)
             scores = block.index_select(0, local_rows)
-            summary = _summarize_ranks(_positive_ranks(scores, positive_index, valid), valid, n)
+            try_candidates = chunks_since_failure >= _CANDIDATE_RETRY - 1
+            ranks, served = _positive_ranks(scores, positive_index, valid, try_candidates)
+            chunks_since_failure = _CANDIDATE_RETRY if served else (0 if try_candidates else chunks_since_failure + 1)
+            summary = _summarize_ranks(ranks, valid, n)
             first[rows], last[rows], average_precision[rows], inverse_negative_penalty[rows] = summary
 
 
