@@ -133,7 +133,8 @@ def adversarial_problems() -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.
     similarity, qp, gp = random_problem(7, 25, 40, 3, decimals=0)  # ~13 positives each, many ties
     problems["rounded, many positives"] = (similarity, qp, gp)
     similarity, qp, gp = random_problem(8, 30, 60, 12)
-    problems["ties by duplicated columns"] = (torch.cat([similarity, similarity[:, :20]], 1), qp, torch.cat([gp, gp[:20]]))
+    duplicated = torch.cat([similarity, similarity[:, :20]], 1)
+    problems["ties by duplicated columns"] = (duplicated, qp, torch.cat([gp, gp[:20]]))
     similarity, qp, gp = random_problem(9, 30, 60, 12)
     deep = torch.randn(30, 60, generator=generator) + 0.2 * (qp[:, None] == gp[None, :])
     problems["deep positives"] = (deep, qp, gp)
@@ -201,7 +202,8 @@ def test_binned_conflicts_zooms_and_fallback_match_reference(monkeypatch: pytest
     qp, gp = torch.randint(0, 2, (20,), generator=generator), torch.randint(0, 2, (150,), generator=generator)
     for similarity in (exponential, torch.round(torch.randn(20, 150, generator=generator) * 4)):
         assert_path_matches_reference("binned", similarity, qp, gp)
-    assert calls["_binned_ranks"] > 1 and calls["_resolve_conflicts"] and calls["_earlier_ties"] and calls["_dense_ranks"]
+    assert calls["_binned_ranks"] > 1 and calls["_resolve_conflicts"] and calls["_earlier_ties"]
+    assert calls["_dense_ranks"]  # a crowded conflict bin still crowded after the last re-binning
 
 
 @pytest.mark.parametrize("dense_max", [0, 10**6])
@@ -217,7 +219,8 @@ def test_metrics_match_reference_on_adversarial_problems(dense_max: int, monkeyp
                 assert int(per_query.first_positive_rank[q]) == 0, problem
                 continue
             first, last, ap, inp = expected
-            assert (int(per_query.first_positive_rank[q]), int(per_query.last_positive_rank[q])) == (first, last), problem
+            positions = (int(per_query.first_positive_rank[q]), int(per_query.last_positive_rank[q]))
+            assert positions == (first, last), problem
             assert float(per_query.average_precision[q]) == pytest.approx(ap, abs=1e-12), problem
             assert float(per_query.inverse_negative_penalty[q]) == pytest.approx(inp, abs=1e-12), problem
 

@@ -544,7 +544,8 @@ def _resolve_conflicts(
     precedes &= item_group == slot_group.index_select(0, local)
     within = torch.zeros_like(slot_index).index_add_(0, local, precedes.to(torch.int64))  # (R, W)
     slot_ranks = 1 + higher_bins.index_select(0, rows).gather(1, order) + within
-    sub_ranks = ranks.index_select(0, rows).scatter_(1, order, torch.where(slot_valid, slot_ranks, ranks.index_select(0, rows).gather(1, order)))
+    sub_ranks = ranks.index_select(0, rows)
+    sub_ranks.scatter_(1, order, torch.where(slot_valid, slot_ranks, sub_ranks.gather(1, order)))
     ranks[rows] = sub_ranks
     return ranks
 
