@@ -391,7 +391,7 @@ def _binned_ranks(
     without exact ties; rows with ties get a second ``bincount`` over ``(positive, number of positives at a
     lower gallery index)`` (see :func:`_earlier_ties`). A bin holding positives of different scores (a
     *conflict*: its reference is one of them) is resolved by comparing its few items with its positives
-    (:func:`_conflict_counts`); when it holds many (scores concentrated by an outlier), the row is binned
+    (:func:`_resolve_conflicts`); when it holds many (scores concentrated by an outlier), the row is binned
     again over that bin's range.
 
     Args / Returns: as :func:`_counted_ranks`; ``bounds``: ((C,), (C,)) score range to bin (finite rows);
