@@ -92,32 +92,158 @@ def test_all_scores_equal_ranks_by_index() -> None:
     assert per_query.last_positive_rank.tolist() == [4, 5, 6]
 
 
-@pytest.mark.parametrize("name", ["counted", "candidate", "sorted"])
-def test_each_ranking_path_matches_reference(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(retrieval_module, "_CANDIDATE_COST_RATIO", 1)  # candidates even if most items
-    similarity, qp, gp = random_problem(7, 25, 40, 3, decimals=0)  # ~13 positives each, many ties
+RANKING_PATHS = ("counted", "keyed", "dense", "binned", "sorted", "candidate")
+
+
+def rank_with(name: str, similarity: torch.Tensor, positive_index: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(C, P) positions of the positives by one of the evaluator's ranking paths."""
+    if name == "sorted":
+        return retrieval_module._sorted_ranks(similarity, positive_index)
+    if name == "keyed":
+        return retrieval_module._keyed_ranks(similarity, positive_index)
+    if name == "candidate":  # however many the candidates
+        share = retrieval_module._CANDIDATE_SHARE
+        retrieval_module._CANDIDATE_SHARE = 0
+        try:
+            return retrieval_module._candidate_ranks(similarity, positive_index, valid)
+        finally:
+            retrieval_module._CANDIDATE_SHARE = share
+    return getattr(retrieval_module, f"_{name}_ranks")(similarity, positive_index, valid)
+
+
+def assert_path_matches_reference(
+    name: str, similarity: torch.Tensor, qp: torch.Tensor, gp: torch.Tensor, label: str = ""
+) -> None:
+    """Every positive's position by ranking path ``name`` equals the brute-force one (queries with a positive)."""
     gallery_order, start, count = retrieval_module._positive_lists(qp, gp)
+    keep = count > 0
+    similarity, qp, start, count = similarity[keep], qp[keep], start[keep], count[keep]
     positive_index, valid = retrieval_module._padded_positives(gallery_order, start, count)
-    function = getattr(retrieval_module, f"_{name}_ranks")
-    args = (similarity, positive_index) if name == "sorted" else (similarity, positive_index, valid)
-    ranks = function(*args)
-    expected = reference_per_query(similarity, qp, gp)
-    for q, (first, last, _, _) in enumerate(expected):
-        got = sorted(ranks[q][valid[q]].tolist())
-        assert (got[0], got[-1]) == (first, last)
+    ranks = rank_with(name, similarity, positive_index, valid)
+    for q, row in enumerate(similarity.tolist()):
+        ranked = sorted(range(len(row)), key=lambda j: (-row[j], j))
+        expected = sorted(p + 1 for p, j in enumerate(ranked) if int(gp[j]) == int(qp[q]))
+        assert sorted(ranks[q][valid[q]].tolist()) == expected, (name, label, q)
 
 
-def test_candidate_path_declines_when_candidates_are_many() -> None:
-    similarity = torch.arange(20.0).repeat(2, 1)  # the only positive is last: every item is a candidate
+def adversarial_problems() -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Small (Q, G) score matrices that defeat shortcuts: ties, deep and last positives, outliers, many positives."""
+    generator = torch.Generator().manual_seed(31)
+    problems = {}
+    similarity, qp, gp = random_problem(7, 25, 40, 3, decimals=0)  # ~13 positives each, many ties
+    problems["rounded, many positives"] = (similarity, qp, gp)
+    similarity, qp, gp = random_problem(8, 30, 60, 12)
+    duplicated = torch.cat([similarity, similarity[:, :20]], 1)
+    problems["ties by duplicated columns"] = (duplicated, qp, torch.cat([gp, gp[:20]]))
+    similarity, qp, gp = random_problem(9, 30, 60, 12)
+    deep = torch.randn(30, 60, generator=generator) + 0.2 * (qp[:, None] == gp[None, :])
+    problems["deep positives"] = (deep, qp, gp)
+    last = torch.rand(30, 60, generator=generator)
+    last[qp[:, None] == gp[None, :]] -= 2.0
+    problems["all positives last"] = (last, qp, gp)
+    tied_last = torch.rand(30, 60, generator=generator)
+    tied_last[qp[:, None] == gp[None, :]] = 0.0
+    tied_last[:, ::3] = 0.0  # every positive tied with many negatives, some before it and some after
+    problems["positives tied with negatives"] = (tied_last, qp, gp)
+    problems["constant scores"] = (torch.zeros(30, 60), qp, gp)
+    signed_zero = torch.round(torch.randn(30, 60, generator=generator))
+    signed_zero[signed_zero == 0] = -0.0
+    signed_zero[:, ::2] = signed_zero[:, ::2].abs()  # -0.0 and +0.0 tie
+    problems["signed zeros"] = (signed_zero, qp, gp)
+    outlier = torch.randn(30, 60, generator=generator)
+    outlier[:, 5], outlier[:, 50] = 1e30, -1e30
+    problems["outliers"] = (outlier, qp, gp)
+    infinite = torch.round(torch.randn(30, 60, generator=generator))
+    infinite[:, ::4], infinite[:, 1::7] = float("inf"), -float("inf")
+    problems["infinite scores"] = (infinite, qp, gp)
+    problems["subnormal scores"] = (torch.randn(30, 60, generator=generator) * 1e-42, qp, gp)
+    many_qp = torch.randint(0, 2, (12,), generator=generator)
+    many_gp = torch.randint(0, 2, (120,), generator=generator)
+    many = torch.round(torch.randn(12, 120, generator=generator) * 3)
+    many[0, :] = 0.5  # a constant row
+    problems["many positives, ties"] = (many, many_qp, many_gp)
+    return problems
+
+
+@pytest.mark.parametrize("name", RANKING_PATHS)
+def test_each_ranking_path_matches_reference(name: str) -> None:
+    for problem, (similarity, qp, gp) in adversarial_problems().items():
+        assert_path_matches_reference(name, similarity, qp, gp, problem)
+
+
+@pytest.mark.parametrize("name", ["counted", "dense", "binned"])
+def test_each_ranking_path_on_float64(name: str) -> None:
+    similarity, qp, gp = random_problem(12, 20, 35, 3, decimals=1)
+    similarity = similarity.double()
+    similarity[:, 3] = similarity[:, 4] + 1e-12  # equal in fp32, not in fp64
+    assert_path_matches_reference(name, similarity, qp, gp)
+
+
+def test_binned_conflicts_zooms_and_fallback_match_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Few bins: bins hold positives of different scores (conflicts), crowded ones are re-binned, and after
+    the last re-binning counted densely; every route stays exact."""
+    calls: dict[str, int] = {}
+
+    def spy(function_name: str):
+        original = getattr(retrieval_module, function_name)
+
+        def wrapper(*args, **kwargs):
+            calls[function_name] = calls.get(function_name, 0) + 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(retrieval_module, function_name, wrapper)
+
+    for function_name in ("_earlier_ties", "_resolve_conflicts", "_dense_ranks", "_binned_ranks"):
+        spy(function_name)
+    monkeypatch.setattr(retrieval_module, "_BIN_DIVISOR", 64)  # 16 bins
+    monkeypatch.setattr(retrieval_module, "_HEAVY_GROUP_SHARE", 0.0)  # any crowded conflict bin is re-binned
+    generator = torch.Generator().manual_seed(3)
+    exponential = torch.exp(torch.randn(20, 150, generator=generator) * 30)  # scores spread over many decades
+    qp, gp = torch.randint(0, 2, (20,), generator=generator), torch.randint(0, 2, (150,), generator=generator)
+    for similarity in (exponential, torch.round(torch.randn(20, 150, generator=generator) * 4)):
+        assert_path_matches_reference("binned", similarity, qp, gp)
+    assert calls["_binned_ranks"] > 1 and calls["_resolve_conflicts"] and calls["_earlier_ties"]
+    assert calls["_dense_ranks"]  # a crowded conflict bin still crowded after the last re-binning
+
+
+@pytest.mark.parametrize("dense_max", [0, 10**6])
+def test_metrics_match_reference_on_adversarial_problems(dense_max: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The public evaluator, all queries through the histogram path (0) or the counting path (10**6)."""
+    monkeypatch.setattr(retrieval_module, "_DENSE_MAX_POSITIVES", dense_max)
+    monkeypatch.setattr(retrieval_module, "_SORT_FALLBACK_POSITIVES", 10**6)
+    monkeypatch.setattr(retrieval_module, "_CANDIDATE_SHARE", 10**9)  # no shortcut: the path under test
+    for problem, (similarity, qp, gp) in adversarial_problems().items():
+        per_query = retrieval_metrics_per_query(similarity, qp, gp)
+        for q, expected in enumerate(reference_per_query(similarity, qp, gp)):
+            if expected is None:
+                assert int(per_query.first_positive_rank[q]) == 0, problem
+                continue
+            first, last, ap, inp = expected
+            positions = (int(per_query.first_positive_rank[q]), int(per_query.last_positive_rank[q]))
+            assert positions == (first, last), problem
+            assert float(per_query.average_precision[q]) == pytest.approx(ap, abs=1e-12), problem
+            assert float(per_query.inverse_negative_penalty[q]) == pytest.approx(inp, abs=1e-12), problem
+
+
+def test_positive_ranked_last_on_every_path() -> None:
+    similarity = torch.arange(20.0).repeat(2, 1)  # the only positive scores lowest: every item precedes it
     positive_index = torch.tensor([[0], [0]])
-    assert retrieval_module._candidate_ranks(similarity, positive_index, torch.ones(2, 1, dtype=torch.bool)) is None
-    assert retrieval_module._counted_ranks(similarity, positive_index, torch.ones(2, 1, dtype=torch.bool)).tolist() == [
-        [20],
-        [20],
-    ]
+    valid = torch.ones(2, 1, dtype=torch.bool)
+    for name in RANKING_PATHS:
+        assert rank_with(name, similarity, positive_index, valid).tolist() == [[20], [20]]
+    assert retrieval_module._candidate_ranks(similarity, positive_index, valid) is None  # every item a candidate
 
 
-def test_many_positives_use_sort_fallback_exactly() -> None:
+@pytest.mark.parametrize("share", [0, 10**9])
+def test_candidate_shortcut_on_or_off_gives_the_same_metrics(share: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(retrieval_module, "_CANDIDATE_SHARE", share)  # 0: always taken; 10**9: never
+    for problem, (similarity, qp, gp) in adversarial_problems().items():
+        reference = reference_metrics(similarity, qp, gp, skip_missing=True)
+        assert_metrics_equal(retrieval_metrics(similarity, qp, gp, on_missing="skip"), reference)
+
+
+def test_many_positives_use_sort_fallback_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(retrieval_module, "_SORT_FALLBACK_POSITIVES", 32)
     similarity, qp, gp = random_problem(3, 12, 200, 2, decimals=1)  # ~100 positives per query
     assert int(retrieval_module._positive_lists(qp, gp)[2].max()) > retrieval_module._SORT_FALLBACK_POSITIVES
     assert_metrics_equal(retrieval_metrics(similarity, qp, gp), reference_metrics(similarity, qp, gp))
@@ -183,7 +309,8 @@ def test_small_working_set_and_copied_blocks(monkeypatch: pytest.MonkeyPatch) ->
     expected = reference_metrics(similarity, qp, gp)
     monkeypatch.setattr(retrieval_module, "_TARGET_BLOCK_ELEMENTS", 50)  # one row, positives blocked
     monkeypatch.setattr(retrieval_module, "_BLOCK_COPY_BYTES", 41 * 4 * 4)  # 4-row copied blocks
-    monkeypatch.setattr(retrieval_module, "_CANDIDATE_COST_RATIO", 10**9)  # force full counting
+    monkeypatch.setattr(retrieval_module, "_DENSE_MAX_POSITIVES", 10**6)  # count every query densely
+    monkeypatch.setattr(retrieval_module, "_CANDIDATE_SHARE", 10**9)
     assert_metrics_equal(retrieval_metrics(similarity.half().float().T.contiguous().T, qp, gp), expected)
     assert_metrics_equal(retrieval_metrics(similarity.T.contiguous().T, qp, gp), expected)
 
