@@ -487,7 +487,7 @@ def test_train_images_one_item_per_image_with_each_of_its_captions():
     order = [(0, 0), (2, 0), (0, 1), (1, 0), (2, 1), (0, 2)]  # captions of an image are interleaved
     pids = {0: 7, 1: 7, 2: 9}
     captions = [CaptionRecord(i, image, texts[image][k], pids[image], "train") for i, (image, k) in enumerate(order)]
-    dataset = TrainImages(captions, {7: 0, 9: 1}, lambda index: torch.tensor([index]), lambda image: image * 2)
+    dataset = TrainImages(captions, {7: 0, 9: 1}, lambda index: torch.tensor([index]), lambda image, caption: image * 2)
     assert len(dataset) == 3
     assert [c.image_index for c in dataset.captions] == [0, 2, 1]  # one caption per item, first-seen order
     for i in range(3):
