@@ -168,5 +168,7 @@ def test_irra_mlm_on_pretrained_towers_uses_the_tokenizer_vocabulary_and_no_cach
     vocabulary = model.towers.masked_language
     assert vocabulary.mask_id == 103 and vocabulary.vocab_size == 30522 and {0, 101, 102} <= set(vocabulary.special_ids)
     assert model.mlm_head(torch.zeros(1, 32)).shape[-1] == 30522
+    towers = model.towers  # pretrained weights at the backbone rate; projections and the token head are new modules
+    assert model.backbone_modules() == [towers.image_encoder.backbone, towers.text_encoder.transformer]
     losses = model.training_losses(fixed_batch((64, 32)))
     assert torch.isfinite(losses["mlm"]) and len(model.towers._cache) == len(set(CAPTIONS))

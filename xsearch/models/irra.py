@@ -74,7 +74,7 @@ class IRRA(RetrievalModule):
             self.id_head = IdentityClassifier(self.towers.embed_dim, num_classes)
 
     def backbone_modules(self) -> list[nn.Module]:
-        return [self.towers]
+        return self.towers.pretrained_modules()
 
     # -- encoders ------------------------------------------------------------------------
     def image_features(self, images: Tensor) -> TowerOutput:

@@ -105,6 +105,10 @@ class PretrainedTowers(Towers):
     def save_tokenizer(self, folder: Path) -> dict[str, Any]:
         return {**self.text_encoder.save_tokenizer(folder), "padding": f"max_length ({self.context_length})"}
 
+    def pretrained_modules(self) -> list[nn.Module]:
+        """The timm backbone and the transformer; the projections and the token head are new modules."""
+        return [self.image_encoder.backbone, self.text_encoder.transformer]
+
     def token_pieces(self, ids: Sequence[int]) -> list[str]:
         return self.text_encoder.tokenizer.convert_ids_to_tokens([int(i) for i in ids])
 

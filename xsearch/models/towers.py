@@ -119,6 +119,11 @@ class Towers(nn.Module, ABC):
     def save_tokenizer(self, folder: Path) -> dict[str, Any]:
         """Write the tokenizer's files into ``folder``; returns how to tokenise with them (JSON-able)."""
 
+    def pretrained_modules(self) -> list[nn.Module]:
+        """The modules holding pretrained weights (a method trains them at its backbone learning rate); the
+        towers' other modules (projections, heads) are new. Default: the whole towers."""
+        return [self]
+
     @abstractmethod
     def token_pieces(self, ids: Sequence[int]) -> list[str]:
         """The text of each token id of one caption (pictures of what a token reads)."""
