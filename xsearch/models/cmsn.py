@@ -4,14 +4,15 @@ Only the abstract is public; this is xsearch's documented reading of it, every u
 CMSN = IRRA (:class:`~xsearch.models.irra.IRRA`) + three parts, each switchable for ablations:
 
 * **IMFI** (implicit multi-scale feature integration), per modality with its own weights: tokens of
-  several transformer depths (``imfi_layers``; the last one is the tower's own projected output) and of
+  several depths (``imfi_layers``: transformer layers or CNN stages of the
+  :class:`~xsearch.models.towers.Towers`; the last one is the tower's own projected output) and of
   several scales (image: average-pooled patch grids, windows ``image_windows``; text: depthwise 1-D
   convolutions over the tokens, kernels ``text_kernels``) are projected to the joint space and read by
-  one decoder block whose query is the CLS / EOT feature; its output is added to that feature. The
+  one decoder block whose query is the tower's global feature; its output is added to that feature. The
   block's output projections start at zero, so training starts exactly at the IRRA features. Features
   stay per modality: galleries are encoded once and IRRA's evaluation is unchanged.
 * **CRL** (combined representation, training only): caption tokens attend to image tokens in a small
-  cross-modal transformer; the EOT output gives ``f_c`` (``crl_light``: an MLP on ``[f_v, f_t, f_v*f_t]``).
+  cross-modal transformer; the output at the end token gives ``f_c`` (``crl_light``: an MLP on ``[f_v, f_t, f_v*f_t]``).
 * **CRIA**: identity centres shared by ``f_v``, ``f_t``, ``f_c`` (a cosine classifier) + batch centre
   consistency (:func:`xsearch.losses.cria_loss`); **SPT**: semi-positive triplet (:func:`xsearch.losses.spt_loss`).
 

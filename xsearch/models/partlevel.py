@@ -60,7 +60,7 @@ class SharedTokenDecoder(nn.Module):
 
 
 def word_padding(text: TowerOutput) -> Tensor:
-    """(B, L) True at the tokens parts must not read: SOT, EOT and padding."""
+    """(B, L) True at the tokens parts must not read: the start token (position 0), the end token and padding."""
     positions = torch.arange(text.padding.shape[1], device=text.padding.device)
     return text.padding | (positions[None] == 0) | (positions[None] == text.eot[:, None])
 

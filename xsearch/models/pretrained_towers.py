@@ -15,7 +15,7 @@ width ``embed_dim``:
 Text tower frozen except its last ``k`` layers (``trainable_layers: k``, ``0`` = all frozen): the frozen
 prefix runs in eval mode and its token states are computed once per caption and cached (keyed by the
 caption's ids); the trainable layers run on them every step. ``encode_text(..., cache=False)`` (masked
-ids of IRRA's MLM) runs the whole transformer and caches nothing. The cached path calls the embedding
+ids of IRRA's MLM) and a traced forward (ONNX export) run the whole transformer and cache nothing. The cached path calls the embedding
 module and the layers one by one: BERT-style encoders (``embeddings`` + one list of layers).
 """
 from __future__ import annotations
@@ -136,7 +136,8 @@ class PretrainedTowers(Towers):
         ``eot`` (B,) the last real token; ``hidden`` layer ``l`` (B, L, W). The frozen prefix comes from the
         cache unless ``cache`` is false."""
         mask = (input_ids != self._pad_id).long()
-        if cache and self._frozen_depth is not None:
+        tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting()  # ONNX export: one graph, no cache
+        if cache and self._frozen_depth is not None and not tracing:
             states, hidden = self._cached_prefix(input_ids, mask, layers)
             states, hidden = self._run_layers(states, mask, self._frozen_depth, layers, hidden)
         else:
