@@ -187,13 +187,12 @@ class PretrainedTowers(Towers):
                 n = lengths[i]
                 self._cache[keys[i]] = {0: states[row, :n].float().cpu(),
                                         **{layer: hidden[layer][row, :n].float().cpu() for layer in frozen_layers}}
-        width, device = self.text_layer_width(1), input_ids.device
+        length = input_ids.shape[1]
         def padded(index: int) -> Tensor:
+            """(B, L, W) on the ids' device: the cached rows, zero-padded on the CPU and moved at once."""
             rows = [self._cache[key][index] for key in keys]
-            out = torch.zeros(len(rows), input_ids.shape[1], width, device=device)
-            for row, values in enumerate(rows):
-                out[row, : len(values)] = values.to(device)
-            return out
+            states = nn.utils.rnn.pad_sequence(rows, batch_first=True)
+            return nn.functional.pad(states, (0, 0, 0, length - states.shape[1])).to(input_ids.device)
         return padded(0), {layer: padded(layer) for layer in frozen_layers}
 
     def train(self, mode: bool = True) -> "PretrainedTowers":
