@@ -88,7 +88,8 @@ def test_clip_towers_give_the_values_recorded_before_the_contract(method):
     assert float(gallery.abs().sum()) == pytest.approx(recorded["gallery_abs"], rel=1e-5)
 
 
-@pytest.mark.parametrize("config", ["irra", "cmsn", "partlevel", "irra_pretrained", "cmsn_pretrained", "partlevel_pretrained"])
+@pytest.mark.parametrize("config", ["irra", "cmsn", "partlevel",  # CLIPTowers
+                                    "irra_pretrained", "cmsn_pretrained", "partlevel_pretrained"])  # PretrainedTowers
 def test_methods_train_on_both_tower_kinds(config):
     model = build(config)
     model.train()

@@ -71,7 +71,8 @@ class DepthProjections(nn.Module):
     def __init__(self, layers: Sequence[int], widths: Callable[[int], int], embed_dim: int) -> None:
         super().__init__()
         self.layers = [int(layer) for layer in layers[:-1]]
-        self.projections = nn.ModuleDict({str(layer): nn.Sequential(nn.LayerNorm(widths(layer)), nn.Linear(widths(layer), embed_dim))
+        self.projections = nn.ModuleDict({str(layer): nn.Sequential(nn.LayerNorm(widths(layer)),
+                                                                    nn.Linear(widths(layer), embed_dim))
                                           for layer in self.layers})
 
     def forward(self, hidden: dict[int, Tensor]) -> list[Tensor]:

@@ -1,7 +1,8 @@
 """``irra``: IRRA (Jiang & Ye, CVPR 2023), the reference baseline of text-based person search.
 
 Any :class:`~xsearch.models.towers.Towers` (IRRA's: :class:`~xsearch.models.clip.CLIPTowers`, ViT-B/16 at
-384x128, whose global features are the image CLS token and the text EOT token in the 512-d joint space). Training losses (METHODS.md 2.2):
+384x128, whose global features are the image CLS token and the text EOT token in the 512-d joint space).
+Training losses (METHODS.md 2.2):
 
 * SDM on the global features (tau 0.02, both directions summed, same-identity pairs are positives);
 * ID: one linear classifier shared by both modalities;
