@@ -28,7 +28,7 @@ def test_every_method_ships_a_tiny_config_naming_it(name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("config", [n for n in METHODS.names() if n != "dual_encoder"]  # dual_encoder: test_cli.py
-                         + ["irra_pretrained", "cmsn_pretrained", "partlevel_pretrained"])  # on PretrainedTowers
+                         + ["partlevel_pretrained"])  # PretrainedTowers: WordPiece words and a CNN grid in test_parts.png
 def test_tiny_config_fits_tests_and_records(config, tmp_path, capsys, monkeypatch):
     name = config.removesuffix("_pretrained")
     monkeypatch.chdir(tmp_path)
