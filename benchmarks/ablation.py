@@ -32,9 +32,9 @@ from dataclasses import dataclass, field  # noqa: E402
 
 from xsearch.results import ResultsStore  # noqa: E402
 
-IRRA = ["--config", "configs/irra/synth_pedes.yaml"]
-CMSN = ["--config", "configs/cmsn/synth_pedes.yaml"]
-PARTS = ["--config", "configs/partlevel/synth_pedes.yaml"]
+IRRA = ["--config", "configs/irra/synth_pedes_scratch.yaml"]
+CMSN = ["--config", "configs/cmsn/synth_pedes_scratch.yaml"]
+PARTS = ["--config", "configs/partlevel/synth_pedes_scratch.yaml"]
 XMODAL = ["--config", "configs/xmodal/synth_faces.yaml"]
 COMPOSED = ["--data.query_mode", "composed"]
 

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/train_step.py                       # small CPU configuration (configs/irra/synth_pedes.yaml)
+    python benchmarks/train_step.py                       # small CPU configuration (configs/irra/synth_pedes_scratch.yaml)
     python benchmarks/train_step.py --vit-b16 --batch-size 64 --image-size 384 128   # IRRA's CLIP ViT-B/16 (GPU)
 
 Each variant runs in its own process (its own peak memory) on the same in-memory batches (random images, generated
@@ -160,7 +160,7 @@ VARIANTS_GPU = VARIANTS_CPU + [("bare", "bf16", False), ("lightning", "bf16", Fa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/irra/synth_pedes.yaml", help="a method config (its model section)")
+    parser.add_argument("--config", default="configs/irra/synth_pedes_scratch.yaml", help="a method config (its model section)")
     parser.add_argument("--vit-b16", action="store_true", help="CLIP ViT-B/16 towers (random weights) instead")
     parser.add_argument("--image-size", type=int, nargs=2, default=None, help="H W (default: the config's)")
     parser.add_argument("--batch-size", type=int, default=32)

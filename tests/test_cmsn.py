@@ -93,8 +93,10 @@ def test_text_padding_does_not_change_the_fused_feature():
 def test_invalid_combinations_are_explained():
     with pytest.raises(ValueError, match="cria_weight > 0 needs the combined representation"):
         CMSN(_towers(), crl=False, **{k: v for k, v in SMALL.items() if k != "crl_layers"})
-    with pytest.raises(ValueError, match=r"imfi_layers should increase and end at the towers' last layer \(2, 2\)"):
+    with pytest.raises(ValueError, match=r"IMFI image layers should increase and end at the image tower's last layer 2"):
         CMSN(_towers(), **{**SMALL, "imfi_layers": (1, 3)})
+    with pytest.raises(ValueError, match=r"IMFI text layers should .* last layer 2, got \(2, 1\)"):
+        CMSN(_towers(), **{**SMALL, "imfi_text_layers": (2, 1)})
 
 
 @pytest.mark.parametrize("method", ["irra", "cmsn"])

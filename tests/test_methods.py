@@ -27,15 +27,17 @@ def test_every_method_ships_a_tiny_config_naming_it(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [n for n in METHODS.names() if n != "dual_encoder"])  # dual_encoder: test_cli.py
-def test_tiny_config_fits_tests_and_records(name, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("config", [n for n in METHODS.names() if n != "dual_encoder"]  # dual_encoder: test_cli.py
+                         + ["partlevel_pretrained"])  # PretrainedTowers: WordPiece words and a CNN grid in test_parts.png
+def test_tiny_config_fits_tests_and_records(config, tmp_path, capsys, monkeypatch):
+    name = config.removesuffix("_pretrained")
     monkeypatch.chdir(tmp_path)
     results = tmp_path / "r.sqlite"
-    args = ["fit", "--config", str(CONFIGS / "tiny" / f"{name}.yaml"), "--test_after_fit", "true",
+    args = ["fit", "--config", str(CONFIGS / "tiny" / f"{config}.yaml"), "--test_after_fit", "true",
             "--results", str(results), "--data.root", str(tmp_path / "data"), "--trainer.limit_train_batches", "4",
             "--tag", "smoke"]
     assert main(args) == 0
-    dataset = yaml.safe_load((CONFIGS / "tiny" / f"{name}.yaml").read_text())["data"]["dataset"]
+    dataset = yaml.safe_load((CONFIGS / "tiny" / f"{config}.yaml").read_text())["data"]["dataset"]
     assert re.search(rf"{name} on {dataset}(:\w+)* \(test\): R1", capsys.readouterr().out)
     assert (tmp_path / "runs" / "tiny" / "test_top5.png").is_file()
     if name == "partlevel":  # what each shared part token reads

@@ -8,8 +8,10 @@ from xsearch.models.idclip import IdCLIP
 from xsearch.models.iresnet import IResNet
 from xsearch.models.irra import IRRA
 from xsearch.models.partlevel import PartLevel
+from xsearch.models.pretrained_towers import PretrainedTowers
 from xsearch.models.tgfr import TGFR
+from xsearch.models.towers import TowerOutput, Towers
 from xsearch.models.xmodal import XModal
 
-__all__ = ["CLIPTowers", "CMSN", "DualEncoder", "IRRA", "IdCLIP", "IResNet", "ImageEncoder", "PartLevel", "Projection", "RetrievalModule",
-           "SentenceEncoder", "TGFR", "TextEncoder", "XModal"]
+__all__ = ["CLIPTowers", "CMSN", "DualEncoder", "IRRA", "IdCLIP", "IResNet", "ImageEncoder", "PartLevel", "PretrainedTowers", "Projection",
+           "RetrievalModule", "SentenceEncoder", "TGFR", "TextEncoder", "TowerOutput", "Towers", "XModal"]

@@ -16,7 +16,6 @@ IRRA family needs:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xsearch.constants import CLIP_MEAN, CLIP_STD
+from xsearch.models.towers import MaskedLanguage, TowerOutput, Towers
 from xsearch.registry import TOWERS
 SOT_ID, EOT_ID, MASK_ID = 49406, 49407, 49405
 """CLIP BPE ids: start and end of text, and the id IRRA reuses as ``<|mask|>`` (METHODS.md 1.1)."""
@@ -50,23 +50,6 @@ class ClipTokenizer:
     def pieces(self, ids: Sequence[int]) -> list[str]:
         """The text of each token id (``<start_of_text>``, word pieces, ``<end_of_text>``, ``!`` for 0)."""
         return [self._bpe.decode([int(i)]).strip() or "_" for i in ids]
-
-
-@dataclass
-class TowerOutput:
-    """Per-token output of one tower.
-
-    ``tokens``: (B, L, D) tokens projected into the joint space (L = 1 + patches for images, the
-    context length for text). ``global_features``: (B, D) the CLS / EOT token. ``hidden``: layer number
-    (1-based) -> (B, L, W) hidden states of that transformer layer, before any final norm.
-    ``padding``: (B, L) True at positions after EOT; ``eot``: (B,) position of the EOT token (text only).
-    """
-
-    tokens: Tensor
-    global_features: Tensor
-    hidden: dict[int, Tensor] = field(default_factory=dict)
-    padding: Tensor | None = None
-    eot: Tensor | None = None
 
 
 class GridPositionEmbeddings(nn.Module):
@@ -104,8 +87,8 @@ class GridPositionEmbeddings(nn.Module):
 
 
 @TOWERS.register("clip_towers")
-class CLIPTowers(nn.Module):
-    """CLIP image + text towers with token outputs (see the module docstring).
+class CLIPTowers(Towers):
+    """CLIP image + text towers with token outputs (see the module docstring); a :class:`Towers`.
 
     Args:
         name: hub name or local folder of a CLIP checkpoint in transformers format
@@ -143,6 +126,28 @@ class CLIPTowers(nn.Module):
         self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1) * 255, persistent=False)
 
+    @property
+    def image_layers(self) -> int:
+        return len(self.vision.encoder.layers)
+
+    @property
+    def text_layers(self) -> int:
+        return len(self.text.encoder.layers)
+
+    def image_layer_width(self, layer: int) -> int:
+        return self.vision_width
+
+    def text_layer_width(self, layer: int) -> int:
+        return self.text_width
+
+    @property
+    def masked_language(self) -> MaskedLanguage:
+        """IRRA's: ``<|mask|>`` 49405, vocabulary 49408, pad / SOT / EOT never masked, random ids below the mask."""
+        return MaskedLanguage(MASK_ID, EOT_ID + 1, (PAD_ID, SOT_ID, EOT_ID), 1, MASK_ID)
+
+    def token_pieces(self, ids: Sequence[int]) -> list[str]:
+        return self.tokenizer.pieces(ids)
+
     def tokenize(self, texts: Sequence[str]) -> Tensor:
         """(B,) captions -> (B, context_length) ids on the towers' device."""
         return self.tokenizer(texts).to(self.mean.device)
@@ -171,15 +176,17 @@ class CLIPTowers(nn.Module):
                 "returns": ["input_ids", "attention_mask"]}
 
     def encode_image(self, images: Tensor, layers: Sequence[int] = ()) -> TowerOutput:
-        """``uint8`` (B, 3, H, W) images (0-255, already resized) -> image :class:`TowerOutput`."""
+        """``uint8`` (B, 3, H, W) images (0-255, already resized) -> image :class:`TowerOutput`: tokens (B, 1 + h*w, D),
+        CLS first; global = CLS; ``hidden`` (B, 1 + h*w, W) per listed layer."""
         pixels = (images.float() - self.mean) / self.std
         out = self.vision(pixel_values=pixels, output_hidden_states=bool(layers))
         tokens = self.visual_projection(self.vision.post_layernorm(out.last_hidden_state))
         hidden = {layer: out.hidden_states[layer] for layer in layers}
-        return TowerOutput(tokens, tokens[:, 0], hidden)
+        grid = self.vision.embeddings.grid
+        return TowerOutput(tokens, tokens[:, 0], hidden, grid=grid, hidden_grids={layer: grid for layer in layers})
 
-    def encode_text(self, input_ids: Tensor, layers: Sequence[int] = ()) -> TowerOutput:
-        """(B, L) CLIP ids -> text :class:`TowerOutput` (global feature at the first EOT)."""
+    def encode_text(self, input_ids: Tensor, layers: Sequence[int] = (), cache: bool = True) -> TowerOutput:
+        """(B, L) CLIP ids -> text :class:`TowerOutput` (global feature at the first EOT); nothing is cached."""
         out = self.text(input_ids=input_ids, output_hidden_states=bool(layers))
         tokens = self.text_projection(out.last_hidden_state)  # last_hidden_state is after final_layer_norm
         eot = (input_ids == EOT_ID).int().argmax(dim=-1)

@@ -4,14 +4,15 @@ Only the abstract is public; this is xsearch's documented reading of it, every u
 CMSN = IRRA (:class:`~xsearch.models.irra.IRRA`) + three parts, each switchable for ablations:
 
 * **IMFI** (implicit multi-scale feature integration), per modality with its own weights: tokens of
-  several transformer depths (``imfi_layers``; the last one is the tower's own projected output) and of
+  several depths (``imfi_layers``: transformer layers or CNN stages of the
+  :class:`~xsearch.models.towers.Towers`; the last one is the tower's own projected output) and of
   several scales (image: average-pooled patch grids, windows ``image_windows``; text: depthwise 1-D
   convolutions over the tokens, kernels ``text_kernels``) are projected to the joint space and read by
-  one decoder block whose query is the CLS / EOT feature; its output is added to that feature. The
+  one decoder block whose query is the tower's global feature; its output is added to that feature. The
   block's output projections start at zero, so training starts exactly at the IRRA features. Features
   stay per modality: galleries are encoded once and IRRA's evaluation is unchanged.
 * **CRL** (combined representation, training only): caption tokens attend to image tokens in a small
-  cross-modal transformer; the EOT output gives ``f_c`` (``crl_light``: an MLP on ``[f_v, f_t, f_v*f_t]``).
+  cross-modal transformer; the output at the end token gives ``f_c`` (``crl_light``: an MLP on ``[f_v, f_t, f_v*f_t]``).
 * **CRIA**: identity centres shared by ``f_v``, ``f_t``, ``f_c`` (a cosine classifier) + batch centre
   consistency (:func:`xsearch.losses.cria_loss`); **SPT**: semi-positive triplet (:func:`xsearch.losses.spt_loss`).
 
@@ -20,7 +21,7 @@ Loss: ``sdm + id + mlm (as IRRA) + cria_weight * cria + spt_weight * spt``. With
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +31,7 @@ from xsearch.config_types import NonNegativeFloat, PositiveFloat
 from xsearch.distributed import gather
 from xsearch.losses import IdentityCenters, spt_loss
 from xsearch.models.blocks import CrossModalTransformer, QuickGELU, clip_init
-from xsearch.models.clip import CLIPTowers, TowerOutput
+from xsearch.models.towers import TowerOutput, Towers
 from xsearch.models.irra import IRRA
 from xsearch.registry import METHODS
 
@@ -63,12 +64,15 @@ class FusionDecoder(nn.Module):
 
 
 class DepthProjections(nn.Module):
-    """LayerNorm + Linear(width -> D) of the hidden states of each listed layer but the last (B, L, W) -> (B, L, D)."""
+    """LayerNorm + Linear(W_l -> D) of the hidden states of each listed layer but the last (B, N_l, W_l) -> (B, N_l, D).
 
-    def __init__(self, layers: Sequence[int], width: int, embed_dim: int) -> None:
+    ``widths``: layer -> its width W_l."""
+
+    def __init__(self, layers: Sequence[int], widths: Callable[[int], int], embed_dim: int) -> None:
         super().__init__()
         self.layers = [int(layer) for layer in layers[:-1]]
-        self.projections = nn.ModuleDict({str(layer): nn.Sequential(nn.LayerNorm(width), nn.Linear(width, embed_dim))
+        self.projections = nn.ModuleDict({str(layer): nn.Sequential(nn.LayerNorm(widths(layer)),
+                                                                    nn.Linear(widths(layer), embed_dim))
                                           for layer in self.layers})
 
     def forward(self, hidden: dict[int, Tensor]) -> list[Tensor]:
@@ -78,16 +82,15 @@ class DepthProjections(nn.Module):
 class ImageIMFI(nn.Module):
     """IMFI of the image tower: depth tokens + average-pooled patch grids -> fused (B, D) feature."""
 
-    def __init__(self, towers: CLIPTowers, layers: Sequence[int], windows: Sequence[int], heads: int) -> None:
+    def __init__(self, towers: Towers, layers: Sequence[int], windows: Sequence[int], heads: int) -> None:
         super().__init__()
         self.layers, self.windows = tuple(layers), tuple(windows)
-        self.grid = towers.vision.embeddings.grid
-        self.depth = DepthProjections(layers, towers.vision_width, towers.embed_dim)
+        self.depth = DepthProjections(layers, towers.image_layer_width, towers.embed_dim)
         self.decoder = FusionDecoder(towers.embed_dim, heads)
 
     def forward(self, out: TowerOutput) -> Tensor:
         batch, _, dim = out.tokens.shape
-        patches = out.tokens[:, 1:].transpose(1, 2).reshape(batch, dim, *self.grid)  # (B, D, rows, cols)
+        patches = out.patches.transpose(1, 2).reshape(batch, dim, *out.grid)  # (B, D, rows, cols)
         pooled = [F.avg_pool2d(patches, w, stride=w, ceil_mode=True).flatten(2).transpose(1, 2) for w in self.windows]
         tokens = torch.cat([*self.depth(out.hidden), out.tokens, *pooled], dim=1)
         return self.decoder(out.global_features, tokens)  # residual: the global feature + the fused update
@@ -96,11 +99,11 @@ class ImageIMFI(nn.Module):
 class TextIMFI(nn.Module):
     """IMFI of the text tower: depth tokens + depthwise 1-D convolutions (phrases) -> fused (B, D) feature."""
 
-    def __init__(self, towers: CLIPTowers, layers: Sequence[int], kernels: Sequence[int], heads: int) -> None:
+    def __init__(self, towers: Towers, layers: Sequence[int], kernels: Sequence[int], heads: int) -> None:
         super().__init__()
         self.layers = tuple(layers)
         dim = towers.embed_dim
-        self.depth = DepthProjections(layers, towers.text_width, dim)
+        self.depth = DepthProjections(layers, towers.text_layer_width, dim)
         self.phrases = nn.ModuleList(nn.Conv1d(dim, dim, k, padding=k // 2, groups=dim) for k in kernels)
         self.decoder = FusionDecoder(dim, heads)
 
@@ -140,9 +143,11 @@ class CMSN(IRRA):
     """CMSN-style re-implementation on IRRA (see the module docstring).
 
     Args:
-        towers: the CLIP image and text towers.
+        towers: the image and text towers (any :class:`~xsearch.models.towers.Towers`).
         imfi: fuse multi-depth / multi-scale tokens into the global features.
-        imfi_layers: tower layers (1-based) read by IMFI; the last must be the tower's last layer.
+        imfi_layers: tower layers (1-based) read by IMFI in both towers; the last must be each tower's last layer.
+        imfi_image_layers / imfi_text_layers: the image (stages) / text layers instead, when the towers differ
+            in depth (``None``: ``imfi_layers``).
         image_windows / text_kernels: pooling windows over the patch grid / phrase kernel sizes.
         crl: build the combined representation (training only); needed by CRIA.
         crl_layers / crl_light: self-attention layers of CRL's cross-modal transformer / the MLP variant.
@@ -153,9 +158,11 @@ class CMSN(IRRA):
 
     def __init__(
         self,
-        towers: CLIPTowers,
+        towers: Towers,
         imfi: bool = True,
         imfi_layers: tuple[int, ...] = (4, 8, 12),
+        imfi_image_layers: tuple[int, ...] | None = None,
+        imfi_text_layers: tuple[int, ...] | None = None,
         image_windows: tuple[int, ...] = (1, 2, 4),
         text_kernels: tuple[int, ...] = (1, 3, 5),
         crl: bool = True,
@@ -178,15 +185,18 @@ class CMSN(IRRA):
         dim, heads = towers.embed_dim, max(1, towers.embed_dim // 64)
         self.image_imfi = self.text_imfi = None
         if imfi:
-            self._check_layers(imfi_layers)
-            self.image_imfi = ImageIMFI(towers, imfi_layers, image_windows, heads)
-            self.text_imfi = TextIMFI(towers, imfi_layers, text_kernels, heads)
+            image_layers, text_layers = imfi_image_layers or imfi_layers, imfi_text_layers or imfi_layers
+            self._check_layers("image", image_layers, towers.image_layers)
+            self._check_layers("text", text_layers, towers.text_layers)
+            self.image_imfi = ImageIMFI(towers, image_layers, image_windows, heads)
+            self.text_imfi = TextIMFI(towers, text_layers, text_kernels, heads)
         self.crl = CombinedRepresentation(dim, heads, crl_layers, crl_light) if crl else None
 
-    def _check_layers(self, layers: Sequence[int]) -> None:
-        depth = (len(self.towers.vision.encoder.layers), len(self.towers.text.encoder.layers))
-        if not layers or list(layers) != sorted(set(layers)) or layers[0] < 1 or depth != (layers[-1], layers[-1]):
-            raise ValueError(f"imfi_layers should increase and end at the towers' last layer {depth}, got {tuple(layers)}")
+    @staticmethod
+    def _check_layers(tower: str, layers: Sequence[int], depth: int) -> None:
+        if not layers or list(layers) != sorted(set(layers)) or layers[0] < 1 or layers[-1] != depth:
+            raise ValueError(f"IMFI {tower} layers should increase and end at the {tower} tower's last layer {depth}, "
+                             f"got {tuple(layers)} (imfi_layers / imfi_{tower}_layers)")
 
     def build_identity_modules(self, num_classes: int) -> None:
         super().build_identity_modules(num_classes)

@@ -1,7 +1,8 @@
 """``irra``: IRRA (Jiang & Ye, CVPR 2023), the reference baseline of text-based person search.
 
-CLIP towers (:class:`~xsearch.models.clip.CLIPTowers`, ViT-B/16 at 384x128); the global features are
-the image CLS token and the text EOT token in the 512-d joint space. Training losses (METHODS.md 2.2):
+Any :class:`~xsearch.models.towers.Towers` (IRRA's: :class:`~xsearch.models.clip.CLIPTowers`, ViT-B/16 at
+384x128, whose global features are the image CLS token and the text EOT token in the 512-d joint space).
+Training losses (METHODS.md 2.2):
 
 * SDM on the global features (tau 0.02, both directions summed, same-identity pairs are positives);
 * ID: one linear classifier shared by both modalities;
@@ -23,16 +24,17 @@ from xsearch.losses import IdentityClassifier, sdm_loss, weighted_sum
 from xsearch.losses.mlm import mask_tokens, mlm_loss
 from xsearch.models.base import RetrievalModule
 from xsearch.models.blocks import CrossModalTransformer, MLMHead
-from xsearch.models.clip import EOT_ID, MASK_ID, CLIPTowers, TowerOutput
+from xsearch.models.towers import TowerOutput, Towers
 from xsearch.registry import METHODS
 
 
 @METHODS.register("irra")
 class IRRA(RetrievalModule):
-    """IRRA on :class:`CLIPTowers`.
+    """IRRA on any :class:`Towers`.
 
     Args:
-        towers: the CLIP image and text towers.
+        towers: the image and text towers (e.g. :class:`~xsearch.models.clip.CLIPTowers`,
+            :class:`~xsearch.models.pretrained_towers.PretrainedTowers`).
         sdm_weight / id_weight / mlm_weight: loss weights (0 switches a term and its modules off).
         sdm_scale: SDM logit scale (50 = tau 0.02, fixed).
         mlm_probability: share of word tokens masked for the IRR branch.
@@ -47,7 +49,7 @@ class IRRA(RetrievalModule):
 
     def __init__(
         self,
-        towers: CLIPTowers,
+        towers: Towers,
         sdm_weight: NonNegativeFloat = 1.0,
         id_weight: NonNegativeFloat = 1.0,
         mlm_weight: NonNegativeFloat = 1.0,
@@ -63,7 +65,7 @@ class IRRA(RetrievalModule):
         width = towers.embed_dim
         if mlm_weight > 0:
             self.cross_former = CrossModalTransformer(width, max(1, width // 64), cross_layers)
-            self.mlm_head = MLMHead(width, EOT_ID + 1, cross_layers)
+            self.mlm_head = MLMHead(width, towers.masked_language.vocab_size, cross_layers)
         self.id_head: IdentityClassifier | None = None
         if num_classes is not None:
             self._ensure_identity_modules(num_classes)
@@ -73,7 +75,7 @@ class IRRA(RetrievalModule):
             self.id_head = IdentityClassifier(self.towers.embed_dim, num_classes)
 
     def backbone_modules(self) -> list[nn.Module]:
-        return [self.towers]
+        return self.towers.pretrained_modules()
 
     # -- encoders ------------------------------------------------------------------------
     def image_features(self, images: Tensor) -> TowerOutput:
@@ -81,7 +83,7 @@ class IRRA(RetrievalModule):
         return self.towers.encode_image(images)
 
     def text_features(self, input_ids: Tensor) -> TowerOutput:
-        """(B, L) CLIP ids -> text tokens and the (B, D) global feature used for ranking."""
+        """(B, L) ids -> text tokens and the (B, D) global feature used for ranking."""
         return self.towers.encode_text(input_ids)
 
     def encode_queries(self, batch: dict[str, Any]) -> Tensor:
@@ -115,8 +117,11 @@ class IRRA(RetrievalModule):
 
     def mlm_terms(self, input_ids: Tensor, image: TowerOutput) -> dict[str, Tensor]:
         """IRR branch: mask ``input_ids`` (B, L), encode, attend to the image tokens, predict the originals."""
-        masked, labels = mask_tokens(input_ids, self.hparams.mlm_probability, mask_token_id=MASK_ID)
-        masked_text = self.towers.encode_text(masked)
+        vocabulary = self.towers.masked_language
+        masked, labels = mask_tokens(input_ids, self.hparams.mlm_probability, mask_token_id=vocabulary.mask_id,
+                                     vocab_low=vocabulary.random_low, vocab_high=vocabulary.random_high,
+                                     special_ids=vocabulary.special_ids)
+        masked_text = self.towers.encode_text(masked, cache=False)  # new ids every step: never cached
         picked = labels != 0
         # the vocabulary head only at the masked positions: the same loss as over all (B, L), ~7x less work
         logits = self.mlm_head(self.cross_former(masked_text.tokens, image.tokens)[picked])  # (N, vocab)

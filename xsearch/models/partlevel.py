@@ -25,7 +25,7 @@ from xsearch.distributed import gather
 from xsearch.evaluation import cosine_similarity
 from xsearch.losses import cmr_loss, part_diversity, part_sdm_loss
 from xsearch.models.blocks import ResidualAttentionBlock, clip_init
-from xsearch.models.clip import CLIPTowers, TowerOutput
+from xsearch.models.towers import TowerOutput, Towers
 from xsearch.models.irra import IRRA
 from xsearch.registry import METHODS
 
@@ -60,7 +60,7 @@ class SharedTokenDecoder(nn.Module):
 
 
 def word_padding(text: TowerOutput) -> Tensor:
-    """(B, L) True at the tokens parts must not read: SOT, EOT and padding."""
+    """(B, L) True at the tokens parts must not read: the start token (position 0), the end token and padding."""
     positions = torch.arange(text.padding.shape[1], device=text.padding.device)
     return text.padding | (positions[None] == 0) | (positions[None] == text.eot[:, None])
 
@@ -70,7 +70,7 @@ class PartLevel(IRRA):
     """Part-level correspondence on IRRA (see the module docstring).
 
     Args:
-        towers: the CLIP image and text towers.
+        towers: the image and text towers (any :class:`~xsearch.models.towers.Towers`).
         num_parts: K shared tokens (fine parts; PLOT: 8).
         coarse_parts: extra shared tokens forming a coarse group (e.g. 2: upper / lower body), decoded
             and trained like the others but weighted separately in the ranking score (0 = none).
@@ -89,7 +89,7 @@ class PartLevel(IRRA):
 
     def __init__(
         self,
-        towers: CLIPTowers,
+        towers: Towers,
         num_parts: PositiveInt = 8,
         coarse_parts: NonNegativeInt = 0,
         decoder_layers: int = 2,
@@ -114,8 +114,8 @@ class PartLevel(IRRA):
 
     # -- parts ---------------------------------------------------------------------------
     def image_parts(self, image: TowerOutput) -> tuple[Tensor, Tensor]:
-        """Parts (B, K, D) and attention (B, K, patches) from the image's patch tokens (CLS excluded)."""
-        return self.decoder(image.tokens[:, 1:], "image")
+        """Parts (B, K, D) and attention (B, K, h*w) from the image's patch tokens (a CLS token excluded)."""
+        return self.decoder(image.patches, "image")
 
     def text_parts(self, text: TowerOutput) -> tuple[Tensor, Tensor]:
         """Parts (B, K, D) and attention (B, K, L) from the caption's word tokens."""
@@ -200,13 +200,14 @@ class PartLevel(IRRA):
         items = [query_set[row] for row in rows]
         images = torch.stack([gallery_set.store(item["image_index"]) for item in items]).to(self.device)
         ids = self.towers.tokenize([item["text"] for item in items])
-        _, image_attention = self.image_parts(self.image_features(images))
+        image = self.image_features(images)
+        _, image_attention = self.image_parts(image)
         _, word_attention = self.text_parts(self.text_features(ids))
         paths = {r.index: r.path for r in gallery_set.images}
         figure = part_attention_grid(
             [paths[item["image_index"]] for item in items],
-            image_attention.float().cpu().view(len(items), -1, *self.towers.vision.embeddings.grid),
-            [self.towers.tokenizer.pieces(row) for row in ids.tolist()],
+            image_attention.float().cpu().view(len(items), -1, *image.grid),
+            [self.towers.token_pieces(row) for row in ids.tolist()],
             word_attention.float().cpu(),
         )
         self.save_figure(figure, "test_parts.png", "test/parts", "red = patches each part token reads; its top words below")
