@@ -311,22 +311,24 @@ def _horizons(steps: int, epochs: int) -> dict[str, Horizon]:
     return {"step": Horizon(total, total / epochs), "epoch": Horizon(epochs, 1.0)}
 
 
-def _optimizer(group: OptimizerGroup, param_groups: list[dict[str, Any]]) -> Optimizer:
-    build = OPTIMIZERS.get(group.optimizer)
+def _build(group: OptimizerGroup, what: str, build: Callable[..., Any], first: Any, first_name: str,
+           args: dict[str, Any]) -> Any:
+    """``build(first, **args)``; a keyword ``build`` does not take is a :class:`ValueError` naming ``group``, ``what``
+    and the keywords it takes."""
     try:
-        return build(param_groups, **group.optimizer_args)
+        return build(first, **args)
     except TypeError as error:
-        takes = [n for n in inspect.signature(build).parameters if n != "groups"]
-        raise ValueError(f"optimizer group {group.name!r}: {group.optimizer} takes {takes} ({error})") from None
+        takes = [n for n in inspect.signature(build).parameters if n != first_name]
+        raise ValueError(f"optimizer group {group.name!r}: {what} takes {takes} ({error})") from None
+
+
+def _optimizer(group: OptimizerGroup, param_groups: list[dict[str, Any]]) -> Optimizer:
+    return _build(group, group.optimizer, OPTIMIZERS.get(group.optimizer), param_groups, "groups", group.optimizer_args)
 
 
 def _factor(group: OptimizerGroup, horizon: Horizon) -> Factor:
-    schedule = SCHEDULES.get(group.schedule)
-    try:
-        return schedule(horizon, **group.schedule_args)
-    except TypeError as error:
-        takes = [n for n in inspect.signature(schedule).parameters if n != "horizon"]
-        raise ValueError(f"optimizer group {group.name!r}: schedule {group.schedule} takes {takes} ({error})") from None
+    return _build(group, f"schedule {group.schedule}", SCHEDULES.get(group.schedule), horizon, "horizon",
+                  group.schedule_args)
 
 
 def build_optimization(module: nn.Module, groups: Sequence[OptimizerGroup],
