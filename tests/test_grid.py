@@ -52,6 +52,8 @@ def test_a_grid_file_parses_into_steps_with_names(tmp_path):
     grid = load_grid(_grid(tmp_path))
     assert grid.name == "g" and grid.seeds == (0, 1) and list(grid.cells) == ["a", "b"]
     assert [(s.command, s.name) for s in grid.cells["b"]] == [("fit", None), ("fit", "b"), ("test", "b/baseline")]
+    assert grid.compare == {}
+    assert load_grid(_grid(tmp_path, GRID + "compare: {b: [a, b/baseline]}\n")).compare == {"b": ("a", "b/baseline")}
 
 
 @pytest.mark.parametrize("text, message", [
@@ -61,6 +63,8 @@ def test_a_grid_file_parses_into_steps_with_names(tmp_path):
     ("name: g\nseeds: [zero]\ncells: {a: [{fit: [x]}]}\n", "seeds: expected a non-empty list of integers"),
     ("name: g\ncells: {a: [{fit: [x], shared: 1}]}\n", "cell 'a' step 0: 'shared' should be true or false, got 1"),
     ("cells: {}\n", "top level: expected a mapping with 'name'"),
+    ("name: g\ncells: {a: [{fit: [x]}]}\ncompare: {a: [b]}\n", r"compare 'a': unknown row name\(s\) \['b'\]; the grid records \['a'\]"),
+    ("name: g\ncells: {a: [{fit: [x]}]}\ncompare: [a]\n", "compare: expected a mapping of row name -> list of row names"),
 ])
 def test_bad_grid_files_name_the_place_and_what_was_expected(tmp_path, text, message):
     with pytest.raises(ValueError, match=message):
@@ -81,6 +85,18 @@ def test_steps_get_their_own_folders_seeds_and_placeholders(tmp_path):
     assert second[second.index("--test_after_fit") + 1] == "true" and (cell1, cell2) == ("b", "b/baseline")
     assert third[0] == "test" and "seed 1" in third and third[third.index("--tag") + 1] == "b/baseline"
     assert finished(ResultsStore(results), "g") == {("b", 1), ("b/baseline", 1)}
+
+
+def test_paths_inside_the_folder_the_grid_runs_in_are_passed_relative_to_it(tmp_path):
+    """The store of record keeps no absolute path of the machine: configs and checkpoints are relative."""
+    runner = FakeRunner(tmp_path / "r.sqlite")
+    run_grid(load_grid(_grid(tmp_path)), tmp_path / "r.sqlite", tmp_path / "runs", seeds=[1], cells=["b"], cwd=tmp_path,
+             runner=runner)
+    first, second = runner.calls[0][0], runner.calls[1][0]
+    assert first[first.index("--results") + 1] == "r.sqlite"
+    assert first[first.index("--checkpoint.dirpath") + 1] == "runs/g/b/seed1/step0/checkpoints"
+    assert second[second.index("--model.init_args.init_from") + 1] == "runs/g/b/seed1/step0/checkpoints/last.ckpt"
+    assert not any(str(tmp_path) in arg for command, _ in runner.calls for arg in command)
 
 
 SHARED = """

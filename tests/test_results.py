@@ -260,11 +260,11 @@ def test_render_markdown(tmp_path: Path) -> None:
     store, runs = _three_seed_store(tmp_path)
     text = render(leaderboard_table(store.rows()), "md")
     assert "### cuhk_pedes" in text and "### rstpreid" in text
-    assert "| method | config | n | R1 | R5 | R10 | mAP | mINP |" in text
+    assert "| method | config | towers | n | R1 | R5 | R10 | mAP | mINP |" in text
     r1 = [run["R1"] for run in runs]
     assert f"{statistics.mean(r1):.2f} ± {statistics.stdev(r1):.2f}" in text
     cmsn_line = next(line for line in text.splitlines() if line.startswith("| cmsn"))
-    assert "| 70.00 |" in cmsn_line and cmsn_line.rstrip().endswith("| - |") and "±" not in cmsn_line
+    assert "| 70.00 |" in cmsn_line and cmsn_line.rstrip().endswith("| n/a |") and "±" not in cmsn_line
     assert text.index("| cmsn") < text.index("| irra")
 
 
@@ -297,7 +297,7 @@ def test_empty_store(tmp_path: Path) -> None:
     assert f"no results in {path}" in render_store(path, fmt="html")
     assert render_store(path, fmt="json").strip() == "[]"
     header_only = render_store(path, fmt="csv").strip().splitlines()
-    assert len(header_only) == 1 and header_only[0].startswith("kind,dataset,method,config_hash,n,R1_mean")
+    assert len(header_only) == 1 and header_only[0].startswith("kind,dataset,method,config_hash,towers,n,R1_mean")
     ResultsStore(path).rows()  # creates the schema: still empty
     assert render_store(ResultsStore(path)).strip() == f"no results in {path}"
     assert render([], "md").startswith("no results in")

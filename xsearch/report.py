@@ -9,11 +9,12 @@ from __future__ import annotations
 import base64
 import html
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from xsearch.atomic import atomic_path, write_text_atomic
+from xsearch.comparison import COMPARED_METRICS, PAIRED_TITLE, compare_cells, render_comparisons_md
 from xsearch.leaderboard import (REPORTED_TITLE, by_dataset, config_label, empty_message, format_value,
                                  leaderboard_table, metric_names, render, reported_table)
 from xsearch.results import ResultsStore
@@ -72,9 +73,11 @@ def render_html(
     source: str | Path | None = None,
     references: list[dict[str, Any]] | None = None,
     images: dict[str, bytes] | None = None,
+    differences: Mapping[str, list[dict[str, Any]]] | None = None,
 ) -> str:
     """One self-contained page (inline CSS/JS, charts as data URIs): per dataset a sortable table of the measured rows
-    (and its PNG chart from ``images``, dataset -> PNG bytes), then the reported rows in their own tables."""
+    (and its PNG chart from ``images``, dataset -> PNG bytes; its paired differences from ``differences``, dataset ->
+    :func:`~xsearch.comparison.compare_cells` rows), then the reported rows in their own tables."""
     body = ["<h1>xsearch leaderboard</h1>"]
     if not rows:
         body.append(f"<p>{html.escape(empty_message(source))}</p>")
@@ -88,9 +91,17 @@ def render_html(
             data = base64.b64encode(images[dataset]).decode("ascii")
             body.append(f'<img alt="{html.escape(str(dataset))} chart" src="data:image/png;base64,{data}">')
         lines = [f"<tr><td>{html.escape(str(r['method']))}</td><td>{html.escape(config_label(r))}</td>"
+                 f"<td>{html.escape(str(r.get('towers', '?')))}</td>"
                  f'<td class="num" data-v="{r["n"]}">{r["n"]}</td>' + "".join(_num_td(r, n) for n in names) + "</tr>"
                  for r in group]
-        body.append(_table(["method", "config", "n", *names], lines, "sortable measured"))
+        body.append(_table(["method", "config", "towers", "n", *names], lines, "sortable measured"))
+        if differences and dataset in differences:
+            body.append(f"<h3>{html.escape(PAIRED_TITLE[0].upper() + PAIRED_TITLE[1:])}</h3>")
+            lines = [f"<tr><td>{html.escape(d['cell'])} − {html.escape(d['against'])}</td><td class=\"num\">{d['n']}</td>"
+                     + "".join(f'<td class="num">{html.escape(d[m].format())}</td>' for m in COMPARED_METRICS) + "</tr>"
+                     for d in differences[dataset]]
+            body.append(_table(["difference", "seeds", *(f"Δ{m} [95% interval]" for m in COMPARED_METRICS)], lines,
+                               "paired"))
     if references:
         body.append(f"<h2>{html.escape(REPORTED_TITLE[0].upper() + REPORTED_TITLE[1:])}</h2>")
         for dataset, group in by_dataset(references).items():
@@ -163,12 +174,17 @@ def write_charts(store: ResultsStore | str | Path, out_dir: str | Path, name: st
 
 
 def write_report(store: ResultsStore | str | Path, out_dir: str | Path, name: str, readme: str | Path | None = None,
-                 command: str | None = None, references: bool = False) -> list[Path]:
+                 command: str | None = None, references: bool = False,
+                 compare: Mapping[str, Sequence[str]] | None = None) -> list[Path]:
     """Write the leaderboard of ``store`` as ``out_dir/<name>.{md,csv,json,html}`` plus one ``<name>-<dataset>.png``
-    per dataset, and refresh the ``name`` block of ``readme`` (tables, charts and ``command``); returns the paths."""
+    per dataset, and refresh the ``name`` block of ``readme`` (tables, charts and ``command``); returns the paths.
+    ``compare`` (row name -> row names): each dataset's table is followed by the paired per-seed differences
+    (:func:`~xsearch.comparison.compare_cells`) in the Markdown, HTML and README."""
     store = store if isinstance(store, ResultsStore) else ResultsStore(store)
     out_dir = Path(out_dir)
-    rows = leaderboard_table(store.rows() if store.path.exists() else [])
+    records = store.rows() if store.path.exists() else []
+    rows = leaderboard_table(records)
+    differences = by_dataset(compare_cells(records, compare)) if compare else {}
     refs = reported_table() if references else None
     written: list[Path] = []
     charts: dict[str, Path] = {}
@@ -176,21 +192,27 @@ def write_report(store: ResultsStore | str | Path, out_dir: str | Path, name: st
         charts[dataset] = plot_dataset(group, dataset, out_dir / f"{name}-{_slug(dataset)}.png")
     written += charts.values()
     for fmt in ("md", "csv", "json"):
-        write_text_atomic(out_dir / f"{name}.{fmt}", render(rows, fmt, source=store.path, references=refs))
+        text = render(rows, fmt, source=store.path, references=refs)
+        if fmt == "md" and differences:
+            text += "".join(f"\n### {dataset}: {PAIRED_TITLE}\n\n{render_comparisons_md(group)}\n"
+                            for dataset, group in differences.items())
+        write_text_atomic(out_dir / f"{name}.{fmt}", text)
         written.append(out_dir / f"{name}.{fmt}")
     images = {dataset: path.read_bytes() for dataset, path in charts.items()}
-    write_text_atomic(out_dir / f"{name}.html", render_html(rows, None, store.path, refs, images))
+    write_text_atomic(out_dir / f"{name}.html", render_html(rows, None, store.path, refs, images, differences))
     written.append(out_dir / f"{name}.html")
     if readme is not None:
         readme = Path(readme)
-        block = readme_block(rows, charts, readme.parent, command)
+        block = readme_block(rows, charts, readme.parent, command, differences)
         write_text_atomic(readme, replace_block(readme.read_text(encoding="utf-8"), name, block, str(readme)))
         written.append(readme)
     return written
 
 
-def readme_block(rows: list[dict[str, Any]], charts: dict[str, Path], base: Path, command: str | None) -> str:
-    """Markdown for the README: how it was made, then per dataset its chart and its table."""
+def readme_block(rows: list[dict[str, Any]], charts: dict[str, Path], base: Path, command: str | None,
+                 differences: Mapping[str, list[dict[str, Any]]] | None = None) -> str:
+    """Markdown for the README: how it was made, then per dataset its chart, its table and its paired
+    differences (``differences``: dataset -> :func:`~xsearch.comparison.compare_cells` rows)."""
     if not rows:
         return "_no results yet_"
     commits = sorted({str(r["git_commit"])[:7] for r in rows if r.get("git_commit")})
@@ -202,6 +224,8 @@ def readme_block(rows: list[dict[str, Any]], charts: dict[str, Path], base: Path
         if dataset in charts:
             lines += ["", f"![{dataset}]({_relative(charts[dataset], base)})"]
         lines += ["", *render(group, "md").strip().splitlines()[2:]]  # the table, without its "### dataset" title
+        if differences and dataset in differences:
+            lines += ["", f"{PAIRED_TITLE}:", "", render_comparisons_md(differences[dataset])]
     return "\n".join(lines)
 
 

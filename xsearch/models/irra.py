@@ -5,6 +5,8 @@ Any :class:`~xsearch.models.towers.Towers` (IRRA's: :class:`~xsearch.models.clip
 Training losses (METHODS.md 2.2):
 
 * SDM on the global features (tau 0.02, both directions summed, same-identity pairs are positives);
+* optionally (``itc_weight``, off in IRRA) identity-aware InfoNCE with a learnable temperature, the usual
+  CLIP fine-tuning loss that SDM replaces (IRRA's ablation "InfoNCE instead of SDM");
 * ID: one linear classifier shared by both modalities;
 * IRR / MLM, training only: 15% of the caption's word tokens are masked (80/10/10), the masked caption
   goes through the same text tower, its tokens attend to the image tokens (one cross-attention layer +
@@ -14,13 +16,15 @@ At test time only the two towers run: text global vs image global, cosine.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from xsearch.config_types import ClosedUnitInterval, NonNegativeFloat, PositiveFloat, PositiveInt
 from xsearch.distributed import gather
-from xsearch.losses import IdentityClassifier, sdm_loss, weighted_sum
+from xsearch.losses import IdentityClassifier, info_nce, sdm_loss, weighted_sum
 from xsearch.losses.mlm import mask_tokens, mlm_loss
 from xsearch.models.base import RetrievalModule
 from xsearch.models.blocks import CrossModalTransformer, MLMHead
@@ -35,8 +39,9 @@ class IRRA(RetrievalModule):
     Args:
         towers: the image and text towers (e.g. :class:`~xsearch.models.clip.CLIPTowers`,
             :class:`~xsearch.models.pretrained_towers.PretrainedTowers`).
-        sdm_weight / id_weight / mlm_weight: loss weights (0 switches a term and its modules off).
+        sdm_weight / id_weight / mlm_weight / itc_weight: loss weights (0 switches a term and its modules off).
         sdm_scale: SDM logit scale (50 = tau 0.02, fixed).
+        temperature: initial temperature of the InfoNCE term (learnable; only with ``itc_weight > 0``).
         mlm_probability: share of word tokens masked for the IRR branch.
         cross_layers: self-attention layers of the cross-modal transformer after the cross-attention.
         num_classes: training identities; ``None`` = read from the datamodule.
@@ -54,6 +59,8 @@ class IRRA(RetrievalModule):
         id_weight: NonNegativeFloat = 1.0,
         mlm_weight: NonNegativeFloat = 1.0,
         sdm_scale: PositiveFloat = 50.0,
+        itc_weight: NonNegativeFloat = 0.0,
+        temperature: PositiveFloat = 0.07,
         mlm_probability: ClosedUnitInterval = 0.15,
         cross_layers: int = 4,
         num_classes: PositiveInt | None = None,
@@ -61,8 +68,10 @@ class IRRA(RetrievalModule):
     ) -> None:
         super().__init__(**kwargs)
         self.towers = towers
-        self.loss_weights = {"sdm": sdm_weight, "id": id_weight, "mlm": mlm_weight}
+        self.loss_weights = {"sdm": sdm_weight, "itc": itc_weight, "id": id_weight, "mlm": mlm_weight}
         width = towers.embed_dim
+        if itc_weight > 0:
+            self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
         if mlm_weight > 0:
             self.cross_former = CrossModalTransformer(width, max(1, width // 64), cross_layers)
             self.mlm_head = MLMHead(width, towers.masked_language.vocab_size, cross_layers)
@@ -105,10 +114,14 @@ class IRRA(RetrievalModule):
 
     # -- losses --------------------------------------------------------------------------
     def global_losses(self, image: TowerOutput, text: TowerOutput, labels: Tensor) -> dict[str, Tensor]:
-        """SDM and ID on the (B, D) global features; ``labels`` are the contiguous train ids (B,)."""
+        """SDM, InfoNCE and ID on the (B, D) global features; ``labels`` are the contiguous train ids (B,)."""
         terms = {}
+        if self.loss_weights["sdm"] > 0 or self.loss_weights["itc"] > 0:
+            every_image, every_text, every_label = gather(image.global_features, text.global_features, labels)
         if self.loss_weights["sdm"] > 0:
-            terms["sdm"] = sdm_loss(*gather(image.global_features, text.global_features, labels), self.hparams.sdm_scale)
+            terms["sdm"] = sdm_loss(every_image, every_text, every_label, self.hparams.sdm_scale)
+        if self.loss_weights["itc"] > 0:
+            terms["itc"] = info_nce(every_image, every_text, self.log_scale.exp().clamp(max=100.0), every_label)
         if self.loss_weights["id"] > 0:
             if self.id_head is None:
                 raise RuntimeError("id_weight > 0 needs num_classes (or a datamodule with num_train_identities)")
@@ -144,4 +157,6 @@ class IRRA(RetrievalModule):
             mlm = self.mlm_terms(input_ids, image)
             terms["mlm"] = mlm.pop("mlm")
             logged.update(mlm)
+        if self.loss_weights["itc"] > 0:
+            logged["temperature"] = 1.0 / self.log_scale.detach().exp()
         return {**weighted_sum(terms, self.loss_weights), **logged}
