@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from xsearch.grid import CELL_ENV, GRID_ENV, finished, load_grid, run_grid
+from xsearch.grid import CELL_ENV, GRID_ENV, Step, finished, load_grid, run_grid
 from xsearch.results import ResultsStore, RunRecord
 
 GRID = """
@@ -249,14 +249,32 @@ def test_seeds_of_one_grid_cell_aggregate_even_when_their_configs_differ(tmp_pat
     assert row["n"] == 2 and row["R1_mean"] == 12.0 and row["R1_std"] == pytest.approx(2.0 ** 0.5 * 2) and row["cell"] == "tgfr"
 
 
+def _shipped_steps() -> list[tuple[str, str, Step]]:
+    root = Path(__file__).parents[1]
+    return [(path.name, cell, step) for path in sorted((root / "configs" / "leaderboard").glob("*.yaml"))
+            for cell, steps in load_grid(path).cells.items() for step in steps]
+
+
 def test_the_shipped_grid_files_parse_and_name_existing_configs():
     root = Path(__file__).parents[1]
-    for path in sorted((root / "configs" / "leaderboard").glob("*.yaml")):
-        grid = load_grid(path)
-        for cell, steps in grid.cells.items():
-            for step in steps:
-                config = step.args[step.args.index("--config") + 1]
-                assert (root / config).is_file(), f"{path.name}: {cell}: {config}"
+    for name, cell, step in _shipped_steps():
+        configs = [step.args[i + 1] for i, arg in enumerate(step.args) if arg == "--config"]
+        assert configs and all((root / config).is_file() for config in configs), f"{name}: {cell}: {configs}"
+
+
+@pytest.mark.parametrize("step", [step for _, _, step in _shipped_steps() if step.args.count("--config") > 1],
+                         ids=lambda step: step.name)
+def test_a_step_with_a_data_overlay_parses_as_one_config(step, capsys):
+    """``--config <method> --config configs/data/<set>.yaml``: the overlay's data replaces the method's."""
+    from xsearch.cli import main
+
+    root = Path(__file__).parents[1]
+    args = [str(root / a) if a.startswith("configs/") else a for a in step.args if "{" not in a]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *args, "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "dataset: synth_faces" in printed and "root: synth_faces_300" in printed
 
 
 @pytest.mark.slow  # starts an offline W&B run (~10 s)
