@@ -1,6 +1,6 @@
 """CelebA (``celeba``): aligned faces, identities, the official partition and 40 attributes, plus captions.
 
-Layouts (DATASETS.md 4.1), tried in this order:
+Layouts (docs/datasets.md#celeba), tried in this order:
 
 * the official Drive layout: ``Img/img_align_celeba/``, ``Anno/identity_CelebA.txt``,
   ``Anno/list_attr_celeba.txt``, ``Eval/list_eval_partition.txt``;

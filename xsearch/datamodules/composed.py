@@ -1,4 +1,4 @@
-"""Composed queries from attribute differences (X-Modal, METHODS.md 3.1 and 3.5).
+"""Composed queries from attribute differences (X-Modal; docs/protocol.md#composed-queries).
 
 A composed query is a reference face ``x_r`` plus a sentence saying how a target face ``x_t`` of the same
 person differs: "now wearing eyeglasses and without a hat". Pairs are two images of one identity whose
@@ -73,7 +73,7 @@ class ComposedOptions:
     """How composed pairs are made.
 
     Args:
-        min_changes / max_changes: number of changeable attributes that must differ (METHODS.md: 1-3).
+        min_changes / max_changes: number of changeable attributes that must differ (default 1-3).
         attributes: the changeable attributes (names in :data:`CHANGE_PHRASES`); ``None`` = all of them
             that the dataset's attribute table has.
         seed: fixes the evaluation queries (reference and wording per target).

@@ -1,4 +1,4 @@
-"""Seeded low-quality face transform for the degraded-test protocol (TGFR, METHODS.md 4.4).
+"""Seeded low-quality face transform for the degraded-test protocol (TGFR; docs/methods.md#tgfr-low-quality-faces).
 
 The defaults follow the TGFR repository's offline CelebA script (``transform_fair.py``): random horizontal
 flip, rotation in [-5, 5] degrees with white fill, 3x3 Gaussian blur with sigma in [2, 9], brightness 0.4 and

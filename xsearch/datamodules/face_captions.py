@@ -1,4 +1,4 @@
-"""Captions generated from the 40 CelebA attributes (DATASETS.md 4.5), shared by every face dataset.
+"""Captions generated from the 40 CelebA attributes (docs/datasets.md#attribute-captions), shared by every face dataset.
 
 One implementation serves the ``celeba`` parser (caption source ``attributes``) and the synthetic
 face generator: an MM-CelebA-HQ-style grammar (after ``create_caption.py`` of that repository)

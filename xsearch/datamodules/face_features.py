@@ -14,8 +14,8 @@ to one row each. :func:`write_features_json` then writes a features file in the 
 query faces from the identities' crops (``data.entity_retrieval: {query_face: extractor, extractor: NAME}``).
 
 Registered: ``facenet`` (facenet-pytorch: MTCNN, 160 px, margin 0, then ``InceptionResnetV1`` trained on
-VGGFace2, L2-normalised: the combination METHODS.md 5.2 infers for COCO-PFS; ``pip install facenet-pytorch``,
-downloads its weights on first use).
+VGGFace2, L2-normalised: the combination COCO-PFS's descriptors point to, see
+docs/methods.md#id-clip-face-descriptors; ``pip install facenet-pytorch``, downloads its weights on first use).
 """
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Face verification and identification protocols of an evaluation split (TGFR, METHODS.md 4.1; LFW, ANCHORS 1.7).
+"""Face verification and identification protocols of an evaluation split (TGFR, LFW).
+
+The protocol: docs/protocol.md#face-verification-and-identification.
 
 A *face sample* is one image of the split with one of its captions (the first in file order, so runs agree):
 TGFR fuses the two into one identity embedding. Over the split's samples:

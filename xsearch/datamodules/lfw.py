@@ -1,6 +1,6 @@
 """LFW (Labeled Faces in the Wild) as a text-to-face retrieval set, plus its verification pairs.
 
-Official layout (DATASETS.md 5)::
+Official layout (docs/datasets.md#lfw)::
 
     <root>/lfw/<Name>/<Name>_<NNNN>.jpg          or lfw-deepfunneled/, lfw_funneled/ (same names)
     <root>/people.txt  pairs.txt                  View 2: 10 identity-disjoint folds

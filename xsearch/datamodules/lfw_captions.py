@@ -1,6 +1,8 @@
-"""Captions from the 73 LFW attribute scores of Kumar et al. (``lfw_attributes.txt``, DATASETS.md 5.3).
+"""Captions from the 73 LFW attribute scores of Kumar et al. (``lfw_attributes.txt``).
 
-A deterministic phrase map (the "phrase map" option of DATASETS.md 4.5): a score > 0 means the
+The file and its quirks: docs/datasets.md#lfw-attribute-captions.
+
+A deterministic phrase map (one phrase per attribute said, not the CelebA grammar): a score > 0 means the
 attribute is present; in an exclusive group (age, race, hair colour, hair texture, eyewear,
 expression, forehead, mouth, face shape) only the group's arg-max is said, and only when its score
 is positive. Photo-level attributes (lighting, blur, colour/posed photo, outdoor), subjective ones

@@ -1,4 +1,6 @@
-"""Composed-query protocol (X-Modal, METHODS.md 3.1): reference face + modification text -> target face.
+"""Composed-query protocol (X-Modal): reference face + modification text -> target face.
+
+The protocol: docs/protocol.md#composed-queries.
 
 A query is a reference image ``x_r`` of person ``p`` plus a sentence saying how the target ``x_t`` (another
 image of ``p``) differs ("now with eyeglasses and without a hat"). The reference is removed from that

@@ -1,6 +1,6 @@
 """Exact text-based person search metrics (R@K, mAP, mINP) by chunked counting.
 
-Protocol (the IRRA evaluator, see ``ANCHORS.md`` section 1):
+Protocol (the IRRA evaluator; docs/protocol.md#retrieval-metrics):
 
 * every gallery item whose pid equals the query's pid is a positive (no camera filter, no junk);
 * per query the gallery is ordered by descending score; **equal scores are ordered by ascending

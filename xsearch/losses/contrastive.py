@@ -1,4 +1,4 @@
-"""Contrastive image-text losses shared by all methods (METHODS.md section 1.2).
+"""Contrastive image-text losses shared by all methods (docs/methods.md#shared-losses).
 
 All losses are pure functions: tensors in, scalar tensor out. Embeddings are L2-normalised inside every loss,
 so callers may pass raw projections.

@@ -1,4 +1,4 @@
-"""CMSN-style Combined-Representation Identity Alignment loss (re-implementation, METHODS.md 6.2 (c)).
+"""CMSN-style Combined-Representation Identity Alignment loss (re-implementation, docs/methods.md#cmsn-losses).
 
 ``L_cria = CE part + center_weight * center part``:
 

@@ -1,4 +1,4 @@
-"""Identity (ID) classification loss shared by both modalities (IRRA; METHODS.md section 1.2)."""
+"""Identity (ID) classification loss shared by both modalities (IRRA; docs/methods.md#shared-losses)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""IRRA's masked-language-modelling target: token masking and the masked-position loss (METHODS.md 1.1, 2.2).
+"""IRRA's masked-language-modelling target: token masking and the masked-position loss.
+
+See docs/methods.md#irra-architecture-and-losses.
 
 Token ids follow CLIP's BPE with IRRA's mask token: pad 0, ``<|mask|>`` 49405, SOT 49406, EOT 49407,
 vocabulary 49408. Label 0 means "ignore" (pad is never a target).

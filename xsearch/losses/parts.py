@@ -1,4 +1,4 @@
-"""Losses of the part-level method (re-implementation, METHODS.md 7.2 and 7.3).
+"""Losses of the part-level method (re-implementation, docs/methods.md#part-level-losses).
 
 Inputs are part tokens from the shared-token decoder: ``image_parts`` P_v and ``text_parts`` P_t, both
 (B, K, D), row i of both being a matched pair with identity ``pids[i]``; slot k is the same shared query in
@@ -64,7 +64,7 @@ def part_similarities(first: Tensor, second: Tensor) -> Tensor:
 def part_sdm_loss(
     image_parts: Tensor, text_parts: Tensor, pids: Tensor, logit_scale: Tensor | float = 50.0
 ) -> dict[str, Tensor]:
-    """L_part (METHODS 7.3): per-slot SDM and SDM on the aggregated part similarity.
+    """L_part: per-slot SDM and SDM on the aggregated part similarity.
 
     Args:
         image_parts: (B, K, D) P_v.
@@ -141,7 +141,7 @@ def cmr_loss(
     negative: Negative = "hardest",
     commonality: Tensor | None = None,
 ) -> Tensor:
-    """Commonality-based margin ranking loss L_CMR (METHODS 7.3), both directions.
+    """Commonality-based margin ranking loss L_CMR, both directions.
 
     Definitions (k a part, i an anchor, n a negative):
 
@@ -189,7 +189,7 @@ def cmr_loss(
 
 
 def part_diversity(parts: Tensor) -> Tensor:
-    """Diversity regulariser (METHODS 7.2): mean off-diagonal cosine among each sample's K parts.
+    """Diversity regulariser: mean off-diagonal cosine among each sample's K parts.
 
     Args:
         parts: (B, K, D), K >= 2.

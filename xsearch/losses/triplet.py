@@ -1,4 +1,4 @@
-"""CMSN-style Semi-Positive Triplet loss (re-implementation, METHODS.md 6.2 (c)).
+"""CMSN-style Semi-Positive Triplet loss (re-implementation, docs/methods.md#cmsn-losses).
 
 Items of a batch: images v_0..v_{B-1} and texts t_0..t_{B-1}, row i being a matched pair with identity pid_i.
 ``s`` is the cosine similarity. Anchors and their sets:

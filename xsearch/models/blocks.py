@@ -1,7 +1,7 @@
 """Transformer blocks the CLIP-based methods add on top of the towers (IRRA's IRR branch, CMSN's modules).
 
 All follow OpenAI CLIP's layout (pre-norm residual attention blocks, QuickGELU MLP) and CLIP's
-initialisation (:func:`clip_init`), as IRRA does for its new modules (METHODS.md 2.1).
+initialisation (:func:`clip_init`), as IRRA does for its new modules.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""OpenAI-CLIP image and text towers for text-based person search (IRRA's backbone; METHODS.md 1.1).
+"""OpenAI-CLIP image and text towers for text-based person search (IRRA's backbone; docs/methods.md#clip-towers).
 
 ``CLIPTowers`` wraps a transformers ``CLIPModel`` (hub name such as ``openai/clip-vit-base-patch16``,
 a local folder, or a ``config`` dict for tiny random-initialised test models) and exposes what the
@@ -27,7 +27,7 @@ from xsearch.constants import CLIP_MEAN, CLIP_STD
 from xsearch.models.towers import MaskedLanguage, TowerOutput, Towers
 from xsearch.registry import TOWERS
 SOT_ID, EOT_ID, MASK_ID = 49406, 49407, 49405
-"""CLIP BPE ids: start and end of text, and the id IRRA reuses as ``<|mask|>`` (METHODS.md 1.1)."""
+"""CLIP BPE ids: start and end of text, and the id IRRA reuses as ``<|mask|>``."""
 PAD_ID = 0
 
 

@@ -1,4 +1,4 @@
-"""``cmsn``: CMSN-style re-implementation (Sun et al., IEEE TIFS 2025) from its abstract (METHODS.md 6).
+"""``cmsn``: CMSN-style re-implementation (Sun et al., IEEE TIFS 2025) from its abstract (docs/methods.md#cmsn).
 
 Only the abstract is public; this is xsearch's documented reading of it, every unknown a config option.
 CMSN = IRRA (:class:`~xsearch.models.irra.IRRA`) + three parts, each switchable for ablations:

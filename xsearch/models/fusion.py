@@ -1,7 +1,7 @@
 """Composed-query fusion: a reference image embedding and a modification-text embedding -> one query.
 
-``gated`` is TIRG's gate + residual (METHODS.md 3.2), ``sum`` the plain baseline. Both take and return
-``(B, D)`` embeddings; the caller L2-normalises the output.
+``gated`` is TIRG's gate + residual (docs/methods.md#x-modal-architecture), ``sum`` the plain baseline. Both take
+and return ``(B, D)`` embeddings; the caller L2-normalises the output.
 """
 from __future__ import annotations
 

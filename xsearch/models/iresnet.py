@@ -1,5 +1,5 @@
 """ArcFace's improved ResNet (iResNet-18/34/50/100) in insightface's module layout (TGFR's face backbone,
-METHODS.md 4.2), so an insightface ``backbone.pth`` (e.g. the MS1MV3 iResNet-18) loads by name.
+docs/methods.md#tgfr-architecture), so an insightface ``backbone.pth`` (e.g. the MS1MV3 iResNet-18) loads by name.
 
 Input: 112x112 aligned faces, ``uint8 (B, 3, 112, 112)`` (normalised here to ``(x - 127.5) / 127.5``) or float
 already normalised. Output: the 512-d embedding and, for TGFR's word-region alignment, the ``(B, 256, 14, 14)``

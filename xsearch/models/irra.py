@@ -2,7 +2,7 @@
 
 Any :class:`~xsearch.models.towers.Towers` (IRRA's: :class:`~xsearch.models.clip.CLIPTowers`, ViT-B/16 at
 384x128, whose global features are the image CLS token and the text EOT token in the 512-d joint space).
-Training losses (METHODS.md 2.2):
+Training losses (docs/methods.md#irra-architecture-and-losses):
 
 * SDM on the global features (tau 0.02, both directions summed, same-identity pairs are positives);
 * optionally (``itc_weight``, off in IRRA) identity-aware InfoNCE with a learnable temperature, the usual

@@ -1,8 +1,8 @@
 """``partlevel``: part-level cross-modal correspondence (Park, Jeong, Kim, Kwak, arXiv 2501.00318).
 
-Re-implementation from the abstract and the authors' sibling PLOT code (METHODS.md 7); unknown choices are
-options. IRRA (:class:`~xsearch.models.irra.IRRA`) gives the coarse (global) embeddings and their losses;
-a **shared-token decoder** gives K part embeddings per image and per caption: the same K learnable tokens
+Re-implementation from the abstract and the authors' sibling PLOT code (docs/methods.md#part-level-correspondence);
+unknown choices are options. IRRA (:class:`~xsearch.models.irra.IRRA`) gives the coarse (global) embeddings and
+their losses; a **shared-token decoder** gives K part embeddings per image and per caption: the same K learnable tokens
 read the patch tokens of an image or the word tokens of a caption (one cross-attention with a norm per
 modality, then a small shared transformer), so slot k of an image and slot k of a caption correspond by
 construction, without part labels. Part losses (:mod:`xsearch.losses.parts`): per-slot and aggregated

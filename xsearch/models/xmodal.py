@@ -1,5 +1,5 @@
 """``xmodal``: X-Modal (Fatima et al., NCA 2026), face retrieval from a text query or from a reference face
-plus a modification sentence (METHODS.md section 3; only the abstract is public, so every guessed choice is
+plus a modification sentence (docs/methods.md#x-modal; only the abstract is public, so every guessed choice is
 an argument).
 
 Reading A: a timm image tower (ViT-B/16 or ResNet-50 in the paper configs) and a sentence-transformers text
@@ -80,8 +80,8 @@ class XModal(RetrievalModule):
         scale, margin, level_weights, same_identity, hardness_mode, hardness_strength, symmetric: the
             loss options of :class:`~xsearch.losses.DifficultyAwareMNRL` (``level_weights=[1, 1, 1]`` with
             ``same_identity="none"`` is sentence-transformers' plain MNRL).
-        image_lr_factor: the image backbone trains at ``lr x image_lr_factor`` (METHODS.md 3.4: ResNet-50 at
-            1e-4 while the text transformer and a ViT use 2e-5).
+        image_lr_factor: the image backbone trains at ``lr x image_lr_factor`` (docs/methods.md#x-modal-recipe:
+            ResNet-50 at 1e-4 while the text transformer and a ViT use 2e-5).
         hard_negative_bank: size of a FIFO of recent image embeddings from which each query gets its most
             similar other-identity image as one extra (detached) negative; 0 = in-batch negatives only.
         **kwargs: :class:`RetrievalModule` options (learning rates, schedule...).
