@@ -1,4 +1,6 @@
-"""Hand-checked tests for IRRA's MLM and CMSN's CRIA / SPT losses (xsearch.losses; METHODS.md 2.2, 6.2).
+"""Hand-checked tests for IRRA's MLM and CMSN's CRIA / SPT losses (xsearch.losses).
+
+Definitions: docs/methods.md#irra-architecture-and-losses and docs/methods.md#cmsn-losses.
 
 SDM is covered by the hand-computed 4x4 case in tests/test_losses.py.
 """

@@ -1,4 +1,4 @@
-"""Hand-checked tests for the part-level method's losses (xsearch.losses.parts; METHODS.md 7.2, 7.3).
+"""Hand-checked tests for the part-level method's losses (xsearch.losses.parts; docs/methods.md#part-level-losses).
 
 Most cases use 2-d unit vectors given by angles in degrees, so every cosine is cos(angle difference).
 """
