@@ -9,7 +9,7 @@ construction, without part labels. Part losses (:mod:`xsearch.losses.parts`): pe
 SDM, and the commonality-based margin ranking loss (CMR: parts common across identities get a small
 margin, distinctive ones the full margin), switched on after ``part_start_epoch``.
 
-Ranking: ``S(q, g) = cos(global) + part_weight * mean_k cos(P_t[q, k], P_v[g, k])`` over the full gallery,
+Ranking: ``S(q, g) = cos(global) + part_similarity_weight * mean_k cos(P_t[q, k], P_v[g, k])`` over the full gallery,
 gallery parts encoded once; ``global_only`` ranks by the global cosine alone.
 """
 from __future__ import annotations
