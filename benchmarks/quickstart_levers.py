@@ -1,0 +1,164 @@
+"""Speed levers for the quickstart model on this CPU, each against the current fp32 path in the same process.
+
+Usage::
+
+    python benchmarks/quickstart_levers.py                 # caption caching, training step, gallery encoding
+    python benchmarks/quickstart_levers.py --compile       # + torch.compile of the image backbone (slow to compile)
+
+The model is ``configs/quickstart.yaml``'s (EfficientNet-Lite0 with its offline ImageNet weights, frozen MiniLM with
+a token head, 256-d heads) on random 96x48 images and generated captions. Levers: ``bf16`` autocast (oneDNN runs bf16
+matmuls and convolutions natively where the CPU has ``avx512_bf16`` / ``amx_bf16``; printed first), channels-last
+images, ``torch.compile``. For each: seconds, the speed-up over fp32, and the largest difference of its outputs from
+fp32 (bf16 changes what the model computes: the difference is printed, never hidden).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+WORDS = ("a man woman person wearing red blue black white grey green jacket coat shirt trousers jeans skirt backpack "
+         "bag shoes carrying walking with and the long short hair glasses hat").split()
+
+
+def cpu_bf16_support() -> str:
+    """The processor's bf16 flags (``/proc/cpuinfo``) and whether oneDNN says it runs bf16 natively."""
+    import torch
+
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        flags = []
+    found = [f for f in ("avx512_bf16", "amx_bf16", "amx_tile", "avx512f") if f in flags] or ["none"]
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return f"cpu flags: {' '.join(found)}; oneDNN bf16 supported: {native}; torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def build_model() -> Any:
+    import yaml
+    from jsonargparse import ArgumentParser
+
+    from xsearch.models.base import RetrievalModule
+
+    raw = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
+    parser = ArgumentParser()
+    parser.add_subclass_arguments(RetrievalModule, "model", required=True)
+    model = parser.instantiate_classes(parser.parse_object({"model": raw["model"]})).model
+    model.build_identity_modules(1800)
+    return model
+
+
+def captions(count: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(12, 40))) for _ in range(count)]
+
+
+def timed(function: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+    """Best wall time of ``repeats`` calls (after one untimed call) and the last output."""
+    out = function()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        out = function()
+        best = min(best, time.perf_counter() - started)
+    return best, out
+
+
+def bf16() -> contextlib.AbstractContextManager:
+    import torch
+
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+def report(name: str, base: float, seconds: float, difference: float | None) -> None:
+    shown = "" if difference is None else f"  max |diff| vs fp32 {difference:.2e}"
+    print(f"  {name:<28} {seconds * 1000:9.1f} ms  x{base / seconds:5.2f}{shown}")
+
+
+def main() -> None:
+    import torch
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--captions", type=int, default=1024, help="captions encoded by the caching benchmark")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="also torch.compile the image backbone")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    print(cpu_bf16_support())
+    model = build_model()
+    text = model.text_encoder
+
+    # 1. caption token states of the frozen text tower (what the quickstart caches before training)
+    print(f"caption caching, {args.captions} captions:")
+    texts = captions(args.captions)
+
+    def cache(context: Callable[[], contextlib.AbstractContextManager]) -> Any:
+        text._cache.clear()
+        with context():
+            text.precompute(texts)
+        return torch.nn.utils.rnn.pad_sequence([text._cache[t] for t in texts[:64]], batch_first=True)
+
+    base, reference = timed(lambda: cache(contextlib.nullcontext), 1)
+    report("fp32", base, base, None)
+    seconds, out = timed(lambda: cache(bf16), 1)
+    report("bf16 autocast", base, seconds, float((out.float() - reference).abs().max()))
+
+    # 2. one training step (forward, backward, AdamW) on cached captions
+    print(f"training step, batch {args.batch_size}:")
+    images = torch.randint(0, 256, (args.batch_size, 3, 96, 48), dtype=torch.uint8)
+    batch = {"image": images, "text": captions(args.batch_size, seed=1),
+             "pid": torch.arange(args.batch_size) // 2}
+    text.precompute(batch["text"])
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+
+    def step(context: Callable[[], contextlib.AbstractContextManager], source: dict[str, Any]) -> float:
+        torch.manual_seed(0)
+        with context():
+            loss = model.training_losses(source)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    base, loss = timed(lambda: step(contextlib.nullcontext, batch), args.repeats)
+    report("fp32", base, base, None)
+    seconds, other = timed(lambda: step(bf16, batch), args.repeats)
+    report("bf16 autocast", base, seconds, abs(other - loss))
+    last = {**batch, "image": images.contiguous(memory_format=torch.channels_last)}
+    seconds, other = timed(lambda: step(contextlib.nullcontext, last), args.repeats)
+    report("channels-last", base, seconds, abs(other - loss))
+    seconds, other = timed(lambda: step(bf16, last), args.repeats)
+    report("bf16 + channels-last", base, seconds, abs(other - loss))
+
+    # 3. gallery encoding (validation and test)
+    print(f"gallery encoding, {args.batch_size * 2} images:")
+    model.eval()
+    gallery = torch.randint(0, 256, (args.batch_size * 2, 3, 96, 48), dtype=torch.uint8)
+
+    def encode(context: Callable[[], contextlib.AbstractContextManager]) -> Any:
+        with torch.no_grad(), context():
+            return model.encode_images(gallery).float()
+
+    base, reference = timed(lambda: encode(contextlib.nullcontext), args.repeats)
+    report("fp32", base, base, None)
+    seconds, out = timed(lambda: encode(bf16), args.repeats)
+    report("bf16 autocast", base, seconds, float((out - reference).abs().max()))
+    if args.compile:
+        backbone = model.image_encoder.backbone
+        model.image_encoder.backbone = torch.compile(backbone)
+        seconds, out = timed(lambda: encode(contextlib.nullcontext), args.repeats)
+        report("torch.compile (backbone)", base, seconds, float((out - reference).abs().max()))
+        model.image_encoder.backbone = backbone
+
+
+if __name__ == "__main__":
+    main()
