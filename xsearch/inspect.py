@@ -20,7 +20,7 @@ from PIL import ImageOps
 
 from xsearch import html_page
 from xsearch.atomic import write_text_atomic
-from xsearch.datamodules.transforms import UnreadableImage, read_rgb
+from xsearch.image_io import UnreadableImage, read_rgb
 from xsearch.rankings import RANKINGS_FILE, QueryRankings
 
 log = logging.getLogger(__name__)

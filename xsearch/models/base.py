@@ -19,8 +19,7 @@ import torch
 from torch import nn
 
 from xsearch.config_types import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
-from xsearch.datamodules.base import EVAL_ROLES
-from xsearch.datamodules.samplers import derived_seed
+from xsearch.constants import EVAL_ROLES
 from xsearch.evaluation import RetrievalMetric, cosine_similarity
 from xsearch.evaluation.entity import entity_metrics
 from xsearch.evaluation.verification import face_protocol_metrics
@@ -28,6 +27,7 @@ from xsearch.models.export_contract import ExportTowers, ExportUnsupported
 from xsearch.optim import OptimizerGroup, accepted_arguments, build_optimization
 from xsearch.rankings import TOP_K
 from xsearch.registry import OPTIMIZERS
+from xsearch.seeding import derived_seed
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xsearch.config_types import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
-from xsearch.datamodules.entity_captions import SLOT, fill_entity
 from xsearch.distributed import gather
+from xsearch.entity_captions import SLOT, fill_entity
 from xsearch.losses import cosine_logits, entity_info_nce, info_nce
 from xsearch.models.base import RetrievalModule
 from xsearch.models.clip import EOT_ID, PAD_ID, SOT_ID, CLIPTowers
