@@ -16,7 +16,7 @@ def test_the_import_contracts_of_pyproject_are_kept():
     # In a fresh interpreter from the repository root: the checked package is this checkout's xsearch (not an
     # installed copy), and the graph (lazy imports included) is built from its files, without a cache folder.
     run = subprocess.run([sys.executable, "-c", "import sys; from importlinter.cli import lint_imports; "
-                          "sys.exit(lint_imports(no_cache=True, no_logo=True))"],
+                          "sys.exit(lint_imports(no_cache=True))"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, f"lint-imports: a layer contract of pyproject.toml is broken\n{run.stdout}{run.stderr}"
     assert "0 broken" in run.stdout, run.stdout
