@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from layouts import coco_pfs as fixture
 
+from xsearch import entity_captions as ec
 from xsearch.cli import main
 from xsearch.datamodules import DatasetFormatError, load_dataset
-from xsearch.datamodules import entity_captions as ec
 from xsearch.datamodules.coco_pfs import (
     face_descriptor, face_vector, parse, read_identity_names, sorted_numbers, split_key, vggface_numbers,
 )

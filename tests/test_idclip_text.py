@@ -11,8 +11,8 @@ import pytest
 import torch
 from layouts import coco_pfs as fixture
 
+from xsearch import entity_captions as ec
 from xsearch.datamodules import RetrievalDataModule
-from xsearch.datamodules import entity_captions as ec
 from xsearch.datamodules.coco_pfs import caption_sources, parse
 from xsearch.datamodules.entity_text import EntityTextOptions
 from xsearch.models.clip import CLIPTowers, tiny_clip_config

@@ -174,6 +174,19 @@ def test_id_head_rebuilt_from_checkpoint(text_encoder):
     assert fresh.id_head.classifier.weight.shape == (3, 16)
 
 
+def test_export_contract_is_the_models_own(text_encoder):
+    """``export_towers`` answers with the models layer's types; ``xsearch.export`` (the ONNX driver) only reads them."""
+    from xsearch.models import ExportTowers, ExportUnsupported, RetrievalModule
+
+    model = _model(text_encoder).eval()
+    towers = model.export_towers()
+    assert isinstance(towers, ExportTowers)
+    ids, mask = towers.tokenize(["a man in red"])
+    assert towers.text(ids, mask).shape == (1, 16)
+    with pytest.raises(ExportUnsupported, match="does not define its towers"):
+        RetrievalModule.export_towers(model)
+
+
 def test_parameter_groups_split_backbone_new_and_no_decay(text_encoder):
     model = _model(text_encoder, lr=1e-4, new_module_lr_factor=5.0, weight_decay=0.1, bias_lr_factor=2.0)
     groups = {g["name"]: g for g in model.parameter_groups()}

@@ -12,11 +12,11 @@ from PIL import Image
 
 from xsearch.datamodules import SYNTHESIZERS, RetrievalDataModule, synth_render
 from xsearch.datamodules.coco_pfs import SPLIT_FILES, parse
-from xsearch.datamodules.entity_captions import SLOT, keyword_matches
 from xsearch.datamodules.files import read_csv
 from xsearch.datamodules.synth_pfs import (
     FIRST_NAMES, LAST_NAMES, appearance_vector, generate_pfs, identity_names, parse_synth_pfs,
 )
+from xsearch.entity_captions import SLOT, keyword_matches
 from xsearch.registry import DATASETS
 
 KW = dict(identities=12, images_per_identity=3, size=(64, 64), split_fractions=(0.5, 0.25, 0.25), progress=False)

@@ -7,7 +7,7 @@ in ONNX) and ``card.json`` (inputs, outputs, preprocessing, tokenizer, the parit
 L2-normalised, so a query's score against an image is the dot product of their embeddings, which equals the model's
 own similarity (checked). The batch axis is dynamic (and the token axis, for tokenizers that pad to the longest
 caption). A method provides its towers with :meth:`~xsearch.models.RetrievalModule.export_towers`; the others raise
-:class:`ExportUnsupported` saying why.
+:class:`~xsearch.models.export_contract.ExportUnsupported` saying why.
 """
 from __future__ import annotations
 
@@ -17,9 +17,8 @@ import json
 import logging
 import random
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -28,6 +27,7 @@ from torch import Tensor, nn
 
 from xsearch.atomic import atomic_path, write_text_atomic
 from xsearch.models.checkpoint import load_method
+from xsearch.models.export_contract import ExportTowers
 from xsearch.registry import METHODS
 
 log = logging.getLogger(__name__)
@@ -40,30 +40,6 @@ CARD_FILE, IMAGE_FILE, TEXT_FILE, TOKENIZER_FOLDER = "card.json", "image.onnx", 
 _WORDS = ("a man woman person wearing red blue black white grey green yellow shirt t-shirt jacket coat pants jeans "
           "shorts skirt dress shoes sneakers boots bag backpack with and the of long short dark hair glasses hat is "
           "walking carrying holding striped tight loose").split()
-
-
-class ExportUnsupported(ValueError):
-    """A method (or configuration) whose ranking is not two independent towers compared by cosine."""
-
-
-@dataclass(frozen=True)
-class ExportTowers:
-    """A method's two towers for export; the cosine of their outputs must be the method's ranking score.
-
-    Attributes:
-        image: float pixels ``(B, 3, H, W)`` on the 0-255 scale (resized, RGB) -> ``(B, D)`` embeddings.
-        text: token ids ``(B, L)`` and attention mask ``(B, L)`` (int64) -> ``(B, D)`` embeddings.
-        tokenize: ``B`` captions -> ``((B, L), (B, L))`` ids and mask, as the method tokenises them (CPU).
-        save_tokenizer: writes the tokenizer's files into a folder and returns how to use them (JSON-able).
-        text_length: a fixed ``L`` (CLIP's context length), or ``None`` when any length up to the tokenizer's
-            ``max_length`` is accepted.
-    """
-
-    image: Callable[[Tensor], Tensor]
-    text: Callable[[Tensor, Tensor], Tensor]
-    tokenize: Callable[[list[str]], tuple[Tensor, Tensor]]
-    save_tokenizer: Callable[[Path], dict[str, Any]]
-    text_length: int | None = None
 
 
 class ImageTower(nn.Module):

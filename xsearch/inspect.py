@@ -1,7 +1,7 @@
 """``xsearch inspect``: an HTML failure browser of a test run.
 
 Reads the run's ``test_rankings.npz`` (:mod:`xsearch.rankings`) and writes one self-contained page (the leaderboard
-page's inline style and sort script, :mod:`xsearch.report`): a table with one row per query (its caption, pid, AP,
+page's inline style and sort script, :mod:`xsearch.html_page`): a table with one row per query (its caption, pid, AP,
 rank of the first correct gallery image, number of positives, the top-10 gallery thumbnails outlined green when
 correct and red when not, and its best-ranked correct image), worst AP first; a click on a column header sorts by
 it. Each gallery image used is embedded once, as a small JPEG data URI in a CSS class.
@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 from PIL import ImageOps
 
+from xsearch import html_page
 from xsearch.atomic import write_text_atomic
-from xsearch.datamodules.transforms import UnreadableImage, read_rgb
+from xsearch.image_io import UnreadableImage, read_rgb
 from xsearch.rankings import RANKINGS_FILE, QueryRankings
-from xsearch.report import _SCRIPT, _STYLE, _table
 
 log = logging.getLogger(__name__)
 
@@ -134,14 +134,12 @@ def render_page(rankings: QueryRankings, thumb_height: int = 64, worst: int | No
                     len(used), next(str(rankings.gallery_paths[p]) for p in used if p not in readable))
     header = ["query", "caption", "pid", "AP", "first correct", "positives", f"top-{rankings.topk.shape[1]}",
               "best correct"]
-    table = _table(header, [_row(rankings, int(q), readable) for q in order], "sortable queries")
+    table = html_page.table(header, [_row(rankings, int(q), readable) for q in order], "sortable queries")
     title = f"xsearch inspect: {rankings.meta.get('method', '')} on {rankings.meta.get('dataset', '')}"
     shown = f" ({len(order)} lowest-AP shown)" if len(order) < len(rankings) else ""
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{html.escape(title)}</title><style>{_STYLE}{_PAGE_STYLE}{''.join(rules)}</style></head><body>\n"
-            f"<h1>{html.escape(title)}</h1>"
-            + (f'<p class="note">from {html.escape(source)}{shown}</p>' if source else "")
-            + _summary(rankings) + "\n" + table + f"\n<script>{_SCRIPT}</script>\n</body></html>\n")
+    note = f'<p class="note">from {html.escape(source)}{shown}</p>' if source else ""
+    body = f"<h1>{html.escape(title)}</h1>" + note + _summary(rankings) + "\n" + table
+    return html_page.page(title, body, _PAGE_STYLE + "".join(rules))
 
 
 def write_page(run_or_file: str | Path, out: str | Path, thumb_height: int = 64, worst: int | None = None) -> Path:

@@ -6,15 +6,18 @@
 
 from __future__ import annotations
 
+import base64
 import csv
+import html
 import io
 import json
 import re
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from xsearch import html_page
 from xsearch.results import ResultsStore, RunRecord
 
 DEFAULT_METRICS: tuple[str, ...] = ("R1", "R5", "R10", "mAP", "mINP")
@@ -271,6 +274,61 @@ def _csv_line(cells: Sequence[Any]) -> str:
     return buffer.getvalue()[:-2] + "\n"
 
 
+def _num_td(row: dict[str, Any], name: str) -> str:
+    mean = row.get(f"{name}_mean")
+    value = "" if mean is None else repr(float(mean))
+    return f'<td class="num" data-v="{value}">{html.escape(format_value(row, name))}</td>'
+
+
+def _source_html(source: str) -> str:
+    if re.match(r"https?://", source):
+        url = source.split()[0]
+        return f'<a href="{html.escape(url)}">{html.escape(source)}</a>'
+    return html.escape(source)
+
+
+def render_html(
+    rows: list[dict[str, Any]],
+    metrics: Sequence[str] | None = None,
+    source: str | Path | None = None,
+    references: list[dict[str, Any]] | None = None,
+    images: Mapping[str, bytes] | None = None,
+    sections: Mapping[str, Sequence[str]] | None = None,
+) -> str:
+    """One self-contained page (inline CSS/JS, :mod:`xsearch.html_page`; charts as data URIs): per dataset a sortable
+    table of the measured rows (and its PNG chart from ``images``, dataset -> PNG bytes; after the table the HTML
+    fragments of ``sections``, dataset -> fragments, e.g. the report's paired differences), then the reported rows in
+    their own tables."""
+    body = ["<h1>xsearch leaderboard</h1>"]
+    if not rows:
+        body.append(f"<p>{html.escape(empty_message(source))}</p>")
+    elif source is not None:
+        body.append(f'<p class="note">measured runs from {html.escape(str(source))}: mean ± sample std over seeds '
+                    "(n = number of seeds); click a column header to sort</p>")
+    for dataset, group in by_dataset(rows).items():
+        names = list(metrics) if metrics is not None else metric_names(group)
+        body.append(f"<h2>{html.escape(str(dataset))}</h2>")
+        if images and dataset in images:
+            data = base64.b64encode(images[dataset]).decode("ascii")
+            body.append(f'<img alt="{html.escape(str(dataset))} chart" src="data:image/png;base64,{data}">')
+        lines = [f"<tr><td>{html.escape(str(r['method']))}</td><td>{html.escape(config_label(r))}</td>"
+                 f"<td>{html.escape(str(r.get('towers', '?')))}</td>"
+                 f'<td class="num" data-v="{r["n"]}">{r["n"]}</td>' + "".join(_num_td(r, n) for n in names) + "</tr>"
+                 for r in group]
+        body.append(html_page.table(["method", "config", "towers", "n", *names], lines, "sortable measured"))
+        if sections and dataset in sections:
+            body += sections[dataset]
+    if references:
+        body.append(f"<h2>{html.escape(REPORTED_TITLE[0].upper() + REPORTED_TITLE[1:])}</h2>")
+        for dataset, group in by_dataset(references).items():
+            names = metric_names(group)
+            body.append(f"<h3>{html.escape(str(dataset))}</h3>")
+            lines = [f"<tr><td>{html.escape(str(r['method']))}</td>" + "".join(_num_td(r, n) for n in names)
+                     + f"<td>{_source_html(r['source'])}</td><td>{html.escape(r['note'])}</td></tr>" for r in group]
+            body.append(html_page.table(["method", *names, "source", "note"], lines, "sortable reported"))
+    return html_page.page("xsearch leaderboard", "\n".join(body))
+
+
 def render(
     rows: list[dict[str, Any]],
     fmt: str = "md",
@@ -293,8 +351,6 @@ def render(
         return _render_csv(rows + references, metrics)
     if fmt == "json":
         return json.dumps(rows + references, indent=2, ensure_ascii=False) + "\n"
-    from xsearch.report import render_html
-
     return render_html(rows, metrics, source, references)
 
 

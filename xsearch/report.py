@@ -6,65 +6,28 @@ Markdown tables and charts; every file is written atomically.
 """
 from __future__ import annotations
 
-import base64
 import html
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from xsearch import html_page
 from xsearch.atomic import atomic_path, write_text_atomic
 from xsearch.comparison import COMPARED_METRICS, PAIRED_TITLE, compare_cells, render_comparisons_md
-from xsearch.leaderboard import (REPORTED_TITLE, by_dataset, config_label, empty_message, format_value,
-                                 leaderboard_table, metric_names, render, reported_table)
+from xsearch.leaderboard import by_dataset, leaderboard_table, metric_names, render, reported_table
+from xsearch.leaderboard import render_html as leaderboard_html
 from xsearch.results import ResultsStore
 
-_STYLE = (
-    "body{font-family:system-ui,sans-serif;margin:2em;color:#222}"
-    "table{border-collapse:collapse;margin-bottom:1.5em}"
-    "th,td{border:1px solid #ccc;padding:4px 10px}td.num{text-align:right;white-space:nowrap}"
-    "th{background:#f0f0f0;cursor:pointer;user-select:none}th[aria-sort=ascending]::after{content:' \\25B2'}"
-    "th[aria-sort=descending]::after{content:' \\25BC'}table.reported th{background:#fdf3e1}"
-    "img{max-width:100%;display:block;margin-bottom:1em}p.note{color:#666}"
-)
-# Click a header to sort its table by that column (numbers by data-v, missing values last; again to reverse).
-_SCRIPT = """
-document.querySelectorAll('table.sortable th').forEach(function (th, _) {
-  th.addEventListener('click', function () {
-    var table = th.closest('table'), col = Array.prototype.indexOf.call(th.parentNode.children, th);
-    var desc = th.getAttribute('aria-sort') !== 'descending';
-    table.querySelectorAll('th').forEach(function (h) { h.removeAttribute('aria-sort'); });
-    th.setAttribute('aria-sort', desc ? 'descending' : 'ascending');
-    var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
-    function key(row) { var c = row.cells[col]; return c.hasAttribute('data-v') ? c.getAttribute('data-v') : c.textContent; }
-    rows.sort(function (a, b) {
-      var x = key(a), y = key(b);
-      if (x === '' || y === '') { return (x === '') - (y === ''); }
-      var nx = parseFloat(x), ny = parseFloat(y), r = (isNaN(nx) || isNaN(ny)) ? x.localeCompare(y) : nx - ny;
-      return desc ? -r : r;
-    });
-    rows.forEach(function (row) { body.appendChild(row); });
-  });
-});
-"""
 
-
-def _num_td(row: dict[str, Any], name: str) -> str:
-    mean = row.get(f"{name}_mean")
-    value = "" if mean is None else repr(float(mean))
-    return f'<td class="num" data-v="{value}">{html.escape(format_value(row, name))}</td>'
-
-
-def _table(header: list[str], rows_html: list[str], css: str) -> str:
-    head = "".join(f'<th scope="col">{html.escape(h)}</th>' for h in header)
-    return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>\n' + "\n".join(rows_html) + "\n</tbody></table>"
-
-
-def _source_html(source: str) -> str:
-    if re.match(r"https?://", source):
-        url = source.split()[0]
-        return f'<a href="{html.escape(url)}">{html.escape(source)}</a>'
-    return html.escape(source)
+def _differences_html(differences: list[dict[str, Any]]) -> list[str]:
+    """The paired-differences title and table of one dataset (:func:`~xsearch.comparison.compare_cells` rows)."""
+    lines = [f"<tr><td>{html.escape(d['cell'])} − {html.escape(d['against'])}</td><td class=\"num\">{d['n']}</td>"
+             + "".join(f'<td class="num">{html.escape(d[m].format())}</td>' for m in COMPARED_METRICS) + "</tr>"
+             for d in differences]
+    return [f"<h3>{html.escape(PAIRED_TITLE[0].upper() + PAIRED_TITLE[1:])}</h3>",
+            html_page.table(["difference", "seeds", *(f"Δ{m} [95% interval]" for m in COMPARED_METRICS)], lines,
+                            "paired")]
 
 
 def render_html(
@@ -77,42 +40,10 @@ def render_html(
 ) -> str:
     """One self-contained page (inline CSS/JS, charts as data URIs): per dataset a sortable table of the measured rows
     (and its PNG chart from ``images``, dataset -> PNG bytes; its paired differences from ``differences``, dataset ->
-    :func:`~xsearch.comparison.compare_cells` rows), then the reported rows in their own tables."""
-    body = ["<h1>xsearch leaderboard</h1>"]
-    if not rows:
-        body.append(f"<p>{html.escape(empty_message(source))}</p>")
-    elif source is not None:
-        body.append(f'<p class="note">measured runs from {html.escape(str(source))}: mean ± sample std over seeds '
-                    "(n = number of seeds); click a column header to sort</p>")
-    for dataset, group in by_dataset(rows).items():
-        names = list(metrics) if metrics is not None else metric_names(group)
-        body.append(f"<h2>{html.escape(str(dataset))}</h2>")
-        if images and dataset in images:
-            data = base64.b64encode(images[dataset]).decode("ascii")
-            body.append(f'<img alt="{html.escape(str(dataset))} chart" src="data:image/png;base64,{data}">')
-        lines = [f"<tr><td>{html.escape(str(r['method']))}</td><td>{html.escape(config_label(r))}</td>"
-                 f"<td>{html.escape(str(r.get('towers', '?')))}</td>"
-                 f'<td class="num" data-v="{r["n"]}">{r["n"]}</td>' + "".join(_num_td(r, n) for n in names) + "</tr>"
-                 for r in group]
-        body.append(_table(["method", "config", "towers", "n", *names], lines, "sortable measured"))
-        if differences and dataset in differences:
-            body.append(f"<h3>{html.escape(PAIRED_TITLE[0].upper() + PAIRED_TITLE[1:])}</h3>")
-            lines = [f"<tr><td>{html.escape(d['cell'])} − {html.escape(d['against'])}</td><td class=\"num\">{d['n']}</td>"
-                     + "".join(f'<td class="num">{html.escape(d[m].format())}</td>' for m in COMPARED_METRICS) + "</tr>"
-                     for d in differences[dataset]]
-            body.append(_table(["difference", "seeds", *(f"Δ{m} [95% interval]" for m in COMPARED_METRICS)], lines,
-                               "paired"))
-    if references:
-        body.append(f"<h2>{html.escape(REPORTED_TITLE[0].upper() + REPORTED_TITLE[1:])}</h2>")
-        for dataset, group in by_dataset(references).items():
-            names = metric_names(group)
-            body.append(f"<h3>{html.escape(str(dataset))}</h3>")
-            lines = [f"<tr><td>{html.escape(str(r['method']))}</td>" + "".join(_num_td(r, n) for n in names)
-                     + f"<td>{_source_html(r['source'])}</td><td>{html.escape(r['note'])}</td></tr>" for r in group]
-            body.append(_table(["method", *names, "source", "note"], lines, "sortable reported"))
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>xsearch leaderboard</title><style>{_STYLE}</style></head><body>\n" + "\n".join(body)
-            + f"\n<script>{_SCRIPT}</script>\n</body></html>\n")
+    :func:`~xsearch.comparison.compare_cells` rows), then the reported rows in their own tables
+    (:func:`xsearch.leaderboard.render_html` with the differences added)."""
+    sections = {dataset: _differences_html(group) for dataset, group in (differences or {}).items()}
+    return leaderboard_html(rows, metrics, source, references, images, sections)
 
 
 def plot_dataset(group: list[dict[str, Any]], dataset: str, path: str | Path, metrics: Sequence[str] | None = None,

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from xsearch.datamodules.transforms import read_rgb
+from xsearch.image_io import read_rgb
 
 TEXT_WIDTH = 300
 MARGIN = 8

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from xsearch.datamodules.coco_pfs import CaptionSource, caption_sources
 from xsearch.config_types import NonNegativeInt, PositiveInt
+from xsearch.constants import EVAL_ROLES
 from xsearch.datamodules.composed import (
     AttributeTable,
     ComposedOptions,
@@ -45,8 +46,6 @@ log = logging.getLogger(__name__)
 
 QUERIES, GALLERY, FACES = 0, 1, 2
 """Dataloader indices of the evaluation loaders (``FACES`` only with ``verification``)."""
-EVAL_ROLES = ("queries", "gallery", "faces", "entities")
-"""What an evaluation loader holds; :attr:`RetrievalDataModule.eval_roles` lists them in loader order."""
 
 SYNTHESIZERS: Registry[Callable[..., Path]] = Registry("synthetic dataset generator")
 """Generators of synthetic datasets by dataset name, used when ``generate`` is set and the root is missing."""

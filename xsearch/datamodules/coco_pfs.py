@@ -11,7 +11,7 @@
 Items are the keys of a split's features file (one COCO image x one identity; several keys may
 share a COCO image and stay separate items). Image files have a double extension
 (``000000391895.jpg_n000078.jpg``). Each item gets its COCO image's first 5 captions with the
-identity inserted (:mod:`xsearch.datamodules.entity_captions`, choices seeded by key and caption
+identity inserted (:mod:`xsearch.entity_captions`, choices seeded by key and caption
 number). Identity ids: VGGFace2 class ids ``n<digits>`` become that number (``n000078`` -> 78);
 if any class id is not of that form (or two collide), all are numbered in sorted class-id order.
 Display names come from ``identity_meta.csv`` (underscores -> spaces).
@@ -38,11 +38,11 @@ from typing import Any, Iterable, Literal, NamedTuple
 
 import numpy as np
 
-from xsearch.datamodules.entity_captions import entity_caption, fill_entity
 from xsearch.datamodules.files import (
     DatasetFormatError, FolderListing, examples, expect_field, find_existing, load_json, read_csv,
 )
 from xsearch.datamodules.records import SPLITS, CaptionRecord, DatasetIndex, ImageRecord
+from xsearch.entity_captions import entity_caption, fill_entity
 from xsearch.registry import DATASETS
 
 Entity = Literal["name", "slot", "none"]

@@ -1,7 +1,7 @@
 """Id-CLIP's entity-retrieval protocol: identity-only prompts -> every image of that identity.
 
 One query per identity of the evaluation split: the prompts of
-:data:`~xsearch.datamodules.entity_captions.ENTITY_PROMPTS` (the authors' six: "An image with [ENTITY].", "An image
+:data:`~xsearch.entity_captions.ENTITY_PROMPTS` (the authors' six: "An image with [ENTITY].", "An image
 with a person whose name is [ENTITY].", "[ENTITY].", ..., the slot filled by the method) plus one face descriptor of
 the identity. Where that face comes from:
 
@@ -25,8 +25,8 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import Dataset
 
-from xsearch.datamodules.entity_captions import ENTITY_PROMPTS
 from xsearch.datamodules.records import DatasetIndex, ImageRecord
+from xsearch.entity_captions import ENTITY_PROMPTS
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@
 Training text (``train``, :data:`TRAIN_TEXTS`):
 
 - ``prompts`` (default, the authors' ``tok_beginning_multi_prompts``): ``"<prompt>. <caption>"``, the prompt one of
-  :data:`~xsearch.datamodules.entity_captions.TRAIN_PROMPTS` drawn afresh at every draw of the item (``torch.randint``
+  :data:`~xsearch.entity_captions.TRAIN_PROMPTS` drawn afresh at every draw of the item (``torch.randint``
   on the global generator, which the training loader seeds per ``(seed, epoch, batch, slot)``), the COCO caption
   untouched;
 - ``parsed``: the parser's caption (one seeded template per caption, the same at every draw).
@@ -12,7 +12,7 @@ Training text (``train``, :data:`TRAIN_TEXTS`):
 General-retrieval queries (``queries``, :data:`QUERY_PROTOCOLS`):
 
 - ``templates`` (default, the authors' protocol): each caption becomes template queries
-  (:func:`~xsearch.datamodules.entity_captions.template_queries`). Validation averages the text features of the
+  (:func:`~xsearch.entity_captions.template_queries`). Validation averages the text features of the
   validation set (6 prefixes + 3 keyword shapes) into one query per caption; test makes every (caption, template) pair
   of the test set (6 + 5 = 11) its own query: 55 per image, all counted. Results are stored under the plain
   benchmark name (``coco_pfs:instance``);
@@ -29,10 +29,10 @@ from typing import Callable, NamedTuple
 import torch
 
 from xsearch.datamodules.coco_pfs import CaptionSource
-from xsearch.datamodules.entity_captions import (
+from xsearch.datamodules.records import CaptionRecord
+from xsearch.entity_captions import (
     TEST_TEMPLATES, TRAIN_PROMPTS, VAL_TEMPLATES, prompt_caption, template_queries,
 )
-from xsearch.datamodules.records import CaptionRecord
 from xsearch.registry import Registry
 
 __all__ = ["EntityTextOptions", "GeneralQueries", "QUERY_PROTOCOLS", "QueryProtocol", "TRAIN_TEXTS", "TrainTexts",

@@ -11,15 +11,10 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Iterator, Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-
-def derived_seed(*keys: int) -> int:
-    """A well-mixed 63-bit seed from integer keys (``(seed, epoch)`` and ``(seed, epoch + 1)`` or ``(seed + 1,
-    epoch)`` give unrelated streams, unlike ``seed + epoch``)."""
-    return int(np.random.SeedSequence([int(k) & 0xFFFFFFFFFFFFFFFF for k in keys]).generate_state(1, np.uint64)[0] >> 1)
+from xsearch.seeding import derived_seed
 
 
 class EpochBatchSampler(Sampler[list[int]]):

@@ -18,6 +18,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from xsearch.constants import CLIP_MEAN, CLIP_STD
+from xsearch.image_io import UnreadableImage, read_rgb  # noqa: F401  (UnreadableImage re-exported)
 
 
 def center_box(width: int, height: int, size: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -31,26 +32,6 @@ def center_box(width: int, height: int, size: tuple[int, int]) -> tuple[int, int
     keep = round(width / target)
     top = (height - keep) // 2
     return 0, top, width, top + keep
-
-
-class UnreadableImage(OSError):
-    """An image file that cannot be decoded (corrupt, truncated, not an image); ``path`` names it."""
-
-    def __init__(self, path: str | Path, reason: str | None = None) -> None:
-        super().__init__(str(path) if reason is None else f"{path}: cannot read image ({reason})")
-        self.path = str(path)  # (the whole message when re-raised from a DataLoader worker)
-
-
-def read_rgb(path: str | Path) -> Image.Image:
-    """Decode an image file as RGB. Anything that is not a readable image raises :class:`UnreadableImage` naming the
-    file: corrupt, truncated (PIL's ``LOAD_TRUNCATED_IMAGES`` stays off: no half-grey image), not an image, or a
-    decompression bomb (more pixels than PIL's ``Image.MAX_IMAGE_PIXELS`` allows twice over: refused from its header,
-    before any pixel is decoded)."""
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
-        raise UnreadableImage(path, str(error)) from error
 
 
 INTERPOLATIONS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}

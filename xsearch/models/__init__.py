@@ -4,6 +4,7 @@ from xsearch.models.clip import CLIPTowers
 from xsearch.models.cmsn import CMSN
 from xsearch.models.dual_encoder import DualEncoder
 from xsearch.models.encoders import ImageEncoder, Projection, SentenceEncoder, TextEncoder
+from xsearch.models.export_contract import ExportTowers, ExportUnsupported
 from xsearch.models.idclip import IdCLIP
 from xsearch.models.iresnet import IResNet
 from xsearch.models.irra import IRRA
@@ -13,5 +14,6 @@ from xsearch.models.tgfr import TGFR
 from xsearch.models.towers import TowerOutput, Towers
 from xsearch.models.xmodal import XModal
 
-__all__ = ["CLIPTowers", "CMSN", "DualEncoder", "IRRA", "IdCLIP", "IResNet", "ImageEncoder", "PartLevel", "PretrainedTowers", "Projection",
-           "RetrievalModule", "SentenceEncoder", "TGFR", "TextEncoder", "TowerOutput", "Towers", "XModal"]
+__all__ = ["CLIPTowers", "CMSN", "DualEncoder", "ExportTowers", "ExportUnsupported", "IRRA", "IdCLIP", "IResNet",
+           "ImageEncoder", "PartLevel", "PretrainedTowers", "Projection", "RetrievalModule", "SentenceEncoder", "TGFR",
+           "TextEncoder", "TowerOutput", "Towers", "XModal"]

@@ -19,14 +19,15 @@ import torch
 from torch import nn
 
 from xsearch.config_types import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
-from xsearch.datamodules.base import EVAL_ROLES
-from xsearch.datamodules.samplers import derived_seed
+from xsearch.constants import EVAL_ROLES
 from xsearch.evaluation import RetrievalMetric, cosine_similarity
 from xsearch.evaluation.entity import entity_metrics
 from xsearch.evaluation.verification import face_protocol_metrics
+from xsearch.models.export_contract import ExportTowers, ExportUnsupported
 from xsearch.optim import OptimizerGroup, accepted_arguments, build_optimization
 from xsearch.rankings import TOP_K
 from xsearch.registry import OPTIMIZERS
+from xsearch.seeding import derived_seed
 
 log = logging.getLogger(__name__)
 
@@ -127,11 +128,10 @@ class RetrievalModule(L.LightningModule):
         """Train batch -> named loss terms plus their weighted sum under ``"loss"``."""
         raise NotImplementedError
 
-    def export_towers(self) -> Any:
-        """The image and text towers for ONNX export (:class:`xsearch.export.ExportTowers`), whose outputs' cosine is
-        this method's ranking score; raises :class:`xsearch.export.ExportUnsupported` saying why when there are none."""
-        from xsearch.export import ExportUnsupported
-
+    def export_towers(self) -> ExportTowers:
+        """The image and text towers for ONNX export (:class:`~xsearch.models.export_contract.ExportTowers`), whose
+        outputs' cosine is this method's ranking score; raises
+        :class:`~xsearch.models.export_contract.ExportUnsupported` saying why when there are none."""
         raise ExportUnsupported(f"{type(self).__name__} does not define its towers for ONNX export (export_towers)")
 
     def backbone_modules(self) -> list[nn.Module]:

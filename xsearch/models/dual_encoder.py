@@ -16,6 +16,7 @@ from xsearch.distributed import gather
 from xsearch.losses import IdentityClassifier, info_nce, sdm_loss, weighted_sum
 from xsearch.models.base import RetrievalModule
 from xsearch.models.encoders import ImageEncoder, Projection, TextEncoder
+from xsearch.models.export_contract import ExportTowers, ExportUnsupported
 from xsearch.registry import METHODS
 
 
@@ -88,11 +89,9 @@ class DualEncoder(RetrievalModule):
     def encode_queries(self, batch: dict[str, Any]) -> torch.Tensor:
         return self.encode_texts(batch["text"])
 
-    def export_towers(self) -> Any:
+    def export_towers(self) -> ExportTowers:
         """Image tower: pixels -> timm backbone -> projection; text tower: ids + mask -> transformer -> pooling ->
         projection (cosine ranking)."""
-        from xsearch.export import ExportTowers, ExportUnsupported
-
         if not isinstance(self.text_encoder, TextEncoder):
             raise ExportUnsupported(f"dual_encoder: export needs a TextEncoder text tower (ids + mask in), this one is "
                                     f"{type(self.text_encoder).__name__}")

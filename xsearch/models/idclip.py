@@ -25,11 +25,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xsearch.config_types import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
-from xsearch.datamodules.entity_captions import SLOT, fill_entity
 from xsearch.distributed import gather
+from xsearch.entity_captions import SLOT, fill_entity
 from xsearch.losses import cosine_logits, entity_info_nce, info_nce
 from xsearch.models.base import RetrievalModule
 from xsearch.models.clip import EOT_ID, PAD_ID, SOT_ID, CLIPTowers
+from xsearch.models.export_contract import ExportTowers, ExportUnsupported
 from xsearch.registry import METHODS
 
 TOKEN = "[TOK]"
@@ -226,9 +227,7 @@ class IdCLIP(RetrievalModule):
     def encode_gallery(self, batch: dict[str, Any]) -> Tensor:
         return self.encode_images(batch["image"])
 
-    def export_towers(self) -> Any:
-        from xsearch.export import ExportUnsupported
-
+    def export_towers(self) -> ExportTowers:
         raise ExportUnsupported("idclip cannot be exported as two towers: its text query needs the person's 512-d face "
                                 "descriptor spliced into the caption's token embeddings ([TOK]), so the query tower "
                                 "takes text and a face, not token ids alone")

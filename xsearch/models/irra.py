@@ -28,6 +28,7 @@ from xsearch.losses import IdentityClassifier, info_nce, sdm_loss, weighted_sum
 from xsearch.losses.mlm import mask_tokens, mlm_loss
 from xsearch.models.base import RetrievalModule
 from xsearch.models.blocks import CrossModalTransformer, MLMHead
+from xsearch.models.export_contract import ExportTowers
 from xsearch.models.towers import TowerOutput, Towers
 from xsearch.registry import METHODS
 
@@ -101,11 +102,9 @@ class IRRA(RetrievalModule):
     def encode_gallery(self, batch: dict[str, Any]) -> Tensor:
         return self.image_features(batch["image"]).global_features
 
-    def export_towers(self) -> Any:
+    def export_towers(self) -> ExportTowers:
         """The global features: image CLS and text EOT (through :meth:`image_features` / :meth:`text_features`, so
         a subclass's fused features too), compared by cosine."""
-        from xsearch.export import ExportTowers
-
         return ExportTowers(
             image=lambda pixels: self.image_features(pixels).global_features,
             text=lambda ids, mask: self.text_features(ids).global_features,

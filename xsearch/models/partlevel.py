@@ -25,6 +25,7 @@ from xsearch.distributed import gather
 from xsearch.evaluation import cosine_similarity
 from xsearch.losses import cmr_loss, part_diversity, part_sdm_loss
 from xsearch.models.blocks import ResidualAttentionBlock, clip_init
+from xsearch.models.export_contract import ExportTowers, ExportUnsupported
 from xsearch.models.towers import TowerOutput, Towers
 from xsearch.models.irra import IRRA
 from xsearch.registry import METHODS
@@ -130,10 +131,8 @@ class PartLevel(IRRA):
         image = self.image_features(batch["image"])
         return torch.cat([image.global_features, self.image_parts(image)[0].flatten(1)], dim=1)
 
-    def export_towers(self) -> Any:
+    def export_towers(self) -> ExportTowers:
         """IRRA's towers with ``global_only``; otherwise the ranking is not one embedding per side (see below)."""
-        from xsearch.export import ExportUnsupported
-
         if not self.hparams.global_only:
             raise ExportUnsupported("partlevel cannot be exported as two towers: its score adds the mean cosine of K "
                                     "part embeddings per side to the global cosine (similarity over (D + K*D) "

@@ -37,6 +37,7 @@ from xsearch.distributed import gather
 from xsearch.losses import ArcFaceHead, global_contrastive_loss, sentence_image_loss, weighted_sum, word_region_loss
 from xsearch.models.base import RetrievalModule
 from xsearch.models.encoders import TextEncoder
+from xsearch.models.export_contract import ExportTowers, ExportUnsupported
 from xsearch.models.iresnet import IResNet
 from xsearch.optim import OptimizerGroup
 from xsearch.registry import METHODS
@@ -316,9 +317,7 @@ class TGFR(RetrievalModule):
     def encode_gallery(self, batch: dict[str, Any]) -> torch.Tensor:
         return self.image_features(batch["image"])[1]
 
-    def export_towers(self) -> Any:
-        from xsearch.export import ExportUnsupported
-
+    def export_towers(self) -> ExportTowers:
         raise ExportUnsupported("tgfr cannot be exported as two towers: its identity embedding fuses a face with its "
                                 "caption (FCFM / [v_g | s]), which needs both inputs at once; an export of its "
                                 "text-to-face retrieval towers alone is not implemented")

@@ -21,6 +21,7 @@ from xsearch.distributed import gather
 from xsearch.losses import DifficultyAwareMNRL, weighted_sum
 from xsearch.models.base import RetrievalModule
 from xsearch.models.encoders import ImageEncoder, Projection, SentenceEncoder, TextEncoder
+from xsearch.models.export_contract import ExportTowers, ExportUnsupported
 from xsearch.models.fusion import FUSIONS
 from xsearch.registry import METHODS
 
@@ -159,9 +160,7 @@ class XModal(RetrievalModule):
     def encode_gallery(self, batch: dict[str, Any]) -> torch.Tensor:
         return self.encode_images(batch["image"])
 
-    def export_towers(self) -> Any:
-        from xsearch.export import ExportUnsupported
-
+    def export_towers(self) -> ExportTowers:
         raise ExportUnsupported("xmodal cannot be exported as two towers: its composed queries fuse a reference face "
                                 "with a sentence (TIRG gate), a query tower of image and text; a text-only export of its "
                                 "sentence-transformers tower is not implemented")

@@ -16,6 +16,9 @@ Pure string functions, shared by the ``coco_pfs`` parser, the Id-CLIP text proto
 Seeded choices are made by :func:`pick` from a string seed (CRC32, no RNG state), so the same item and
 caption always give the same text, in every process and in the parse cache. :func:`fill_entity`
 finally puts a name, a pseudo-token or anything else into the slot.
+
+A leaf of the package (it imports nothing from xsearch), outside ``xsearch.datamodules`` so that the method uses it
+without importing the dataset parsers.
 """
 from __future__ import annotations
 
