@@ -20,7 +20,7 @@ from xsearch.cli import main
 from xsearch.datamodules.transforms import load_image
 from xsearch.evaluation import QueryRelevance, RetrievalMetric
 from xsearch.export import load_checkpoint
-from xsearch.inspect import find_rankings, render_page
+from xsearch.failures import find_rankings, render_page
 from xsearch.rankings import RANKINGS_FILE, QueryRankings, query_rankings
 
 ROOT = Path(__file__).parents[1]

@@ -565,8 +565,8 @@ def _log_wandb_table(grid: str, results: str, out: str) -> None:
 # inspect / export subcommands
 # --------------------------------------------------------------------------------------
 def _inspect_command(argv: list[str]) -> int:
-    """``xsearch inspect RUN_OR_FILE --out report.html``: the failure browser of a test run (:mod:`xsearch.inspect`)."""
-    from xsearch.inspect import write_page
+    """``xsearch inspect RUN_OR_FILE --out report.html``: the failure browser of a test run (:mod:`xsearch.failures`)."""
+    from xsearch.failures import write_page
 
     parser = argparse.ArgumentParser(prog="xsearch inspect", description="HTML failure browser of a test run: every "
                                      "query with its AP, first correct rank and top-10 gallery thumbnails.")

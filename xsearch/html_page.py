@@ -1,5 +1,5 @@
 """The self-contained HTML page that the leaderboard (:mod:`xsearch.leaderboard`, :mod:`xsearch.report`) and
-``xsearch inspect`` (:mod:`xsearch.inspect`) share: inline style, sortable tables, the sort script.
+``xsearch inspect`` (:mod:`xsearch.failures`) share: inline style, sortable tables, the sort script.
 
 A leaf module: it imports nothing from xsearch, so every page writer can use it without importing another.
 """
