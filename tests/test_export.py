@@ -13,9 +13,9 @@ import torch.nn.functional as F
 import onnx  # the [export] extra, also in [dev]: these tests run in CI
 import onnxruntime
 
-import xsearch.export as export
+from xsearch import onnx_export
 from xsearch.cli import main
-from xsearch.export import export_onnx, load_checkpoint
+from xsearch.onnx_export import export_onnx, load_checkpoint
 from xsearch.registry import METHODS
 
 ROOT = Path(__file__).parents[1]
@@ -149,11 +149,11 @@ def test_bad_checkpoints_and_options_give_one_line_errors(tmp_path, capsys):
 @pytest.mark.parametrize("failing", ["tower", "scores"])
 def test_a_difference_over_the_tolerance_is_an_error_and_writes_nothing(checkpoints, tmp_path, monkeypatch, failing):
     if failing == "tower":  # the image tower, before the text tower is exported
-        measure = export._max_abs_diff
-        monkeypatch.setattr(export, "_max_abs_diff", lambda *args: (0.5, measure(*args)[1]))
+        measure = onnx_export._max_abs_diff
+        monkeypatch.setattr(onnx_export, "_max_abs_diff", lambda *args: (0.5, measure(*args)[1]))
         expected = r"image.onnx: onnxruntime differs from PyTorch by 0.5 \(> tolerance 0.0001\); nothing written"
     else:  # after both graphs passed their own check
-        monkeypatch.setattr(export, "_score_parity", lambda *args: 0.25)
+        monkeypatch.setattr(onnx_export, "_score_parity", lambda *args: 0.25)
         expected = r"onnx: the exported towers' scores differ from irra's similarity by 0.25 \(> tolerance 0.0001\)"
     with pytest.raises(ValueError, match=expected):
         export_onnx(checkpoints["irra"], tmp_path / "onnx")

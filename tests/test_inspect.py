@@ -19,7 +19,7 @@ import torch
 from xsearch.cli import main
 from xsearch.datamodules.transforms import load_image
 from xsearch.evaluation import QueryRelevance, RetrievalMetric
-from xsearch.export import load_checkpoint
+from xsearch.onnx_export import load_checkpoint
 from xsearch.failures import find_rankings, render_page
 from xsearch.rankings import RANKINGS_FILE, QueryRankings, query_rankings
 

@@ -175,7 +175,7 @@ def test_id_head_rebuilt_from_checkpoint(text_encoder):
 
 
 def test_export_contract_is_the_models_own(text_encoder):
-    """``export_towers`` answers with the models layer's types; ``xsearch.export`` (the ONNX driver) only reads them."""
+    """``export_towers`` answers with the models layer's types; ``xsearch.onnx_export`` (the ONNX driver) only reads them."""
     from xsearch.models import ExportTowers, ExportUnsupported, RetrievalModule
 
     model = _model(text_encoder).eval()

@@ -581,8 +581,8 @@ def _inspect_command(argv: list[str]) -> int:
 
 
 def _export_command(argv: list[str]) -> int:
-    """``xsearch export --ckpt CKPT --onnx OUT_DIR``: both towers as ONNX, checked with onnxruntime (:mod:`xsearch.export`)."""
-    from xsearch.export import DEFAULT_OPSET, export_onnx
+    """``xsearch export --ckpt CKPT --onnx OUT_DIR``: both towers as ONNX, checked with onnxruntime (:mod:`xsearch.onnx_export`)."""
+    from xsearch.onnx_export import DEFAULT_OPSET, export_onnx
 
     parser = argparse.ArgumentParser(prog="xsearch export", description="Write a checkpoint's image and text towers "
                                      "as ONNX (+ tokenizer files and card.json), checked against PyTorch.")

@@ -1,7 +1,7 @@
 """What a method hands ``xsearch export``: its two towers (:class:`ExportTowers`), or :class:`ExportUnsupported` saying
 why it has none (:meth:`~xsearch.models.RetrievalModule.export_towers`).
 
-The method contract lives with the methods; the ONNX driver (:mod:`xsearch.export`) sits above them and only reads it.
+The method contract lives with the methods; the ONNX driver (:mod:`xsearch.onnx_export`) sits above them and only reads it.
 """
 from __future__ import annotations
 
