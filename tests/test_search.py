@@ -24,7 +24,7 @@ from xsearch.evaluation import cosine_similarity
 from xsearch.models import DualEncoder, RetrievalModule
 from xsearch.search import build_index, load_index
 from xsearch.search import index as index_module
-from xsearch.search.export import read_captions
+from xsearch.search.encode import read_captions
 from xsearch.registry import METHODS
 from xsearch.search.model_io import embed_images, embed_queries, file_sha256, load_model
 from xsearch.search.picture import MIN_CELL_WIDTH, QUERY_LINES, THUMB_HEIGHT, picture_size, thumb_size_for

@@ -701,7 +701,7 @@ def _serve_command(argv: list[str]) -> int:
 
 
 def _encode_command(argv: list[str]) -> int:
-    from xsearch.search.export import encode_to_file
+    from xsearch.search.encode import encode_to_file
 
     parser = argparse.ArgumentParser(prog="xsearch encode", description="Write a method's embeddings of an image "
                                      "folder or a caption file, with their ids.")

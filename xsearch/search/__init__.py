@@ -6,7 +6,7 @@ export embeddings.
 - :mod:`~xsearch.search.index`: build, update and load an index folder (FAISS, or exact through a method's similarity).
 - :mod:`~xsearch.search.query`: rank an index's images for a query.
 - :mod:`~xsearch.search.picture`: draw the ranked results.
-- :mod:`~xsearch.search.export`: write embeddings with their ids (safetensors / parquet).
+- :mod:`~xsearch.search.encode`: write embeddings with their ids (safetensors / parquet; ``xsearch encode``).
 - :mod:`~xsearch.search.serve`: the search web page over an index (``xsearch serve``; extra ``serve``).
 """
 from xsearch.search.index import BuildReport, SearchIndex, build_index, load_index
