@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from layouts import celeba as fx
 
-from xsearch.datamodules import celeba, load_dataset
+from xsearch.datamodules import celeba, celeba_captions, load_dataset
 from xsearch.datamodules.face_captions import CELEBA_ATTRIBUTES, celeba_caption, template_captions
 from xsearch.datamodules.files import DatasetFormatError
 from xsearch.datamodules.synthetic import generate_faces
@@ -101,7 +101,7 @@ def test_mm_split_pickles_need_latin1_and_are_not_identity_disjoint(drive: Path)
     raw = (folder / "test" / "filenames.pickle").read_bytes()
     with pytest.raises(UnicodeDecodeError):  # what a plain pickle.load does with the Python 2 file
         pickle.loads(raw)
-    assert celeba.load_pickle(folder / "test" / "filenames.pickle") == [
+    assert celeba_captions.load_pickle(folder / "test" / "filenames.pickle") == [
         f"{fx.HQ[f]}" + ("\xa0" if i == 0 else "") for i, f in enumerate(fx.MM_TEST)]
     index = celeba.parse(drive, split="source")
     splits = {file: split for file, _, split, _ in _rows(index)}
