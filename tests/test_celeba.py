@@ -17,9 +17,9 @@ import pytest
 from layouts import celeba as fx
 
 from xsearch.datamodules import celeba, celeba_captions, load_dataset
-from xsearch.datamodules.face_captions import CELEBA_ATTRIBUTES, celeba_caption, template_captions
 from xsearch.datamodules.files import DatasetFormatError
 from xsearch.datamodules.synthetic import generate_faces
+from xsearch.face_captions import CELEBA_ATTRIBUTES, celeba_caption, template_captions
 
 
 def _rows(index) -> list[tuple]:

@@ -26,7 +26,7 @@ whose readers are in :mod:`xsearch.datamodules.celeba_captions`):
   kept in ``index.extras["attribute_captions"]`` (file name -> {attribute: text});
 * ``face2text``: Face2Text v1.0+ records (``filename`` = CelebA file, ``description``): v2.1
   ``clean_{train,dev,test}_2.1.json``, else ``raw_2.1.json``, ``raw_2.0.jsonl``, ``raw.json`` (v1.0);
-* ``attributes``: captions generated from the 40 attributes (:mod:`.face_captions`), seeded by
+* ``attributes``: captions generated from the 40 attributes (:mod:`xsearch.face_captions`), seeded by
   file name so an image always gets the same ones;
 * ``auto`` (default): the first of these found under ``root`` (or in ``caption_root``); the choice is
   in ``index.extras["caption_source"]`` and in the warnings.
@@ -49,9 +49,9 @@ from typing import Any, Callable, Literal
 import numpy as np
 
 from xsearch.datamodules.celeba_captions import SOURCES, Captions, SourceInput, choose_source
-from xsearch.datamodules.face_captions import CELEBA_ATTRIBUTES
 from xsearch.datamodules.files import DatasetFormatError, examples, parse_int, read_table
 from xsearch.datamodules.records import CaptionRecord, DatasetIndex, FaceAttributes, ImageRecord
+from xsearch.face_captions import CELEBA_ATTRIBUTES
 from xsearch.registry import DATASETS
 
 PARTITIONS = {0: "train", 1: "val", 2: "test"}

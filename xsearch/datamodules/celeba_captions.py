@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from xsearch.datamodules.face_captions import template_captions
 from xsearch.datamodules.files import (
     DatasetFormatError, examples, expect_field, load_json, load_jsonl, parse_int, read_table, read_text,
 )
 from xsearch.datamodules.records import FaceAttributes
+from xsearch.face_captions import template_captions
 
 HQ_MAPPING = "CelebA-HQ-to-CelebA-mapping.txt"
 DEFAULT_TEMPLATE_CAPTIONS = 2

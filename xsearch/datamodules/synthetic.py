@@ -12,7 +12,7 @@ downloading anything.
 * :func:`generate_faces` writes ``Img/img_align_celeba``, ``Anno/identity_CelebA.txt``,
   ``Anno/list_attr_celeba.txt``, ``Eval/list_eval_partition.txt`` and, as if every image were in
   CelebA-HQ, the Multi-Modal-CelebA-HQ captions ``text/<hq>.txt`` with ``CelebA-HQ-to-CelebA-mapping.txt``
-  (captions from the positive attributes, :mod:`xsearch.datamodules.face_captions`); the ``celeba``
+  (captions from the positive attributes, :mod:`xsearch.face_captions`); the ``celeba``
   parser reads it (registered as ``synth_faces``).
 
 Both are deterministic (same arguments -> same bytes) and write atomically (temporary sibling directory
@@ -34,7 +34,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .face_captions import CELEBA_ATTRIBUTES, celeba_caption
+from xsearch.face_captions import CELEBA_ATTRIBUTES, celeba_caption
 
 __all__ = [
     "COLOURS", "HAIR_COLOURS", "COLOUR_WORDS", "CELEBA_ATTRIBUTES", "PEDES_SOURCES",

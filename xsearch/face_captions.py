@@ -5,6 +5,8 @@ face generator: an MM-CelebA-HQ-style grammar (after ``create_caption.py`` of th
 that verbalises a random non-empty subset of each attribute group's positives in one of three
 sentence shapes, and drops empty clauses instead of writing "is .". With nothing to say it falls
 back to "This is a photo of a man/woman.".
+
+A leaf of the package (it imports nothing from xsearch), like :mod:`xsearch.entity_captions`.
 """
 from __future__ import annotations
 
