@@ -11,11 +11,9 @@ import pytest
 from PIL import Image
 
 from xsearch.datamodules import SYNTHESIZERS, RetrievalDataModule, synth_render
-from xsearch.datamodules.coco_pfs import SPLIT_FILES, parse
+from xsearch.datamodules.coco_pfs import SPLIT_FILES, parse, parse_synth_pfs
 from xsearch.datamodules.files import read_csv
-from xsearch.datamodules.synth_pfs import (
-    FIRST_NAMES, LAST_NAMES, appearance_vector, generate_pfs, identity_names, parse_synth_pfs,
-)
+from xsearch.datamodules.synth_pfs import FIRST_NAMES, LAST_NAMES, appearance_vector, generate_pfs, identity_names
 from xsearch.entity_captions import SLOT, keyword_matches
 from xsearch.registry import DATASETS
 

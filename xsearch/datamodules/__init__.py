@@ -11,9 +11,8 @@ from xsearch.datamodules.face_pairs import VerificationOptions
 from xsearch.datamodules.files import DatasetFormatError
 from xsearch.datamodules.loading import load_dataset
 from xsearch.datamodules.records import CaptionRecord, DatasetIndex, ImageRecord
-from xsearch.datamodules.synth_pfs import generate_pfs, parse_synth_pfs
+from xsearch.datamodules.synth_pfs import generate_pfs
 from xsearch.datamodules.synthetic import generate_faces, generate_pedes
-from xsearch.registry import DATASETS
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
@@ -21,7 +20,6 @@ for _module in pkgutil.iter_modules(__path__):
 SYNTHESIZERS.register("synth_pedes")(generate_pedes)
 SYNTHESIZERS.register("synth_faces")(generate_faces)
 SYNTHESIZERS.register("synth_pfs")(generate_pfs)
-DATASETS.register("synth_pfs")(parse_synth_pfs)
 
 __all__ = [
     "FACES", "GALLERY", "QUERIES", "SYNTHESIZERS", "RetrievalDataModule", "CaptionRecord", "DatasetFormatError",

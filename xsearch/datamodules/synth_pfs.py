@@ -54,15 +54,13 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from xsearch.datamodules import synth_render
-from xsearch.datamodules.coco_pfs import CAPTIONS_PER_IMAGE, FACE_CROPS, FACE_DIM, META_FILE, SPLIT_FILES, Entity, parse
-from xsearch.datamodules.records import DatasetIndex
+from xsearch.datamodules.coco_pfs import CAPTIONS_PER_IMAGE, FACE_CROPS, FACE_DIM, META_FILE, SPLIT_FILES
 from xsearch.datamodules.synth_render import clamp_rgb, mix, shade
 from xsearch.datamodules.synthetic import (
     PersonAttributes, _atomic_dir, _choice, _progress, _rng, _save_jpeg, pedes_attributes, split_counts,
 )
 
-__all__ = ["CONTEXTS", "DEFAULT_FACE_NOISE", "FIRST_NAMES", "LAST_NAMES", "generate_pfs", "identity_names",
-           "parse_synth_pfs"]
+__all__ = ["CONTEXTS", "DEFAULT_FACE_NOISE", "FIRST_NAMES", "LAST_NAMES", "generate_pfs", "identity_names"]
 
 FACE_COSINE = 0.8
 DEFAULT_FACE_NOISE = math.sqrt((1.0 / FACE_COSINE**2 - 1.0) / FACE_DIM)
@@ -667,17 +665,6 @@ def generate_pfs(out: str | Path, identities: int = 200, images_per_identity: in
     finally:
         bar.close()
     return out
-
-
-def parse_synth_pfs(root: str | Path, entity: Entity = "name") -> DatasetIndex:
-    """The synthetic COCO-PFS set (:func:`generate_pfs`), read by the ``coco_pfs`` parser.
-
-    Registered as dataset ``synth_pfs`` in ``xsearch/datamodules/__init__.py`` (not with a decorator
-    here, so that ``python -m xsearch.datamodules.synth_pfs`` does not register it a second time).
-    """
-    index = parse(root, entity=entity)
-    index.name = "synth_pfs"
-    return index
 
 
 def main(argv: Sequence[str] | None = None) -> None:
