@@ -18,8 +18,8 @@ from layouts import celeba as fx
 
 from xsearch.datamodules import celeba, celeba_captions, load_dataset
 from xsearch.datamodules.files import DatasetFormatError
-from xsearch.datamodules.synthetic import generate_faces
 from xsearch.face_captions import CELEBA_ATTRIBUTES, celeba_caption, template_captions
+from xsearch.synth import generate_faces
 
 
 def _rows(index) -> list[tuple]:

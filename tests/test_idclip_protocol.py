@@ -14,7 +14,7 @@ from layouts import BUILDERS
 from xsearch.datamodules import RetrievalDataModule, load_dataset
 from xsearch.datamodules.entity_queries import EntityOptions, entity_queries
 from xsearch.datamodules.face_features import FACE_EXTRACTORS, write_features_json
-from xsearch.datamodules.synth_pfs import generate_pfs
+from xsearch.synth import generate_pfs
 from xsearch.entity_captions import ENTITY_PROMPTS
 from xsearch.evaluation import RetrievalMetric
 from xsearch.evaluation.composed import QueryRelevance

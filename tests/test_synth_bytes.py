@@ -14,8 +14,7 @@ import PIL
 import pytest
 from PIL import features
 
-from xsearch.datamodules.synth_pfs import generate_pfs
-from xsearch.datamodules.synthetic import generate_faces, generate_pedes
+from xsearch.synth import generate_faces, generate_pedes, generate_pfs
 
 PINNED_WITH = ("13.0.0", "6.2")  # Pillow, libjpeg(-turbo): the versions that wrote the image digests below
 SETS = {  # name: (generator, arguments, digest of the text files, digest of the images)

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xsearch.datamodules import SYNTHESIZERS, RetrievalDataModule, synth_render
+from xsearch.datamodules import SYNTHESIZERS, RetrievalDataModule
 from xsearch.datamodules.coco_pfs import SPLIT_FILES, parse, parse_synth_pfs
 from xsearch.datamodules.files import read_csv
-from xsearch.datamodules.synth_pfs import FIRST_NAMES, LAST_NAMES, appearance_vector, generate_pfs, identity_names
 from xsearch.entity_captions import SLOT, keyword_matches
 from xsearch.registry import DATASETS
+from xsearch.synth import render, scenes
+from xsearch.synth.scenes import FIRST_NAMES, LAST_NAMES, appearance_vector, generate_pfs, identity_names
 
 KW = dict(identities=12, images_per_identity=3, size=(64, 64), split_fractions=(0.5, 0.25, 0.25), progress=False)
 EXPECTED = {  # split_counts(12, (0.5, 0.25, 0.25)) = (6, 3, 3); 3 images per identity, 5 captions per image
@@ -43,6 +44,15 @@ def index(root):
 def test_registered_as_synthesizer_and_dataset() -> None:
     assert SYNTHESIZERS.get("synth_pfs") is generate_pfs
     assert DATASETS.get("synth_pfs") is parse_synth_pfs
+
+
+def test_the_generator_writes_the_files_the_parser_reads() -> None:
+    from xsearch.datamodules import coco_pfs
+
+    assert {s: tuple(f) for s, f in scenes.SPLIT_FILES.items()} == {
+        s: (f.features, f.captions, f.images) for s, f in coco_pfs.SPLIT_FILES.items()}
+    assert (scenes.FACE_CROPS, scenes.META_FILE, scenes.FACE_DIM, scenes.CAPTIONS_PER_IMAGE) == (
+        coco_pfs.FACE_CROPS, coco_pfs.META_FILE, coco_pfs.FACE_DIM, coco_pfs.CAPTIONS_PER_IMAGE)
 
 
 def test_parser_counts_and_identity_disjoint_splits(root, index) -> None:
@@ -97,7 +107,7 @@ def test_face_descriptors_cluster_by_identity(index) -> None:
 def test_face_descriptors_reflect_the_look(index) -> None:
     """Each identity's mean descriptor is closest to the appearance vector of its own look (a face model sees the
     face), so unseen identities are not pure noise to a translator."""
-    from xsearch.datamodules.synth_pfs import APPEARANCE_SHARE, _identities
+    from xsearch.synth.scenes import APPEARANCE_SHARE, _identities
 
     people = {p.class_id: p.person for p in _identities(KW["identities"], 5, KW["split_fractions"])}  # the fixture's seed
     faces = index.extras["face_features"].astype(np.float64)
@@ -149,7 +159,7 @@ def test_same_seed_same_bytes_other_seed_differs(root, tmp_path) -> None:
 
 def test_failure_leaves_nothing_behind(tmp_path, monkeypatch) -> None:
     calls = {"n": 0}
-    real = synth_render.render_person
+    real = render.render_person
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
@@ -157,7 +167,7 @@ def test_failure_leaves_nothing_behind(tmp_path, monkeypatch) -> None:
             raise RuntimeError("boom")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(synth_render, "render_person", flaky)
+    monkeypatch.setattr(render, "render_person", flaky)
     with pytest.raises(RuntimeError, match="boom"):
         generate_pfs(tmp_path / "out", identities=3, images_per_identity=2, size=(32, 32), progress=False)
     assert list(tmp_path.iterdir()) == []

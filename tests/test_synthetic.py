@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xsearch.datamodules import synthetic as syn
+from xsearch import synth as syn
+from xsearch.face_captions import CELEBA_ATTRIBUTES, celeba_caption
 
 OFFICIAL_CELEBA_ATTRIBUTES = (
     "5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose Black_Hair "
@@ -146,7 +147,7 @@ def test_faces_deterministic_and_seed_dependent(faces: Path, tmp_path: Path) -> 
 
 
 def test_faces_celeba_layout(faces: Path) -> None:
-    assert tuple(OFFICIAL_CELEBA_ATTRIBUTES) == syn.CELEBA_ATTRIBUTES
+    assert tuple(OFFICIAL_CELEBA_ATTRIBUTES) == CELEBA_ATTRIBUTES
     attr_lines = (faces / "Anno" / "list_attr_celeba.txt").read_text().splitlines()
     n = int(attr_lines[0])
     assert attr_lines[1].split() == OFFICIAL_CELEBA_ATTRIBUTES
@@ -201,10 +202,10 @@ def test_faces_celeba_layout(faces: Path) -> None:
 
 def test_celeba_caption_shapes() -> None:
     rng = np.random.default_rng(0)
-    a = dict.fromkeys(syn.CELEBA_ATTRIBUTES, False)
-    assert syn.celeba_caption(a, rng) == "This is a photo of a woman."
+    a = dict.fromkeys(CELEBA_ATTRIBUTES, False)
+    assert celeba_caption(a, rng) == "This is a photo of a woman."
     a.update(Male=True, Smiling=True, Bangs=True, Wearing_Hat=True)
-    seen = {syn.celeba_caption(a, rng) for _ in range(200)}
+    seen = {celeba_caption(a, rng) for _ in range(200)}
     assert any(s.startswith("This is a smiling person.") for s in seen)
     assert all(" ." not in s and "  " not in s and s.endswith(".") for s in seen)
     assert all("bangs" in s and "hat" in s and "smiling" in s for s in seen)
@@ -232,10 +233,10 @@ def test_refuses_non_empty_out_and_leaves_no_temp(tmp_path: Path) -> None:
 
 
 def test_failure_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from xsearch.datamodules import synth_render
+    from xsearch.synth import render
 
     calls = {"n": 0}
-    real = synth_render.render_person
+    real = render.render_person
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
@@ -243,7 +244,7 @@ def test_failure_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.Monke
             raise RuntimeError("boom")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(synth_render, "render_person", flaky)
+    monkeypatch.setattr(render, "render_person", flaky)
     with pytest.raises(RuntimeError, match="boom"):
         syn.generate_pedes(tmp_path / "out", identities=3, images_per_identity=(2, 2), progress=False)
     assert list(tmp_path.iterdir()) == []

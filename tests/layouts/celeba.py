@@ -12,8 +12,8 @@ from pathlib import Path
 
 from layouts import BadInput, Layout, layout, write_image
 
-from xsearch.datamodules.synthetic import generate_faces
 from xsearch.face_captions import CELEBA_ATTRIBUTES
+from xsearch.synth import generate_faces
 
 # (file, identity, partition); 000008.jpg has no caption in the HQ caption sets, 230 has a single image
 IMAGES = [

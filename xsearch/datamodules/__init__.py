@@ -1,4 +1,5 @@
-"""Datasets: parsers registered by name, synthetic generators, and the shared datamodule.
+"""Datasets: parsers registered by name, the synthetic generators (:mod:`xsearch.synth`) registered by name, and the
+shared datamodule.
 
 Every module of this package is imported here, so a parser registers itself (``@DATASETS.register``)
 just by living in ``xsearch/datamodules/``.
@@ -11,8 +12,7 @@ from xsearch.datamodules.face_pairs import VerificationOptions
 from xsearch.datamodules.files import DatasetFormatError
 from xsearch.datamodules.loading import load_dataset
 from xsearch.datamodules.records import CaptionRecord, DatasetIndex, ImageRecord
-from xsearch.datamodules.synth_pfs import generate_pfs
-from xsearch.datamodules.synthetic import generate_faces, generate_pedes
+from xsearch.synth import generate_faces, generate_pedes, generate_pfs
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")

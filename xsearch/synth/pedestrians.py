@@ -16,17 +16,15 @@ downloading anything.
   parser reads it (registered as ``synth_faces``).
 
 Both are deterministic (same arguments -> same bytes) and write atomically (temporary sibling directory
-renamed at the end). Command line: ``python -m xsearch.datamodules.synthetic {pedes,faces} OUT``.
+renamed at the end). Command line: ``python -m xsearch.synth {pedes,faces} OUT``.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
 import shutil
 import tempfile
-import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -171,7 +169,7 @@ class PersonAttributes:
 
 
 def _tone_rgb(rng: np.random.Generator, name: str, *, shades: bool = True) -> tuple[tuple[int, int, int], str]:
-    from .synth_render import clamp_rgb, shade
+    from xsearch.synth.render import clamp_rgb, shade
 
     base = np.asarray(COLOURS[name], np.float64) + rng.normal(0, 9, 3)
     tone = ""
@@ -183,7 +181,7 @@ def _tone_rgb(rng: np.random.Generator, name: str, *, shades: bool = True) -> tu
 
 
 def _sample_person(pid: int, seed: int) -> PersonAttributes:
-    from .synth_render import clamp_rgb, contrast_colour
+    from xsearch.synth.render import clamp_rgb, contrast_colour
 
     rng = _rng(seed, _T_PERSON, pid)
     c = list(COLOURS)
@@ -564,7 +562,7 @@ def pedes_captions(a: PersonAttributes, rng: np.random.Generator, details: dict[
 
 def _face_identity(fid: int, seed: int) -> tuple[dict[str, Any], dict[str, float], dict[str, Any]]:
     """Stable attributes, per-image propensities and render parameters of face identity ``fid``."""
-    from .synth_render import clamp_rgb, mix
+    from xsearch.synth.render import clamp_rgb, mix
 
     rng = _rng(seed, _T_FACE, fid)
     A = dict.fromkeys(CELEBA_ATTRIBUTES, False)
@@ -722,7 +720,7 @@ def generate_pedes(out: str | Path, identities: int = 1000, seed: int = 0,
     ``out/imgs/<source>/<file>.jpg`` with sources :data:`PEDES_SOURCES`. ``image_size`` is (H, W).
     Identity ``i``'s latent attributes are ``pedes_attributes(identities, seed)[i - 1]``.
     """
-    from .synth_render import render_person
+    from xsearch.synth.render import render_person
 
     lo, hi = images_per_identity
     if not (1 <= lo <= hi):
@@ -771,7 +769,7 @@ def generate_faces(out: str | Path, identities: int = 200, seed: int = 0,
     (header ``idx orig_idx orig_file``) maps the seeded-random HQ number ``0..n-1`` to ``NNNNNN.jpg``.
     Identity numbers are a seeded permutation of ``1..identities``.
     """
-    from .synth_render import render_face
+    from xsearch.synth.render import render_face
 
     lo, hi = images_per_identity
     if not (1 <= lo <= hi):
@@ -830,23 +828,3 @@ def generate_faces(out: str | Path, identities: int = 200, seed: int = 0,
         bar.close()
     return out
 
-
-def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m xsearch.datamodules.synthetic",
-                                 description="Generate the synthetic xsearch datasets.")
-    ap.add_argument("kind", choices=["pedes", "faces"])
-    ap.add_argument("out")
-    ap.add_argument("--identities", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--overwrite", action="store_true")
-    args = ap.parse_args(argv)
-    t0 = time.time()
-    if args.kind == "pedes":
-        path = generate_pedes(args.out, identities=args.identities or 1000, seed=args.seed, overwrite=args.overwrite)
-    else:
-        path = generate_faces(args.out, identities=args.identities or 200, seed=args.seed, overwrite=args.overwrite)
-    print(f"wrote {path} in {time.time() - t0:.1f}s")
-
-
-if __name__ == "__main__":
-    main()

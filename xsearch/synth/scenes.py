@@ -1,7 +1,7 @@
 """Synthetic COCO-PFS: COCO-like scenes with one named person, in the layout the ``coco_pfs`` parser reads.
 
 :func:`generate_pfs` writes a ``datadir`` exactly like COCO-PFS (Id-CLIP) so that general retrieval
-and entity retrieval run offline on a CPU (registered as the synthesizer and dataset ``synth_pfs``)::
+and entity retrieval run offline on a CPU (the synthesizer and dataset ``synth_pfs``)::
 
     coco_dataset/annotations/captions_train2017.json         COCO captions of the train images
     coco_dataset/annotations/captions_val2017.json           COCO captions of the val + test images
@@ -12,13 +12,13 @@ and entity retrieval run offline on a CPU (registered as the synthesizer and dat
     Visual_Name_Entity_Recognition/gender_faceswap_new_val_test_set/features_new_entities_test_small_faceswap.json
     vggface_test_kaggle/identity_meta.csv
 
-(the paths come from :data:`xsearch.datamodules.coco_pfs.SPLIT_FILES`, so the two cannot drift apart).
+(:data:`SPLIT_FILES`, which a test checks against the ``coco_pfs`` parser's own).
 
-* Identities are split identity-disjoint into train / val / test (:func:`synthetic.split_counts`, train
+* Identities are split identity-disjoint into train / val / test (:func:`~xsearch.synth.pedestrians.split_counts`, train
   first). Each has a VGGFace2-style class id ``n%06d`` (distinct, seeded), a unique synthetic
   "First Last" name matching its gender (``identity_meta.csv``: ``Class_ID, Name, Sample_Num, Flag,
   Gender`` with ``Flag`` 1 for train identities, 0 otherwise), a fixed look (the pedestrian attributes
-  and renderer of :mod:`xsearch.datamodules.synthetic`) and a unit 512-d face-descriptor centre that is
+  and renderer of :mod:`xsearch.synth.pedestrians`) and a unit 512-d face-descriptor centre that is
   partly a function of that look (:data:`APPEARANCE_SHARE`, see :func:`appearance_vector`) and partly
   random: a face model's embedding reflects what the person looks like, so a translator trained on some
   identities can say something about unseen ones, as Id-CLIP needs.
@@ -36,31 +36,54 @@ and entity retrieval run offline on a CPU (registered as the synthesizer and dat
 
 Deterministic (same arguments -> same bytes) and atomic (written into a temporary sibling folder,
 renamed at the end; nothing is left behind on failure). Command line:
-``python -m xsearch.datamodules.synth_pfs OUT [--identities N] [--seed S]``.
+``python -m xsearch.synth pfs OUT [--identities N] [--images-per-identity K] [--seed S]``.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
-import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from xsearch.datamodules import synth_render
-from xsearch.datamodules.coco_pfs import CAPTIONS_PER_IMAGE, FACE_CROPS, FACE_DIM, META_FILE, SPLIT_FILES
-from xsearch.datamodules.synth_render import clamp_rgb, mix, shade
-from xsearch.datamodules.synthetic import (
+from xsearch.synth import render
+from xsearch.synth.pedestrians import (
     PersonAttributes, _atomic_dir, _choice, _progress, _rng, _save_jpeg, pedes_attributes, split_counts,
 )
+from xsearch.synth.render import clamp_rgb, mix, shade
 
-__all__ = ["CONTEXTS", "DEFAULT_FACE_NOISE", "FIRST_NAMES", "LAST_NAMES", "generate_pfs", "identity_names"]
+__all__ = ["CONTEXTS", "DEFAULT_FACE_NOISE", "FIRST_NAMES", "LAST_NAMES", "SPLIT_FILES", "generate_pfs", "identity_names"]
+
+FACE_DIM = 512
+CAPTIONS_PER_IMAGE = 5
+FACE_CROPS = "vggface_test_kaggle"
+META_FILE = "identity_meta.csv"
+
+
+class SplitFiles(NamedTuple):
+    """Where one split lives, relative to the root."""
+
+    features: str
+    captions: str
+    images: str
+
+
+_FEATURES, _ANNOTATIONS = "Visual_Name_Entity_Recognition", "coco_dataset/annotations"
+SPLIT_FILES = {
+    "train": SplitFiles(f"{_FEATURES}/gender_faceswap_training_set/features_train_small_faceswap.json",
+                        f"{_ANNOTATIONS}/captions_train2017.json", "coco_dataset/coco_train_swapped"),
+    "val": SplitFiles(f"{_FEATURES}/gender_faceswap_new_val_test_set/features_new_val_small_faceswap.json",
+                      f"{_ANNOTATIONS}/captions_val2017.json", "coco_dataset/coco_val_swap_new"),
+    "test": SplitFiles(f"{_FEATURES}/gender_faceswap_new_val_test_set/features_new_entities_test_small_faceswap.json",
+                       f"{_ANNOTATIONS}/captions_val2017.json", "coco_dataset/coco_val_swap_new"),
+}
+"""The COCO-PFS files of each split, as the ``coco_pfs`` parser reads them (``tests/test_synth_pfs.py`` checks that
+they are the parser's own ``SPLIT_FILES``)."""
 
 FACE_COSINE = 0.8
 DEFAULT_FACE_NOISE = math.sqrt((1.0 / FACE_COSINE**2 - 1.0) / FACE_DIM)
@@ -69,7 +92,7 @@ DEFAULT_FACE_NOISE = math.sqrt((1.0 / FACE_COSINE**2 - 1.0) / FACE_DIM)
 
 COCO_MAX_ID = 581929  # largest COCO 2017 image id: synthetic ids look like real ones
 
-# RNG stream tags, distinct from synthetic.py's (1..8): a stream here never repeats one there
+# RNG stream tags, distinct from pedestrians.py's (1..8): a stream here never repeats one there
 _T_LAYOUT, _T_NAME, _T_CENTRE, _T_SCENE, _T_CAPTION, _T_FACE = range(101, 107)
 
 FIRST_NAMES = {
@@ -400,7 +423,7 @@ the renderer's contrast step (which uses the image mean) treats both renders ali
 
 
 def _flat(rgb: tuple[int, int, int]) -> Callable[[np.random.Generator, int, int], Image.Image]:
-    """A flat ``rgb`` backdrop for :func:`synth_render.render_person`; it draws nothing from the generator, so two
+    """A flat ``rgb`` backdrop for :func:`render.render_person`; it draws nothing from the generator, so two
     renders from one generator state differ only where the backdrop shows."""
     return lambda rng, w, h: Image.new("RGB", (w, h), rgb)
 
@@ -417,8 +440,8 @@ def _render_cutout(person: PersonAttributes, rng: np.random.Generator,
     """
     renders = []
     for key, generator in zip(BACKDROPS, (copy.deepcopy(rng), rng)):
-        render = synth_render.render_person(person.render, generator, size, camera="Market", background=_flat(key))
-        renders.append(np.asarray(render[0], np.float32))
+        image, _ = render.render_person(person.render, generator, size, camera="Market", background=_flat(key))
+        renders.append(np.asarray(image, np.float32))
     first, second = renders
     difference = np.abs(first - second).sum(axis=2)
     backdrop = max(float(np.percentile(difference, 90)), 150.0)
@@ -436,7 +459,7 @@ def _scene_image(person: PersonAttributes, context: Context, prop: PropKind | No
                  rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
     """One COCO-like scene of ``size`` (H, W) with ``person`` standing on the ground, ``prop`` beside it."""
     H, W = size
-    h, w = H * synth_render.SS, W * synth_render.SS
+    h, w = H * render.SS, W * render.SS
     canvas = Image.new("RGB", (w, h))
     d = ImageDraw.Draw(canvas)
     ground = context.draw(d, rng, w, h)
@@ -451,13 +474,13 @@ def _scene_image(person: PersonAttributes, context: Context, prop: PropKind | No
         context.after(d, rng, w, h)
     scene = canvas.resize((W, H), Image.BOX)
 
-    ph = max(8, int(round(height / synth_render.SS)))
+    ph = max(8, int(round(height / render.SS)))
     pw = max(4, int(round(ph * 0.4)))
     figure, alpha = _render_cutout(person, rng, (ph, pw))
-    left = int(round(cx / synth_render.SS - pw / 2))
-    top = int(round(feet / synth_render.SS - ph))
+    left = int(round(cx / render.SS - pw / 2))
+    top = int(round(feet / render.SS - ph))
     scene.paste(figure, (left, top), alpha)
-    return synth_render.photometric(scene, rng, noise=(1.0, 4.0), blur_p=0.15, blur_radius=(0.3, 0.6))
+    return render.photometric(scene, rng, noise=(1.0, 4.0), blur_p=0.15, blur_radius=(0.3, 0.6))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -666,21 +689,3 @@ def generate_pfs(out: str | Path, identities: int = 200, images_per_identity: in
         bar.close()
     return out
 
-
-def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m xsearch.datamodules.synth_pfs",
-                                 description="Generate the synthetic COCO-PFS dataset.")
-    ap.add_argument("out")
-    ap.add_argument("--identities", type=int, default=200)
-    ap.add_argument("--images-per-identity", type=int, default=6)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--overwrite", action="store_true")
-    args = ap.parse_args(argv)
-    t0 = time.time()
-    path = generate_pfs(args.out, identities=args.identities, images_per_identity=args.images_per_identity,
-                        seed=args.seed, overwrite=args.overwrite)
-    print(f"wrote {path} in {time.time() - t0:.1f}s")
-
-
-if __name__ == "__main__":
-    main()

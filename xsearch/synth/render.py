@@ -1,4 +1,4 @@
-"""PIL renderers behind :mod:`xsearch.datamodules.synthetic`.
+"""PIL renderers behind the synthetic pedestrians, faces and scenes (:mod:`xsearch.synth`).
 
 Everything here is drawn with ``PIL.ImageDraw`` on a supersampled canvas (2x), downscaled, then
 given per-image photometric noise with numpy. All randomness comes from the ``numpy.random.Generator``
@@ -240,7 +240,7 @@ def _draw_leg(f: _Fig, hip, knee, ankle, skin: RGB, bottom: str | None, bcol: RG
 def render_person(a: dict[str, Any], rng: np.random.Generator, size: tuple[int, int] = (160, 64),
                   camera: str = "Market", background: Callable[[np.random.Generator, int, int], Image.Image] | None = None,
                   ) -> tuple[Image.Image, dict[str, Any]]:
-    """Draw one image of the identity described by ``a`` (see ``synthetic.PersonAttributes.render``).
+    """Draw one image of the identity described by ``a`` (see :attr:`xsearch.synth.pedestrians.PersonAttributes.render`).
 
     ``background(rng, width, height)`` draws the backdrop (default :func:`street_background`). Returns the image
     (``size`` is (H, W)) and per-image details: ``view`` in {front, back, side}, ``occluded`` (bool).
@@ -591,7 +591,7 @@ def render_person(a: dict[str, Any], rng: np.random.Generator, size: tuple[int, 
 def render_face(attrs: dict[str, bool], ident: dict[str, Any], rng: np.random.Generator,
                 size: tuple[int, int] = (218, 178)) -> Image.Image:
     """Draw an aligned face. ``attrs``: the 40 CelebA attributes of this image (True = 1);
-    ``ident``: stable per-identity geometry and colours (see ``synthetic._face_identity``)."""
+    ``ident``: stable per-identity geometry and colours (see ``xsearch.synth.pedestrians._face_identity``)."""
     H, W = size
     pad = 1.2
     cw, ch = int(W * SS * pad), int(H * SS * pad)

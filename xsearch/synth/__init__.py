@@ -1,0 +1,26 @@
+"""The synthetic datasets: drawn pedestrians, faces and scenes, written in the official layouts the parsers read.
+
+The embedded default data of xsearch: every experiment, test and the README quickstart can run without downloading
+anything. ``xsearch.datamodules`` registers the three generators as ``SYNTHESIZERS`` (``synth_pedes``, ``synth_faces``,
+``synth_pfs``); the command line is ``xsearch data synth {pedes,faces,pfs} --out DIR`` or
+``python -m xsearch.synth {pedes,faces,pfs} OUT``.
+
+* :func:`generate_pedes`: the CUHK-PEDES layout (drawn pedestrians, two captions per image);
+* :func:`generate_faces`: the CelebA layout with Multi-Modal-CelebA-HQ captions;
+* :func:`generate_pfs`: the COCO-PFS layout (COCO-like scenes with one named person and a face descriptor).
+
+Every generator is deterministic (same arguments -> same bytes) and writes atomically (into a temporary sibling
+folder, renamed at the end). This package imports nothing from the parsers (``xsearch.datamodules``), which sit
+above it; the captions of faces come from the leaf :mod:`xsearch.face_captions`.
+"""
+from xsearch.synth.pedestrians import (
+    COLOURS, COLOUR_WORDS, HAIR_COLOURS, PEDES_SOURCES, PersonAttributes, caption_colour_words, face_attributes,
+    generate_faces, generate_pedes, pedes_attributes, pedes_captions, person_colour_words, split_counts, tokenize,
+)
+from xsearch.synth.scenes import generate_pfs
+
+__all__ = [
+    "COLOURS", "COLOUR_WORDS", "HAIR_COLOURS", "PEDES_SOURCES", "PersonAttributes", "caption_colour_words",
+    "face_attributes", "generate_faces", "generate_pedes", "generate_pfs", "pedes_attributes", "pedes_captions",
+    "person_colour_words", "split_counts", "tokenize",
+]
