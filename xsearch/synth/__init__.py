@@ -13,10 +13,12 @@ Every generator is deterministic (same arguments -> same bytes) and writes atomi
 folder, renamed at the end). This package imports nothing from the parsers (``xsearch.datamodules``), which sit
 above it; the captions of faces come from the leaf :mod:`xsearch.face_captions`.
 """
+from xsearch.synth.colours import COLOURS, HAIR_COLOURS
 from xsearch.synth.pedestrians import (
-    COLOURS, COLOUR_WORDS, HAIR_COLOURS, PEDES_SOURCES, PersonAttributes, caption_colour_words, face_attributes,
-    generate_faces, generate_pedes, pedes_attributes, pedes_captions, person_colour_words, split_counts, tokenize,
+    COLOUR_WORDS, PEDES_SOURCES, PersonAttributes, caption_colour_words, face_attributes, generate_faces,
+    generate_pedes, pedes_attributes, pedes_captions, person_colour_words, tokenize,
 )
+from xsearch.synth.sampling import split_counts
 from xsearch.synth.scenes import generate_pfs
 
 __all__ = [

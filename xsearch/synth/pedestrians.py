@@ -33,25 +33,18 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from xsearch.face_captions import CELEBA_ATTRIBUTES, celeba_caption
+from xsearch.synth.colours import COLOURS, HAIR_COLOURS, SKIN_TONES, clamp_rgb, contrast_colour, mix, shade
+from xsearch.synth.sampling import Stream, choice, seeded_rng, split_counts
 
 __all__ = [
-    "COLOURS", "HAIR_COLOURS", "COLOUR_WORDS", "CELEBA_ATTRIBUTES", "PEDES_SOURCES",
-    "PersonAttributes", "pedes_attributes", "pedes_captions", "person_colour_words", "caption_colour_words",
-    "tokenize", "celeba_caption", "face_attributes", "generate_pedes", "generate_faces", "split_counts",
+    "COLOUR_WORDS", "PEDES_SOURCES", "PersonAttributes", "pedes_attributes", "pedes_captions", "person_colour_words",
+    "caption_colour_words", "tokenize", "face_attributes", "generate_pedes", "generate_faces",
 ]
 
 # ----------------------------------------------------------------------------------------------
 # vocabulary
 # ----------------------------------------------------------------------------------------------
 
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "black": (28, 28, 30), "white": (236, 236, 232), "grey": (125, 125, 128), "red": (185, 28, 34),
-    "blue": (38, 84, 190), "green": (40, 128, 62), "yellow": (232, 200, 40), "brown": (112, 72, 42),
-    "pink": (238, 140, 175), "purple": (118, 58, 150), "orange": (236, 122, 30), "beige": (212, 190, 150),
-}
-HAIR_COLOURS: dict[str, tuple[int, int, int]] = {
-    "black": (24, 20, 19), "brown": (96, 58, 32), "blond": (214, 182, 108), "grey": (165, 163, 160),
-}
 # surface word -> canonical colour (what tests use to check captions against attributes)
 COLOUR_WORDS: dict[str, str] = {c: c for c in COLOURS} | {
     "gray": "grey", "blond": "blond", "blonde": "blond", "khaki": "beige", "tan": "beige",
@@ -93,36 +86,6 @@ SUBJECTS = {
 }
 PRONOUNS = {"male": ("he", "his"), "female": ("she", "her"), "neutral": ("the person", "their")}
 
-_SKIN_TONES = [(250, 222, 198), (238, 200, 168), (222, 178, 140), (196, 150, 112), (160, 112, 78), (112, 78, 54)]
-
-# RNG stream tags, so identity / image / caption streams never collide
-_T_PERSON, _T_PIMG, _T_PCAP, _T_PLAYOUT, _T_FACE, _T_FIMG, _T_FCAP, _T_FLAYOUT = range(1, 9)
-
-
-def _rng(*key: int) -> np.random.Generator:
-    return np.random.default_rng([int(k) for k in key])
-
-
-def _choice(rng: np.random.Generator, items: Sequence[Any], p: Sequence[float] | None = None) -> Any:
-    if p is None:
-        return items[int(rng.integers(len(items)))]
-    pa = np.asarray(p, dtype=np.float64)
-    return items[int(rng.choice(len(items), p=pa / pa.sum()))]
-
-
-def split_counts(n: int, fractions: Sequence[float] = (0.8, 0.1, 0.1)) -> tuple[int, int, int]:
-    """Identities per split (train, val, test); val/test get at least one each when ``n >= 3``."""
-    if n < 1:
-        raise ValueError(f"need at least 1 identity, got {n}")
-    tot = float(sum(fractions))
-    n_val = int(round(n * fractions[1] / tot))
-    n_test = int(round(n * fractions[2] / tot))
-    if n >= 3:
-        n_val, n_test = max(1, n_val), max(1, n_test)
-    n_train = n - n_val - n_test
-    if n_train < 1:
-        n_train, n_val, n_test = n, 0, 0
-    return n_train, n_val, n_test
 
 
 # ----------------------------------------------------------------------------------------------
@@ -169,8 +132,6 @@ class PersonAttributes:
 
 
 def _tone_rgb(rng: np.random.Generator, name: str, *, shades: bool = True) -> tuple[tuple[int, int, int], str]:
-    from xsearch.synth.render import clamp_rgb, shade
-
     base = np.asarray(COLOURS[name], np.float64) + rng.normal(0, 9, 3)
     tone = ""
     f = 1.0
@@ -181,50 +142,48 @@ def _tone_rgb(rng: np.random.Generator, name: str, *, shades: bool = True) -> tu
 
 
 def _sample_person(pid: int, seed: int) -> PersonAttributes:
-    from xsearch.synth.render import clamp_rgb, contrast_colour
-
-    rng = _rng(seed, _T_PERSON, pid)
+    rng = seeded_rng(seed, Stream.PERSON, pid)
     c = list(COLOURS)
     gender = "male" if rng.random() < 0.5 else "female"
     male = gender == "male"
     if male:
-        hair_length = _choice(rng, ["short", "medium", "long", "bald"], [0.8, 0.12, 0.03, 0.05])
+        hair_length = choice(rng, ["short", "medium", "long", "bald"], [0.8, 0.12, 0.03, 0.05])
     else:
-        hair_length = _choice(rng, ["short", "medium", "long", "ponytail"], [0.12, 0.25, 0.4, 0.23])
-    hair_colour = _choice(rng, list(HAIR_COLOURS), [0.45, 0.3, 0.16, 0.09])
-    top = _choice(rng, ["t-shirt", "shirt", "jacket", "coat", "hoodie", "sweater", "dress"],
+        hair_length = choice(rng, ["short", "medium", "long", "ponytail"], [0.12, 0.25, 0.4, 0.23])
+    hair_colour = choice(rng, list(HAIR_COLOURS), [0.45, 0.3, 0.16, 0.09])
+    top = choice(rng, ["t-shirt", "shirt", "jacket", "coat", "hoodie", "sweater", "dress"],
                   [0.3, 0.17, 0.17, 0.1, 0.13, 0.13, 0.0] if male else [0.23, 0.13, 0.13, 0.11, 0.08, 0.1, 0.22])
-    top_colour = _choice(rng, c)
-    sleeves = {"t-shirt": "short", "dress": _choice(rng, ["short", "none"])}.get(
+    top_colour = choice(rng, c)
+    sleeves = {"t-shirt": "short", "dress": choice(rng, ["short", "none"])}.get(
         top, "short" if (top == "shirt" and rng.random() < 0.3) else "long")
     pattern = "striped" if (top in ("t-shirt", "shirt", "sweater", "dress") and rng.random() < 0.15) else "plain"
     if top == "dress":
         bottom = None
     elif male:
-        bottom = _choice(rng, ["trousers", "jeans", "shorts"], [0.45, 0.37, 0.18])
+        bottom = choice(rng, ["trousers", "jeans", "shorts"], [0.45, 0.37, 0.18])
     else:
-        bottom = _choice(rng, ["trousers", "jeans", "shorts", "skirt"], [0.3, 0.32, 0.12, 0.26])
+        bottom = choice(rng, ["trousers", "jeans", "shorts", "skirt"], [0.3, 0.32, 0.12, 0.26])
     bottom_colour = None
     if bottom == "jeans":
-        bottom_colour = _choice(rng, ["blue", "black", "grey", "white"], [0.62, 0.22, 0.12, 0.04])
+        bottom_colour = choice(rng, ["blue", "black", "grey", "white"], [0.62, 0.22, 0.12, 0.04])
     elif bottom is not None:
         for _ in range(3):  # avoid top == bottom colour most of the time
-            bottom_colour = _choice(rng, c, [0.22, 0.07, 0.14, 0.05, 0.12, 0.05, 0.02, 0.1, 0.04, 0.03, 0.02, 0.14])
+            bottom_colour = choice(rng, c, [0.22, 0.07, 0.14, 0.05, 0.12, 0.05, 0.02, 0.1, 0.04, 0.03, 0.02, 0.14])
             if bottom_colour != top_colour:
                 break
-    shoes = _choice(rng, ["sneakers", "boots", "leather shoes", "sandals"],
+    shoes = choice(rng, ["sneakers", "boots", "leather shoes", "sandals"],
                     [0.5, 0.13, 0.27, 0.1] if bottom != "shorts" else [0.6, 0.0, 0.1, 0.3])
-    shoes_colour = _choice(rng, ["black", "white", "brown", "grey", "red", "blue", "pink"],
+    shoes_colour = choice(rng, ["black", "white", "brown", "grey", "red", "blue", "pink"],
                            [0.38, 0.28, 0.14, 0.08, 0.05, 0.05, 0.02 if male else 0.06])
     if shoes == "boots":
-        shoes_colour = _choice(rng, ["black", "brown", "beige"], [0.55, 0.35, 0.1])
-    bag = _choice(rng, [None, "backpack", "shoulder bag", "handbag"],
+        shoes_colour = choice(rng, ["black", "brown", "beige"], [0.55, 0.35, 0.1])
+    bag = choice(rng, [None, "backpack", "shoulder bag", "handbag"],
                   [0.32, 0.33, 0.25, 0.1] if male else [0.25, 0.25, 0.25, 0.25])
-    bag_colour = _choice(rng, c, [0.35, 0.06, 0.08, 0.07, 0.08, 0.05, 0.03, 0.12, 0.05, 0.04, 0.03, 0.04]) if bag else None
-    hat = _choice(rng, [None, "cap", "hat", "beanie"], [0.8, 0.11, 0.04, 0.05])
-    hat_colour = _choice(rng, c) if hat else None
+    bag_colour = choice(rng, c, [0.35, 0.06, 0.08, 0.07, 0.08, 0.05, 0.03, 0.12, 0.05, 0.04, 0.03, 0.04]) if bag else None
+    hat = choice(rng, [None, "cap", "hat", "beanie"], [0.8, 0.11, 0.04, 0.05])
+    hat_colour = choice(rng, c) if hat else None
     glasses = bool(rng.random() < 0.18)
-    scarf_colour = _choice(rng, c) if rng.random() < (0.25 if top == "coat" else 0.07) else None
+    scarf_colour = choice(rng, c) if rng.random() < (0.25 if top == "coat" else 0.07) else None
 
     top_rgb, top_tone = _tone_rgb(rng, top_colour)
     if bottom_colour:
@@ -233,7 +192,7 @@ def _sample_person(pid: int, seed: int) -> PersonAttributes:
         bottom_rgb, bottom_tone = None, ""
     hair_rgb = clamp_rgb(np.asarray(HAIR_COLOURS[hair_colour], np.float64) * rng.uniform(0.85, 1.12)
                          + rng.normal(0, 6, 3))
-    skin = _SKIN_TONES[int(rng.integers(len(_SKIN_TONES)))]
+    skin = SKIN_TONES[int(rng.integers(len(SKIN_TONES)))]
     skin = clamp_rgb(np.asarray(skin, np.float64) + rng.normal(0, 6, 3))
     render = {
         "gender": gender, "build": float(rng.uniform(0.88, 1.12)) * (1.05 if male else 0.95),
@@ -307,7 +266,7 @@ def _colour_word(rng: np.random.Generator, name: str, tone: str = "") -> str:
     if name == "grey" and rng.random() < 0.4:
         w = "gray"
     elif name == "beige" and rng.random() < 0.3:
-        w = _choice(rng, ["khaki", "tan"])
+        w = choice(rng, ["khaki", "tan"])
     if tone and rng.random() < 0.6:
         w = f"{tone} {w}"
     return w
@@ -328,19 +287,19 @@ class _Phrases:
         a, r = self.a, self.rng
         if a.hair_length == "bald":
             return "a bald head"
-        hc = {"blond": _choice(r, ["blond", "blonde"])}.get(a.hair_colour, a.hair_colour)
+        hc = {"blond": choice(r, ["blond", "blonde"])}.get(a.hair_colour, a.hair_colour)
         if a.hair_colour == "grey" and r.random() < 0.4:
             hc = "gray"
         col = hc + " " if r.random() < 0.85 else ""
         if a.hair_length == "ponytail":
-            return _choice(r, [f"{col}hair in a ponytail", f"{_article(col + 'ponytail')}", f"{col}hair tied back"])
+            return choice(r, [f"{col}hair in a ponytail", f"{_article(col + 'ponytail')}", f"{col}hair tied back"])
         length = {"short": ["short"], "medium": ["medium-length", "shoulder-length", "chin-length"],
                   "long": ["long"]}[a.hair_length]
-        return f"{_choice(r, length)} {col}hair" if r.random() < 0.5 else f"{col}{_choice(r, length)} hair"
+        return f"{choice(r, length)} {col}hair" if r.random() < 0.5 else f"{col}{choice(r, length)} hair"
 
     def top(self) -> str:
         a, r = self.a, self.rng
-        noun = _choice(r, TOP_NOUNS[a.top])
+        noun = choice(r, TOP_NOUNS[a.top])
         if a.top == "shirt" and a.gender == "female" and r.random() < 0.4:
             noun = "blouse"
         mods = ""
@@ -356,7 +315,7 @@ class _Phrases:
 
     def bottom(self) -> str:
         a, r = self.a, self.rng
-        noun, plural = _choice(r, BOTTOM_NOUNS[a.bottom])
+        noun, plural = choice(r, BOTTOM_NOUNS[a.bottom])
         np_ = f"{self.col(a.bottom_colour, a.bottom_tone)}{noun}"
         if plural:
             return ("a pair of " + np_) if r.random() < 0.2 else np_
@@ -364,18 +323,18 @@ class _Phrases:
 
     def shoes(self) -> str:
         a, r = self.a, self.rng
-        return f"{self.col(a.shoes_colour, p=0.85)}{_choice(r, SHOE_NOUNS[a.shoes])}"
+        return f"{self.col(a.shoes_colour, p=0.85)}{choice(r, SHOE_NOUNS[a.shoes])}"
 
     def bag(self) -> str:
         a, r = self.a, self.rng
-        return _article(f"{self.col(a.bag_colour, p=0.8)}{_choice(r, BAG_NOUNS[a.bag])}")
+        return _article(f"{self.col(a.bag_colour, p=0.8)}{choice(r, BAG_NOUNS[a.bag])}")
 
     def hat(self) -> str:
         a = self.a
-        return _article(f"{self.col(a.hat_colour, p=0.85)}{_choice(self.rng, HAT_NOUNS[a.hat])}")
+        return _article(f"{self.col(a.hat_colour, p=0.85)}{choice(self.rng, HAT_NOUNS[a.hat])}")
 
     def glasses(self) -> str:
-        return _choice(self.rng, ["glasses", "glasses", "eyeglasses", "a pair of glasses", "spectacles"])
+        return choice(self.rng, ["glasses", "glasses", "eyeglasses", "a pair of glasses", "spectacles"])
 
     def scarf(self) -> str:
         return _article(f"{self.col(self.a.scarf_colour, p=0.9)}scarf")
@@ -420,7 +379,7 @@ def _one_caption(a: PersonAttributes, rng: np.random.Generator, details: dict[st
     k = min(len(rest), int(rng.integers(2, 6)))
     chosen = {first, *rest[:k]}
     g = a.gender if rng.random() < 0.85 else "neutral"
-    subj = _choice(rng, SUBJECTS[g])
+    subj = choice(rng, SUBJECTS[g])
     pron, poss = PRONOUNS[g]
     wear = [getattr(ph, f)() for f in ("top", "bottom", "scarf", "hat", "glasses", "shoes") if f in chosen]
     order = rng.permutation(len(wear)) if rng.random() < 0.25 else np.arange(len(wear))
@@ -432,7 +391,7 @@ def _one_caption(a: PersonAttributes, rng: np.random.Generator, details: dict[st
         pool = _DETAILS[details.get("view", "front")] + _DETAILS["any"]
         if details.get("occluded") and rng.random() < 0.5:
             pool = _DETAILS["occluded"]
-        detail = _choice(rng, pool)
+        detail = choice(rng, pool)
 
     style = int(rng.integers(4))
     det = f" {detail}" if detail else ""
@@ -445,9 +404,9 @@ def _one_caption(a: PersonAttributes, rng: np.random.Generator, details: dict[st
             s += det
             det = ""
         if wear:
-            s += f" {_choice(rng, _WEAR_VERBS_NP)} {_join(wear, rng)}"
+            s += f" {choice(rng, _WEAR_VERBS_NP)} {_join(wear, rng)}"
         if bag:
-            s += f", {_choice(rng, _CARRY)} {bag}" if rng.random() < 0.6 else f" and {_choice(rng, _CARRY)} {bag}"
+            s += f", {choice(rng, _CARRY)} {bag}" if rng.random() < 0.6 else f" and {choice(rng, _CARRY)} {bag}"
         s += det + "."
         if hair:
             s += f" {pron.capitalize()} has {hair}." if a.hair_length != "bald" else f" {pron.capitalize()} is bald."
@@ -456,16 +415,16 @@ def _one_caption(a: PersonAttributes, rng: np.random.Generator, details: dict[st
         parts = []
         if wear:
             split = int(rng.integers(1, len(wear) + 1)) if len(wear) > 2 else len(wear)
-            parts.append(f"{{S}} {_choice(rng, _WEAR_VERBS_S)} {_join(wear[:split], rng)}")
+            parts.append(f"{{S}} {choice(rng, _WEAR_VERBS_S)} {_join(wear[:split], rng)}")
             if wear[split:]:
-                parts.append(f"{{S}} {_choice(rng, ['also wears', 'has on', 'is also wearing', 'wears'])} "
+                parts.append(f"{{S}} {choice(rng, ['also wears', 'has on', 'is also wearing', 'wears'])} "
                              f"{_join(wear[split:], rng)}")
         if hair:
             parts.append("{S} is bald" if a.hair_length == "bald" else f"{{S}} has {hair}")
         if bag:
-            parts.append(f"{{S}} {_choice(rng, _CARRY_S)} {bag}")
+            parts.append(f"{{S}} {choice(rng, _CARRY_S)} {bag}")
         rng.shuffle(parts)
-        opener = _choice(rng, [f"The {subj}", f"This {subj}", f"A {subj}" if subj[0] not in "aeiou" else f"An {subj}"])
+        opener = choice(rng, [f"The {subj}", f"This {subj}", f"A {subj}" if subj[0] not in "aeiou" else f"An {subj}"])
         out = []
         for i, p in enumerate(parts):
             who = opener if i == 0 else (pron.capitalize() if rng.random() < 0.8 else f"The {subj}")
@@ -482,21 +441,21 @@ def _one_caption(a: PersonAttributes, rng: np.random.Generator, details: dict[st
         for j, (f, colour) in enumerate(items):
             who = owner if j == 0 else poss.capitalize()
             if f == "top":
-                noun = _choice(rng, TOP_NOUNS[a.top])
+                noun = choice(rng, TOP_NOUNS[a.top])
                 sents.append(f"{who} {noun} is {_colour_word(rng, colour, a.top_tone)}")
             elif f == "bottom":
-                noun, plural = _choice(rng, BOTTOM_NOUNS[a.bottom])
+                noun, plural = choice(rng, BOTTOM_NOUNS[a.bottom])
                 sents.append(f"{who} {noun} {'are' if plural else 'is'} {_colour_word(rng, colour, a.bottom_tone)}")
             elif f == "shoes":
-                noun = _choice(rng, SHOE_NOUNS[a.shoes])
+                noun = choice(rng, SHOE_NOUNS[a.shoes])
                 sents.append(f"{who} {noun} are {_colour_word(rng, colour)}")
             else:
-                noun = _choice(rng, BAG_NOUNS[a.bag])
+                noun = choice(rng, BAG_NOUNS[a.bag])
                 sents.append(f"{who} {noun} is {_colour_word(rng, colour)}")
         if hair:
             sents.append(f"{pron.capitalize()} is bald" if a.hair_length == "bald" else f"{pron.capitalize()} has {hair}")
         if other_wear:
-            sents.append(f"{pron.capitalize()} {_choice(rng, _WEAR_VERBS_S)} {_join(other_wear, rng)}")
+            sents.append(f"{pron.capitalize()} {choice(rng, _WEAR_VERBS_S)} {_join(other_wear, rng)}")
         if detail:
             sents.append(f"{pron.capitalize()} is {detail}")
         if len(sents) > 1 and rng.random() < 0.5:
@@ -506,14 +465,14 @@ def _one_caption(a: PersonAttributes, rng: np.random.Generator, details: dict[st
     head = _join(wear, rng) if wear else None
     s = ""
     if head:
-        s = f"{head[0].upper()}{head[1:]} {_choice(rng, ['on a', 'worn by a', 'on this'])} {subj}"
+        s = f"{head[0].upper()}{head[1:]} {choice(rng, ['on a', 'worn by a', 'on this'])} {subj}"
     else:
         s = f"{_article(subj).capitalize()}"
     if hair and a.hair_length != "bald":
         s += f" with {hair}"
         hair = None
     if bag:
-        s += f" {_choice(rng, ['who is carrying', 'carrying', 'with'])} {bag}"
+        s += f" {choice(rng, ['who is carrying', 'carrying', 'with'])} {bag}"
     s += det + "."
     if hair:
         s += f" {pron.capitalize()} is bald."
@@ -562,16 +521,14 @@ def pedes_captions(a: PersonAttributes, rng: np.random.Generator, details: dict[
 
 def _face_identity(fid: int, seed: int) -> tuple[dict[str, Any], dict[str, float], dict[str, Any]]:
     """Stable attributes, per-image propensities and render parameters of face identity ``fid``."""
-    from xsearch.synth.render import clamp_rgb, mix
-
-    rng = _rng(seed, _T_FACE, fid)
+    rng = seeded_rng(seed, Stream.FACE, fid)
     A = dict.fromkeys(CELEBA_ATTRIBUTES, False)
     male = bool(rng.random() < 0.42)
     A["Male"] = male
     young = bool(rng.random() < (0.7 if male else 0.85))
     A["Young"] = young
     A["Bald"] = bool(male and rng.random() < (0.03 if young else 0.2))
-    hc = _choice(rng, ["Black_Hair", "Brown_Hair", "Blond_Hair", "Gray_Hair", None],
+    hc = choice(rng, ["Black_Hair", "Brown_Hair", "Blond_Hair", "Gray_Hair", None],
                  [0.3, 0.27, 0.05 if male else 0.22, 0.02 if young else 0.35, 0.2])
     if A["Bald"] and hc not in ("Gray_Hair", None):
         hc = None if rng.random() < 0.6 else "Gray_Hair"
@@ -579,11 +536,11 @@ def _face_identity(fid: int, seed: int) -> tuple[dict[str, Any], dict[str, float
         A[hc] = True
     if not A["Bald"]:
         A["Bangs"] = bool(rng.random() < 0.16)
-        tex = _choice(rng, ["Straight_Hair", "Wavy_Hair", None], [0.25, 0.18 if male else 0.42, 0.4])
+        tex = choice(rng, ["Straight_Hair", "Wavy_Hair", None], [0.25, 0.18 if male else 0.42, 0.4])
         if tex:
             A[tex] = True
         A["Receding_Hairline"] = bool(rng.random() < (0.15 if male else 0.04) and not A["Bangs"])
-    nose = _choice(rng, ["Big_Nose", "Pointy_Nose", None], [0.35 if male else 0.12, 0.15 if male else 0.35, 0.5])
+    nose = choice(rng, ["Big_Nose", "Pointy_Nose", None], [0.35 if male else 0.12, 0.15 if male else 0.35, 0.5])
     if nose:
         A[nose] = True
     A["Pale_Skin"] = bool(rng.random() < 0.06)
@@ -599,7 +556,7 @@ def _face_identity(fid: int, seed: int) -> tuple[dict[str, Any], dict[str, float
     A["Rosy_Cheeks"] = bool(not male and rng.random() < 0.12)
     A["Attractive"] = bool(rng.random() < (0.65 if young else 0.2))
     if male:
-        beard = _choice(rng, ["none", "goatee", "mustache", "both", "full"], [0.62, 0.12, 0.06, 0.1, 0.1])
+        beard = choice(rng, ["none", "goatee", "mustache", "both", "full"], [0.62, 0.12, 0.06, 0.1, 0.1])
         A["No_Beard"] = beard == "none"
         A["Goatee"] = beard in ("goatee", "both")
         A["Mustache"] = beard in ("mustache", "both")
@@ -620,8 +577,8 @@ def _face_identity(fid: int, seed: int) -> tuple[dict[str, Any], dict[str, float
     prop["Wearing_Lipstick"] = min(0.95, prop["Heavy_Makeup"] + 0.15) if not male else 0.0
 
     hair_base = {"Black_Hair": (26, 22, 20), "Brown_Hair": (100, 62, 36), "Blond_Hair": (220, 188, 112),
-                 "Gray_Hair": (170, 168, 165), None: _choice(rng, [(70, 42, 25), (140, 62, 30), (55, 40, 32)])}[hc]
-    skin = _SKIN_TONES[int(rng.integers(0, 3 if A["Pale_Skin"] else len(_SKIN_TONES)))]
+                 "Gray_Hair": (170, 168, 165), None: choice(rng, [(70, 42, 25), (140, 62, 30), (55, 40, 32)])}[hc]
+    skin = SKIN_TONES[int(rng.integers(0, 3 if A["Pale_Skin"] else len(SKIN_TONES)))]
     if A["Pale_Skin"]:
         skin = mix(skin, (255, 245, 240), 0.45)
     skin = clamp_rgb(np.asarray(skin, np.float64) + rng.normal(0, 5, 3))
@@ -631,13 +588,13 @@ def _face_identity(fid: int, seed: int) -> tuple[dict[str, Any], dict[str, float
         "hair_len": float(rng.uniform(0.0, 0.4) if male else rng.uniform(0.3, 1.0)),
         "volume": float(rng.uniform(0, 1)), "bald_sides": bool(rng.random() < 0.7),
         "face_w": float(rng.uniform(36, 42)), "face_h": float(rng.uniform(48, 54)),
-        "eye_sp": float(rng.uniform(17, 21)), "iris": _choice(rng, [(70, 45, 25), (40, 30, 20), (60, 100, 140),
+        "eye_sp": float(rng.uniform(17, 21)), "iris": choice(rng, [(70, 45, 25), (40, 30, 20), (60, 100, 140),
                                                                      (80, 110, 70)]),
-        "lips": mix(skin, (170, 80, 80), 0.45), "lipstick": _choice(rng, [(180, 20, 40), (200, 60, 90), (150, 30, 50)]),
-        "shadow": _choice(rng, [(120, 80, 110), (90, 70, 60), (80, 100, 140)]),
+        "lips": mix(skin, (170, 80, 80), 0.45), "lipstick": choice(rng, [(180, 20, 40), (200, 60, 90), (150, 30, 50)]),
+        "shadow": choice(rng, [(120, 80, 110), (90, 70, 60), (80, 100, 140)]),
         "cloth": cols[int(rng.integers(len(cols)))], "tie": cols[int(rng.integers(len(cols)))],
-        "jewel": _choice(rng, [(230, 200, 80), (210, 210, 215)]), "earring_drop": bool(rng.random() < 0.4),
-        "glasses_rgb": _choice(rng, [(20, 20, 20), (90, 60, 30), (160, 160, 170)]),
+        "jewel": choice(rng, [(230, 200, 80), (210, 210, 215)]), "earring_drop": bool(rng.random() < 0.4),
+        "glasses_rgb": choice(rng, [(20, 20, 20), (90, 60, 30), (160, 160, 170)]),
         "sunglasses": bool(rng.random() < 0.15), "glasses_round": bool(rng.random() < 0.4),
         "hat_rgb": cols[int(rng.integers(len(cols)))], "hat_kind": int(rng.integers(3)),
         "bg": clamp_rgb(rng.uniform(40, 230, 3)),
@@ -727,7 +684,7 @@ def generate_pedes(out: str | Path, identities: int = 1000, seed: int = 0,
         raise ValueError(f"images_per_identity must satisfy 1 <= lo <= hi, got {images_per_identity}")
     n_train, n_val, _ = split_counts(identities, split_fractions)
     people = pedes_attributes(identities, seed)
-    counts = [int(_rng(seed, _T_PLAYOUT, p.id).integers(lo, hi + 1)) for p in people]
+    counts = [int(seeded_rng(seed, Stream.PEDES_LAYOUT, p.id).integers(lo, hi + 1)) for p in people]
     out = Path(out)
     bar = _progress(sum(counts), "synthetic pedes", progress)
     try:
@@ -739,13 +696,14 @@ def generate_pedes(out: str | Path, identities: int = 1000, seed: int = 0,
                 pid = person.id
                 split = "train" if pid <= n_train else ("val" if pid <= n_train + n_val else "test")
                 for k in range(count):
-                    rng = _rng(seed, _T_PIMG, pid, k)
+                    rng = seeded_rng(seed, Stream.PEDES_IMAGE, pid, k)
                     src = PEDES_SOURCES[int(rng.choice(len(PEDES_SOURCES), p=_SOURCE_P))]
                     camno = 1 + PEDES_SOURCES.index(src) * 2 + int(rng.integers(2))
                     name = f"{pid:05d}_c{camno}_{k + 1:03d}.jpg"
                     img, details = render_person(person.render, rng, image_size, camera=src)
                     _save_jpeg(img, tmp / "imgs" / src / name, jpeg_quality)
-                    caps = pedes_captions(person, _rng(seed, _T_PCAP, pid, k), details, captions_per_image)
+                    caption_rng = seeded_rng(seed, Stream.PEDES_CAPTION, pid, k)
+                    caps = pedes_captions(person, caption_rng, details, captions_per_image)
                     records.append({"split": split, "captions": caps, "file_path": f"{src}/{name}",
                                     "processed_tokens": [tokenize(c) for c in caps], "id": pid})
                     bar.update(1)
@@ -775,7 +733,7 @@ def generate_faces(out: str | Path, identities: int = 200, seed: int = 0,
     if not (1 <= lo <= hi):
         raise ValueError(f"images_per_identity must satisfy 1 <= lo <= hi, got {images_per_identity}")
     n_train, n_val, _ = split_counts(identities, split_fractions)
-    lay = _rng(seed, _T_FLAYOUT)
+    lay = seeded_rng(seed, Stream.FACE_LAYOUT)
     labels = (lay.permutation(identities) + 1).tolist()  # identity label of the i-th sampled identity
     # (identity index, image index within identity, partition), images of a partition shuffled
     items: list[tuple[int, int, int]] = []
@@ -783,11 +741,11 @@ def generate_faces(out: str | Path, identities: int = 200, seed: int = 0,
                       (2, range(n_train + n_val, identities))):
         block = []
         for i in idx:
-            cnt = int(_rng(seed, _T_FLAYOUT, i + 1).integers(lo, hi + 1))
+            cnt = int(seeded_rng(seed, Stream.FACE_LAYOUT, i + 1).integers(lo, hi + 1))
             block += [(i, k, part) for k in range(cnt)]
         order = lay.permutation(len(block))
         items += [block[j] for j in order]
-    hq_of = _rng(seed, _T_FLAYOUT, 0).permutation(len(items)).tolist()  # HQ number of image n at [n - 1]
+    hq_of = seeded_rng(seed, Stream.FACE_LAYOUT, 0).permutation(len(items)).tolist()  # HQ number of image n at [n - 1]
     idents = {}
     out = Path(out)
     bar = _progress(len(items), "synthetic faces", progress)
@@ -803,12 +761,12 @@ def generate_faces(out: str | Path, identities: int = 200, seed: int = 0,
                 if label not in idents:
                     idents[label] = _face_identity(label, seed)
                 stable, prop, render = idents[label]
-                rng = _rng(seed, _T_FIMG, label, k)
+                rng = seeded_rng(seed, Stream.FACE_IMAGE, label, k)
                 attrs = _face_image_attrs(stable, prop, rng)
                 img = render_face(attrs, render, rng)
                 fname = f"{n:06d}.jpg"
                 _save_jpeg(img, img_dir / fname, jpeg_quality)
-                crng = _rng(seed, _T_FCAP, n)
+                crng = seeded_rng(seed, Stream.FACE_CAPTION, n)
                 caps = [celeba_caption(attrs, crng) for _ in range(captions_per_image)]
                 (cap_dir / f"{hq_of[n - 1]}.txt").write_text("\n".join(caps) + "\n", encoding="utf-8", newline="\n")
                 id_lines.append(f"{fname} {label}\n")

@@ -15,7 +15,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-RGB = tuple[int, int, int]
+from xsearch.synth.colours import RGB, clamp_rgb, mix, shade
+from xsearch.synth.sampling import choice
 
 SS = 2  # supersampling factor
 
@@ -32,32 +33,6 @@ CLUTTER_RGB: list[RGB] = [
     (232, 200, 40), (112, 72, 42), (238, 140, 175), (118, 58, 150), (236, 122, 30), (212, 190, 150),
     (90, 100, 110), (160, 150, 140), (70, 90, 70), (140, 120, 100), (180, 180, 170), (60, 60, 70),
 ]
-
-
-def clamp_rgb(c: Sequence[float]) -> RGB:
-    return (int(min(255, max(0, round(c[0])))), int(min(255, max(0, round(c[1])))),
-            int(min(255, max(0, round(c[2])))))
-
-
-def shade(c: Sequence[float], f: float) -> RGB:
-    """Scale a colour; ``f > 1`` moves it towards white instead of clipping."""
-    if f <= 1.0:
-        return clamp_rgb([v * f for v in c])
-    t = min(1.0, f - 1.0)
-    return clamp_rgb([v + (255 - v) * t for v in c])
-
-
-def mix(a: Sequence[float], b: Sequence[float], t: float) -> RGB:
-    return clamp_rgb([a[i] * (1 - t) + b[i] * t for i in range(3)])
-
-
-def contrast_colour(c: Sequence[float]) -> RGB:
-    lum = 0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2]
-    return (245, 245, 242) if lum < 120 else (30, 30, 34)
-
-
-def _pick(rng: np.random.Generator, seq: Sequence[Any]) -> Any:
-    return seq[int(rng.integers(len(seq)))]
 
 
 # --------------------------------------------------------------------------------------------
@@ -79,7 +54,7 @@ def _low_freq_noise(rng: np.random.Generator, w: int, h: int, amp: float) -> np.
 
 
 def _random_clutter_colour(rng: np.random.Generator) -> RGB:
-    base = _pick(rng, CLUTTER_RGB)
+    base = choice(rng, CLUTTER_RGB)
     return shade(base, float(rng.uniform(0.7, 1.15)))
 
 

@@ -14,7 +14,7 @@ and entity retrieval run offline on a CPU (the synthesizer and dataset ``synth_p
 
 (:data:`SPLIT_FILES`, which a test checks against the ``coco_pfs`` parser's own).
 
-* Identities are split identity-disjoint into train / val / test (:func:`~xsearch.synth.pedestrians.split_counts`, train
+* Identities are split identity-disjoint into train / val / test (:func:`~xsearch.synth.sampling.split_counts`, train
   first). Each has a VGGFace2-style class id ``n%06d`` (distinct, seeded), a unique synthetic
   "First Last" name matching its gender (``identity_meta.csv``: ``Class_ID, Name, Sample_Num, Flag,
   Gender`` with ``Flag`` 1 for train identities, 0 otherwise), a fixed look (the pedestrian attributes
@@ -52,10 +52,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from xsearch.synth import render
-from xsearch.synth.pedestrians import (
-    PersonAttributes, _atomic_dir, _choice, _progress, _rng, _save_jpeg, pedes_attributes, split_counts,
-)
-from xsearch.synth.render import clamp_rgb, mix, shade
+from xsearch.synth.colours import clamp_rgb, mix, shade
+from xsearch.synth.pedestrians import PersonAttributes, _atomic_dir, _progress, _save_jpeg, pedes_attributes
+from xsearch.synth.sampling import Stream, choice, seeded_rng, split_counts
 
 __all__ = ["CONTEXTS", "DEFAULT_FACE_NOISE", "FIRST_NAMES", "LAST_NAMES", "SPLIT_FILES", "generate_pfs", "identity_names"]
 
@@ -91,9 +90,6 @@ DEFAULT_FACE_NOISE = math.sqrt((1.0 / FACE_COSINE**2 - 1.0) / FACE_DIM)
 (``|centre| = 1``, ``|noise|^2 ~ 512 std^2``, cosine ~ ``1 / sqrt(1 + 512 std^2)``)."""
 
 COCO_MAX_ID = 581929  # largest COCO 2017 image id: synthetic ids look like real ones
-
-# RNG stream tags, distinct from pedestrians.py's (1..8): a stream here never repeats one there
-_T_LAYOUT, _T_NAME, _T_CENTRE, _T_SCENE, _T_CAPTION, _T_FACE = range(101, 107)
 
 FIRST_NAMES = {
     "male": ("Adrian", "Anton", "Bruno", "Carlos", "Daniel", "Elias", "Emil", "Felix", "Gustav", "Hugo", "Ivan",
@@ -175,7 +171,7 @@ def _street(d: Draw, rng: np.random.Generator, w: int, h: int) -> float:
     while x < w:  # facades with windows
         bw = rng.uniform(0.22, 0.45) * w
         top = rng.uniform(0.05, 0.35) * h
-        col = _jitter(rng, _choice(rng, [(170, 90, 70), (200, 190, 170), (120, 120, 128), (215, 200, 140),
+        col = _jitter(rng, choice(rng, [(170, 90, 70), (200, 190, 170), (120, 120, 128), (215, 200, 140),
                                          (150, 160, 175)]), 12)
         d.rectangle([x, top, x + bw, horizon], fill=col)
         win = shade(col, 0.55) if rng.random() < 0.7 else (200, 220, 235)
@@ -220,9 +216,9 @@ def _park(d: Draw, rng: np.random.Generator, w: int, h: int) -> float:
 
 def _kitchen(d: Draw, rng: np.random.Generator, w: int, h: int) -> float:
     floor_y = h * rng.uniform(0.62, 0.72)
-    wall = _jitter(rng, _choice(rng, [(236, 226, 200), (210, 228, 222), (240, 240, 236), (232, 210, 196)]), 6)
+    wall = _jitter(rng, choice(rng, [(236, 226, 200), (210, 228, 222), (240, 240, 236), (232, 210, 196)]), 6)
     d.rectangle([0, 0, w, floor_y], fill=wall)
-    cab = _jitter(rng, _choice(rng, [(245, 245, 240), (150, 105, 70), (90, 120, 150), (190, 200, 180)]), 8)
+    cab = _jitter(rng, choice(rng, [(245, 245, 240), (150, 105, 70), (90, 120, 150), (190, 200, 180)]), 8)
     d.rectangle([0, 0, w, h * 0.2], fill=cab)  # wall cabinets
     counter_y = h * rng.uniform(0.4, 0.46)
     tile = shade(wall, 0.9)
@@ -282,7 +278,7 @@ def _snowflakes(d: Draw, rng: np.random.Generator, w: int, h: int) -> None:
 # props: drawn standing on the ground at x, sized by the person's height s ---------------------
 
 def _surfboard(d: Draw, rng: np.random.Generator, x: float, g: float, s: float) -> None:
-    col = _jitter(rng, _choice(rng, [(236, 122, 30), (40, 150, 200), (232, 200, 40), (220, 60, 80)]), 10)
+    col = _jitter(rng, choice(rng, [(236, 122, 30), (40, 150, 200), (232, 200, 40), (220, 60, 80)]), 10)
     d.ellipse([x - s * 0.09, g - s * 0.95, x + s * 0.09, g], fill=col)
     d.line([(x, g - s * 0.9), (x, g - s * 0.05)], fill=(245, 245, 240), width=max(1, int(s * 0.02)))
 
@@ -296,7 +292,7 @@ def _umbrella(d: Draw, rng: np.random.Generator, x: float, g: float, s: float) -
 
 
 def _car(d: Draw, rng: np.random.Generator, x: float, g: float, s: float) -> None:
-    col = _jitter(rng, _choice(rng, [(185, 28, 34), (38, 84, 190), (236, 236, 232), (28, 28, 30), (125, 125, 128)]), 8)
+    col = _jitter(rng, choice(rng, [(185, 28, 34), (38, 84, 190), (236, 236, 232), (28, 28, 30), (125, 125, 128)]), 8)
     d.rounded_rectangle([x - s * 0.8, g - s * 0.45, x + s * 0.8, g - s * 0.12], radius=int(s * 0.08), fill=col)
     d.polygon([(x - s * 0.45, g - s * 0.45), (x - s * 0.3, g - s * 0.7), (x + s * 0.3, g - s * 0.7),
                (x + s * 0.5, g - s * 0.45)], fill=col)
@@ -307,7 +303,7 @@ def _car(d: Draw, rng: np.random.Generator, x: float, g: float, s: float) -> Non
 
 
 def _bicycle(d: Draw, rng: np.random.Generator, x: float, g: float, s: float) -> None:
-    col = _jitter(rng, _choice(rng, [(185, 28, 34), (38, 84, 190), (40, 128, 62), (28, 28, 30)]), 8)
+    col = _jitter(rng, choice(rng, [(185, 28, 34), (38, 84, 190), (40, 128, 62), (28, 28, 30)]), 8)
     r, width = s * 0.17, max(2, int(s * 0.025))
     back, front = (x - s * 0.27, g - r), (x + s * 0.27, g - r)
     for cx, cy in (back, front):
@@ -328,7 +324,7 @@ def _bench(d: Draw, rng: np.random.Generator, x: float, g: float, s: float) -> N
 
 
 def _dog(d: Draw, rng: np.random.Generator, x: float, g: float, s: float) -> None:
-    fur = _jitter(rng, _choice(rng, [(112, 72, 42), (210, 180, 120), (28, 28, 30), (236, 236, 232)]), 8)
+    fur = _jitter(rng, choice(rng, [(112, 72, 42), (210, 180, 120), (28, 28, 30), (236, 236, 232)]), 8)
     for lx in (x - s * 0.15, x - s * 0.08, x + s * 0.1, x + s * 0.16):
         d.rectangle([lx - s * 0.02, g - s * 0.14, lx + s * 0.02, g], fill=shade(fur, 0.85))
     d.ellipse([x - s * 0.22, g - s * 0.28, x + s * 0.22, g - s * 0.1], fill=fur)
@@ -337,7 +333,7 @@ def _dog(d: Draw, rng: np.random.Generator, x: float, g: float, s: float) -> Non
 
 
 def _stove(d: Draw, rng: np.random.Generator, x: float, g: float, s: float) -> None:
-    body = _jitter(rng, _choice(rng, [(40, 40, 44), (200, 200, 205), (236, 236, 232)]), 6)
+    body = _jitter(rng, choice(rng, [(40, 40, 44), (200, 200, 205), (236, 236, 232)]), 6)
     d.rectangle([x - s * 0.25, g - s * 0.55, x + s * 0.25, g], fill=body, outline=(30, 30, 30), width=1)
     d.rectangle([x - s * 0.2, g - s * 0.42, x + s * 0.2, g - s * 0.12], fill=(25, 25, 28))  # oven door
     for bx in (x - s * 0.12, x + s * 0.12):
@@ -345,14 +341,14 @@ def _stove(d: Draw, rng: np.random.Generator, x: float, g: float, s: float) -> N
 
 
 def _fridge(d: Draw, rng: np.random.Generator, x: float, g: float, s: float) -> None:
-    body = _jitter(rng, _choice(rng, [(236, 236, 232), (195, 198, 205)]), 5)
+    body = _jitter(rng, choice(rng, [(236, 236, 232), (195, 198, 205)]), 5)
     d.rectangle([x - s * 0.25, g - s * 1.05, x + s * 0.25, g], fill=body, outline=(120, 120, 125), width=1)
     d.line([(x - s * 0.25, g - s * 0.7), (x + s * 0.25, g - s * 0.7)], fill=(120, 120, 125), width=1)
     d.line([(x + s * 0.18, g - s * 0.95), (x + s * 0.18, g - s * 0.78)], fill=(90, 90, 95), width=max(1, int(s * 0.02)))
 
 
 def _skis(d: Draw, rng: np.random.Generator, x: float, g: float, s: float) -> None:
-    col = _jitter(rng, _choice(rng, [(185, 28, 34), (38, 84, 190), (232, 200, 40), (28, 28, 30)]), 8)
+    col = _jitter(rng, choice(rng, [(185, 28, 34), (38, 84, 190), (232, 200, 40), (28, 28, 30)]), 8)
     for dx in (-s * 0.04, s * 0.04):
         d.polygon([(x + dx - s * 0.025, g), (x + dx + s * 0.025, g), (x + dx * 2.5 + s * 0.02, g - s * 0.95),
                    (x + dx * 2.5 - s * 0.02, g - s * 0.95)], fill=col)
@@ -503,7 +499,7 @@ def _outfit(person: PersonAttributes, rng: np.random.Generator) -> str:
         options.append(f"{person.bottom_colour} {person.bottom}" if plural else _article(f"{person.bottom_colour} {person.bottom}"))
     if person.hat is not None:
         options.append(_article(f"{person.hat_colour} {person.hat}"))
-    return f" {_choice(rng, ['in', 'wearing'])} {_choice(rng, options)}"
+    return f" {choice(rng, ['in', 'wearing'])} {choice(rng, options)}"
 
 
 OUTFIT_SHARE = 0.5
@@ -528,14 +524,14 @@ def _captions(person: PersonAttributes, context: Context, prop: PropKind | None,
     out = []
     for t in order:
         words = SUBJECTS[gender] if rng.random() < 0.85 else SUBJECTS["neutral"]
-        noun = _choice(rng, prop.nouns) if prop is not None else ""
+        noun = choice(rng, prop.nouns) if prop is not None else ""
         prop_part = ""
         if prop is not None and rng.random() < 0.6:
-            prop_part = f" {_choice(rng, ['next to', 'near', 'beside', 'with'])} {_article(noun)}"
+            prop_part = f" {choice(rng, ['next to', 'near', 'beside', 'with'])} {_article(noun)}"
         outfit = _outfit(person, rng) if rng.random() < OUTFIT_SHARE else ""
         text = templates[int(t)].format(
-            subj=_article(_choice(rng, words)) + outfit, verb=_choice(rng, VERBS), place=_choice(rng, context.places),
-            scene=_choice(rng, context.scenes).lower(), prop=prop_part, a_prop=_article(noun))
+            subj=_article(choice(rng, words)) + outfit, verb=choice(rng, VERBS), place=choice(rng, context.places),
+            scene=choice(rng, context.scenes).lower(), prop=prop_part, a_prop=_article(noun))
         out.append(_sentence(text))
     return out
 
@@ -544,7 +540,7 @@ def identity_names(genders: Sequence[str], seed: int = 0) -> list[str]:
     """Unique display names ("First Last", then "First M. Last" once a gender's pairs run out), one per
     identity, first names matching ``genders`` ("male" / "female"); deterministic in ``seed``."""
     pairs = {g: [(f, l) for f in FIRST_NAMES[g] for l in LAST_NAMES] for g in FIRST_NAMES}
-    order = {g: _rng(seed, _T_NAME, k).permutation(len(pairs[g])) for k, g in enumerate(sorted(pairs))}
+    order = {g: seeded_rng(seed, Stream.SCENE_NAME, k).permutation(len(pairs[g])) for k, g in enumerate(sorted(pairs))}
     used = {g: 0 for g in pairs}
     names = []
     for gender in genders:
@@ -593,11 +589,12 @@ def _identities(identities: int, seed: int, split_fractions: Sequence[float]) ->
     n_train, n_val, _ = split_counts(identities, split_fractions)
     people = pedes_attributes(identities, seed)
     names = identity_names([p.gender for p in people], seed)
-    numbers = _rng(seed, _T_LAYOUT, 1).choice(np.arange(1, max(10000, 4 * identities)), identities, replace=False)
+    numbers = seeded_rng(seed, Stream.SCENE_LAYOUT, 1).choice(np.arange(1, max(10000, 4 * identities)), identities,
+                                                              replace=False)
     out = []
     for i, (person, name, number) in enumerate(zip(people, names, numbers.tolist())):
         split = "train" if i < n_train else ("val" if i < n_train + n_val else "test")
-        own = _rng(seed, _T_CENTRE, i).standard_normal(FACE_DIM)
+        own = seeded_rng(seed, Stream.SCENE_CENTRE, i).standard_normal(FACE_DIM)
         centre = APPEARANCE_SHARE * appearance_vector(person) + math.sqrt(1 - APPEARANCE_SHARE**2) * own / np.linalg.norm(own)
         out.append(_Identity(i, split, f"n{number:06d}", name, person, centre / np.linalg.norm(centre)))
     return out
@@ -647,7 +644,8 @@ def generate_pfs(out: str | Path, identities: int = 200, images_per_identity: in
         raise ValueError(f"size must be at least 16x16, got {size}")
     people = _identities(identities, seed, split_fractions)
     total = identities * images_per_identity
-    coco_ids = (_rng(seed, _T_LAYOUT, 2).choice(max(COCO_MAX_ID, 4 * total), total, replace=False) + 1).tolist()
+    coco_ids = seeded_rng(seed, Stream.SCENE_LAYOUT, 2).choice(max(COCO_MAX_ID, 4 * total), total, replace=False) + 1
+    coco_ids = coco_ids.tolist()
     contexts = list(CONTEXTS.values())
 
     coco: dict[str, dict[str, list]] = {}  # caption file -> {"images": [...], "annotations": [...]}
@@ -664,17 +662,17 @@ def generate_pfs(out: str | Path, identities: int = 200, images_per_identity: in
                 for k in range(images_per_identity):
                     coco_id = coco_ids[p.index * images_per_identity + k]
                     file_name = f"{coco_id:012d}.jpg"
-                    rng = _rng(seed, _T_SCENE, p.index, k)
+                    rng = seeded_rng(seed, Stream.SCENE, p.index, k)
                     context = contexts[int(rng.integers(len(contexts)))]
-                    prop = _choice(rng, context.props) if rng.random() < 0.6 else None
+                    prop = choice(rng, context.props) if rng.random() < 0.6 else None
                     image = _scene_image(p.person, context, prop, rng, size)
                     _save_jpeg(image, tmp / files.images / f"{file_name}_{p.class_id}.jpg", jpeg_quality)
                     book["images"].append({"id": coco_id, "file_name": file_name, "height": size[0], "width": size[1]})
-                    for text in _captions(p.person, context, prop, _rng(seed, _T_CAPTION, p.index, k)):
+                    for text in _captions(p.person, context, prop, seeded_rng(seed, Stream.SCENE_CAPTION, p.index, k)):
                         book["annotations"].append({"image_id": coco_id, "id": len(book["annotations"]) + 1,
                                                     "caption": text})
                     features[p.split][f"{coco_id}_{p.class_id}"] = _descriptor(
-                        p.centre, face_noise, _rng(seed, _T_FACE, p.index, k))
+                        p.centre, face_noise, seeded_rng(seed, Stream.SCENE_FACE, p.index, k))
                     bar.update(1)
             for split, files in SPLIT_FILES.items():
                 _write_json(tmp / files.features, features[split])
