@@ -15,8 +15,9 @@ from xsearch.datamodules.coco_pfs import SPLIT_FILES, parse, parse_synth_pfs
 from xsearch.datamodules.files import read_csv
 from xsearch.entity_captions import SLOT, keyword_matches
 from xsearch.registry import DATASETS
-from xsearch.synth import render, scenes
-from xsearch.synth.scenes import FIRST_NAMES, LAST_NAMES, appearance_vector, generate_pfs, identity_names
+from xsearch.synth import render, scenes, writing
+from xsearch.synth.scenes import FIRST_NAMES, LAST_NAMES, appearance_vector, identity_names
+from xsearch.synth.writing import generate_pfs
 
 KW = dict(identities=12, images_per_identity=3, size=(64, 64), split_fractions=(0.5, 0.25, 0.25), progress=False)
 EXPECTED = {  # split_counts(12, (0.5, 0.25, 0.25)) = (6, 3, 3); 3 images per identity, 5 captions per image
@@ -49,9 +50,9 @@ def test_registered_as_synthesizer_and_dataset() -> None:
 def test_the_generator_writes_the_files_the_parser_reads() -> None:
     from xsearch.datamodules import coco_pfs
 
-    assert {s: tuple(f) for s, f in scenes.SPLIT_FILES.items()} == {
+    assert {s: tuple(f) for s, f in writing.SPLIT_FILES.items()} == {
         s: (f.features, f.captions, f.images) for s, f in coco_pfs.SPLIT_FILES.items()}
-    assert (scenes.FACE_CROPS, scenes.META_FILE, scenes.FACE_DIM, scenes.CAPTIONS_PER_IMAGE) == (
+    assert (writing.FACE_CROPS, writing.META_FILE, scenes.FACE_DIM, scenes.CAPTIONS_PER_IMAGE) == (
         coco_pfs.FACE_CROPS, coco_pfs.META_FILE, coco_pfs.FACE_DIM, coco_pfs.CAPTIONS_PER_IMAGE)
 
 
@@ -107,9 +108,9 @@ def test_face_descriptors_cluster_by_identity(index) -> None:
 def test_face_descriptors_reflect_the_look(index) -> None:
     """Each identity's mean descriptor is closest to the appearance vector of its own look (a face model sees the
     face), so unseen identities are not pure noise to a translator."""
-    from xsearch.synth.scenes import APPEARANCE_SHARE, _identities
+    from xsearch.synth.scenes import APPEARANCE_SHARE, scene_identities
 
-    people = {p.class_id: p.person for p in _identities(KW["identities"], 5, KW["split_fractions"])}  # the fixture's seed
+    people = {p.class_id: p.person for p in scene_identities(KW["identities"], 5, KW["split_fractions"])}  # fixture's seed
     faces = index.extras["face_features"].astype(np.float64)
     class_ids = index.extras["class_ids"]
     pids = np.array([r.pid for r in index.images])

@@ -15,11 +15,11 @@ above it; the captions of faces come from the leaf :mod:`xsearch.face_captions`.
 """
 from xsearch.synth.colours import COLOURS, HAIR_COLOURS
 from xsearch.synth.pedestrians import (
-    COLOUR_WORDS, PEDES_SOURCES, PersonAttributes, caption_colour_words, face_attributes, generate_faces,
-    generate_pedes, pedes_attributes, pedes_captions, person_colour_words, tokenize,
+    COLOUR_WORDS, PersonAttributes, caption_colour_words, face_attributes, pedes_attributes, pedes_captions,
+    person_colour_words, tokenize,
 )
 from xsearch.synth.sampling import split_counts
-from xsearch.synth.scenes import generate_pfs
+from xsearch.synth.writing import PEDES_SOURCES, generate_faces, generate_pedes, generate_pfs
 
 __all__ = [
     "COLOURS", "COLOUR_WORDS", "HAIR_COLOURS", "PEDES_SOURCES", "PersonAttributes", "caption_colour_words",

@@ -1,44 +1,26 @@
-"""Synthetic datasets in the official CUHK-PEDES and CelebA (+ MM-CelebA-HQ captions) layouts.
+"""Synthetic pedestrians (their latent attributes and captions) and synthetic face identities.
 
-The embedded default data of xsearch: every experiment, test and the README quickstart can run without
-downloading anything.
-
-* :func:`generate_pedes` writes ``reid_raw.json`` + ``imgs/<source>/<file>.jpg`` exactly like CUHK-PEDES.
-  Each identity has latent attributes (:class:`PersonAttributes`, see :func:`pedes_attributes`): gender,
-  hair, top, bottom, shoes, bag, hat, glasses, scarf, with colours from :data:`COLOURS`. Every image is a
-  drawn pedestrian with per-image view (front / back / side), pose, scale, position, background clutter,
-  lighting, noise, blur and occasional occlusion; its two captions mention random subsets of the identity's
-  attributes with varied templates and synonyms.
-* :func:`generate_faces` writes ``Img/img_align_celeba``, ``Anno/identity_CelebA.txt``,
-  ``Anno/list_attr_celeba.txt``, ``Eval/list_eval_partition.txt`` and, as if every image were in
-  CelebA-HQ, the Multi-Modal-CelebA-HQ captions ``text/<hq>.txt`` with ``CelebA-HQ-to-CelebA-mapping.txt``
-  (captions from the positive attributes, :mod:`xsearch.face_captions`); the ``celeba``
-  parser reads it (registered as ``synth_faces``).
-
-Both are deterministic (same arguments -> same bytes) and write atomically (temporary sibling directory
-renamed at the end). Command line: ``python -m xsearch.synth {pedes,faces} OUT``.
+Each pedestrian identity has latent attributes (:class:`PersonAttributes`, see :func:`pedes_attributes`): gender,
+hair, top, bottom, shoes, bag, hat, glasses, scarf, with colours from :data:`~xsearch.synth.colours.COLOURS`, and
+the colours and proportions its drawings use (:mod:`xsearch.synth.render`). :func:`pedes_captions` writes the
+captions of one of its images: random subsets of the identity's attributes with varied templates and synonyms.
+Face identities (:func:`face_identity`) have stable CelebA attributes, per-image propensities and a look.
 """
 from __future__ import annotations
 
-import json
-import os
 import re
-import shutil
-import tempfile
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from xsearch.face_captions import CELEBA_ATTRIBUTES, celeba_caption
+from xsearch.face_captions import CELEBA_ATTRIBUTES
 from xsearch.synth.colours import COLOURS, HAIR_COLOURS, SKIN_TONES, clamp_rgb, contrast_colour, mix, shade
-from xsearch.synth.sampling import Stream, choice, seeded_rng, split_counts
+from xsearch.synth.sampling import Stream, choice, seeded_rng
 
 __all__ = [
-    "COLOUR_WORDS", "PEDES_SOURCES", "PersonAttributes", "pedes_attributes", "pedes_captions", "person_colour_words",
-    "caption_colour_words", "tokenize", "face_attributes", "generate_pedes", "generate_faces",
+    "COLOUR_WORDS", "PersonAttributes", "caption_colour_words", "face_attributes", "face_identity",
+    "face_image_attributes", "pedes_attributes", "pedes_captions", "person_colour_words", "tokenize",
 ]
 
 # ----------------------------------------------------------------------------------------------
@@ -49,8 +31,6 @@ __all__ = [
 COLOUR_WORDS: dict[str, str] = {c: c for c in COLOURS} | {
     "gray": "grey", "blond": "blond", "blonde": "blond", "khaki": "beige", "tan": "beige",
 }
-PEDES_SOURCES = ("cam_a", "cam_b", "Market")
-_SOURCE_P = (0.3, 0.3, 0.4)
 
 TOP_NOUNS = {
     "t-shirt": ["t-shirt", "T-shirt", "tee", "tshirt", "t shirt", "tee shirt"],
@@ -519,7 +499,7 @@ def pedes_captions(a: PersonAttributes, rng: np.random.Generator, details: dict[
 # faces
 # ----------------------------------------------------------------------------------------------
 
-def _face_identity(fid: int, seed: int) -> tuple[dict[str, Any], dict[str, float], dict[str, Any]]:
+def face_identity(fid: int, seed: int) -> tuple[dict[str, Any], dict[str, float], dict[str, Any]]:
     """Stable attributes, per-image propensities and render parameters of face identity ``fid``."""
     rng = seeded_rng(seed, Stream.FACE, fid)
     A = dict.fromkeys(CELEBA_ATTRIBUTES, False)
@@ -602,7 +582,7 @@ def _face_identity(fid: int, seed: int) -> tuple[dict[str, Any], dict[str, float
     return A, prop, render
 
 
-def _face_image_attrs(stable: dict[str, bool], prop: dict[str, float], rng: np.random.Generator) -> dict[str, bool]:
+def face_image_attributes(stable: dict[str, bool], prop: dict[str, float], rng: np.random.Generator) -> dict[str, bool]:
     A = dict(stable)
     for k in ("Smiling", "Eyeglasses", "Wearing_Hat", "Wearing_Earrings", "Wearing_Necklace", "Wearing_Necktie",
               "Heavy_Makeup", "Wearing_Lipstick", "Blurry"):
@@ -617,172 +597,4 @@ def _face_image_attrs(stable: dict[str, bool], prop: dict[str, float], rng: np.r
 def face_attributes(identities: int = 200, seed: int = 0) -> list[dict[str, bool]]:
     """Stable (per-identity) attributes of face identities ``1..identities`` as :func:`generate_faces` samples
     them; per-image attributes are in the generated ``list_attr_celeba.txt``."""
-    return [_face_identity(i, seed)[0] for i in range(1, identities + 1)]
-
-
-# ----------------------------------------------------------------------------------------------
-# writing
-# ----------------------------------------------------------------------------------------------
-
-@contextmanager
-def _atomic_dir(out: Path, overwrite: bool) -> Iterator[Path]:
-    out = Path(out)
-    if out.exists():
-        if not out.is_dir():
-            raise FileExistsError(f"{out} exists and is not a directory")
-        if any(out.iterdir()) and not overwrite:
-            raise FileExistsError(
-                f"{out} already exists and is not empty; choose another directory, delete it, or pass overwrite=True (--overwrite on the command line)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        yield tmp
-        if out.exists() and any(out.iterdir()) and not overwrite:
-            shutil.rmtree(tmp)  # another process wrote it meanwhile (same arguments, same bytes): keep theirs
-        else:
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        enabled = False
-    if not enabled:
-        class _Null:
-            def update(self, n: int = 1) -> None: ...
-            def close(self) -> None: ...
-        return _Null()
-    return tqdm(total=total, desc=desc, unit="img", leave=False)
-
-
-def _save_jpeg(img, path: Path, quality: int) -> None:
-    img.save(path, format="JPEG", quality=quality, subsampling=0 if quality >= 95 else 2, optimize=False)
-
-
-def generate_pedes(out: str | Path, identities: int = 1000, seed: int = 0,
-                   images_per_identity: tuple[int, int] = (2, 5), image_size: tuple[int, int] = (160, 64),
-                   progress: bool = True, overwrite: bool = False,
-                   split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
-                   captions_per_image: int = 2, jpeg_quality: int = 92) -> Path:
-    """Write a synthetic text-to-person dataset in the CUHK-PEDES layout and return ``out``.
-
-    ``out/reid_raw.json``: list of ``{"split", "captions", "file_path", "processed_tokens", "id"}`` records
-    (ids 1-based; train ids first, then val, then test, split by identity per ``split_fractions``);
-    ``out/imgs/<source>/<file>.jpg`` with sources :data:`PEDES_SOURCES`. ``image_size`` is (H, W).
-    Identity ``i``'s latent attributes are ``pedes_attributes(identities, seed)[i - 1]``.
-    """
-    from xsearch.synth.render import render_person
-
-    lo, hi = images_per_identity
-    if not (1 <= lo <= hi):
-        raise ValueError(f"images_per_identity must satisfy 1 <= lo <= hi, got {images_per_identity}")
-    n_train, n_val, _ = split_counts(identities, split_fractions)
-    people = pedes_attributes(identities, seed)
-    counts = [int(seeded_rng(seed, Stream.PEDES_LAYOUT, p.id).integers(lo, hi + 1)) for p in people]
-    out = Path(out)
-    bar = _progress(sum(counts), "synthetic pedes", progress)
-    try:
-        with _atomic_dir(out, overwrite) as tmp:
-            for src in PEDES_SOURCES:
-                (tmp / "imgs" / src).mkdir(parents=True)
-            records = []
-            for person, count in zip(people, counts):
-                pid = person.id
-                split = "train" if pid <= n_train else ("val" if pid <= n_train + n_val else "test")
-                for k in range(count):
-                    rng = seeded_rng(seed, Stream.PEDES_IMAGE, pid, k)
-                    src = PEDES_SOURCES[int(rng.choice(len(PEDES_SOURCES), p=_SOURCE_P))]
-                    camno = 1 + PEDES_SOURCES.index(src) * 2 + int(rng.integers(2))
-                    name = f"{pid:05d}_c{camno}_{k + 1:03d}.jpg"
-                    img, details = render_person(person.render, rng, image_size, camera=src)
-                    _save_jpeg(img, tmp / "imgs" / src / name, jpeg_quality)
-                    caption_rng = seeded_rng(seed, Stream.PEDES_CAPTION, pid, k)
-                    caps = pedes_captions(person, caption_rng, details, captions_per_image)
-                    records.append({"split": split, "captions": caps, "file_path": f"{src}/{name}",
-                                    "processed_tokens": [tokenize(c) for c in caps], "id": pid})
-                    bar.update(1)
-            with open(tmp / "reid_raw.json", "w", encoding="utf-8", newline="\n") as fh:
-                json.dump(records, fh, ensure_ascii=True)
-    finally:
-        bar.close()
-    return out
-
-
-def generate_faces(out: str | Path, identities: int = 200, seed: int = 0,
-                   images_per_identity: tuple[int, int] = (4, 10), captions_per_image: int = 10,
-                   progress: bool = True, overwrite: bool = False,
-                   split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), jpeg_quality: int = 92) -> Path:
-    """Write a synthetic face dataset in the official CelebA layout + Multi-Modal-CelebA-HQ captions.
-
-    Files: ``Img/img_align_celeba/NNNNNN.jpg`` (178x218), ``Anno/identity_CelebA.txt``,
-    ``Anno/list_attr_celeba.txt``, ``Eval/list_eval_partition.txt`` (identities disjoint across partitions;
-    images numbered train first, then val, then test, like CelebA). Every image is also an "HQ" image:
-    ``text/<hq>.txt`` holds its ``captions_per_image`` lines and ``CelebA-HQ-to-CelebA-mapping.txt``
-    (header ``idx orig_idx orig_file``) maps the seeded-random HQ number ``0..n-1`` to ``NNNNNN.jpg``.
-    Identity numbers are a seeded permutation of ``1..identities``.
-    """
-    from xsearch.synth.render import render_face
-
-    lo, hi = images_per_identity
-    if not (1 <= lo <= hi):
-        raise ValueError(f"images_per_identity must satisfy 1 <= lo <= hi, got {images_per_identity}")
-    n_train, n_val, _ = split_counts(identities, split_fractions)
-    lay = seeded_rng(seed, Stream.FACE_LAYOUT)
-    labels = (lay.permutation(identities) + 1).tolist()  # identity label of the i-th sampled identity
-    # (identity index, image index within identity, partition), images of a partition shuffled
-    items: list[tuple[int, int, int]] = []
-    for part, idx in ((0, range(0, n_train)), (1, range(n_train, n_train + n_val)),
-                      (2, range(n_train + n_val, identities))):
-        block = []
-        for i in idx:
-            cnt = int(seeded_rng(seed, Stream.FACE_LAYOUT, i + 1).integers(lo, hi + 1))
-            block += [(i, k, part) for k in range(cnt)]
-        order = lay.permutation(len(block))
-        items += [block[j] for j in order]
-    hq_of = seeded_rng(seed, Stream.FACE_LAYOUT, 0).permutation(len(items)).tolist()  # HQ number of image n at [n - 1]
-    idents = {}
-    out = Path(out)
-    bar = _progress(len(items), "synthetic faces", progress)
-    try:
-        with _atomic_dir(out, overwrite) as tmp:
-            img_dir = tmp / "Img" / "img_align_celeba"
-            cap_dir = tmp / "text"
-            for p in (img_dir, cap_dir, tmp / "Anno", tmp / "Eval"):
-                p.mkdir(parents=True)
-            id_lines, part_lines, attr_lines = [], [], []
-            for n, (i, k, part) in enumerate(items, start=1):
-                label = labels[i]
-                if label not in idents:
-                    idents[label] = _face_identity(label, seed)
-                stable, prop, render = idents[label]
-                rng = seeded_rng(seed, Stream.FACE_IMAGE, label, k)
-                attrs = _face_image_attrs(stable, prop, rng)
-                img = render_face(attrs, render, rng)
-                fname = f"{n:06d}.jpg"
-                _save_jpeg(img, img_dir / fname, jpeg_quality)
-                crng = seeded_rng(seed, Stream.FACE_CAPTION, n)
-                caps = [celeba_caption(attrs, crng) for _ in range(captions_per_image)]
-                (cap_dir / f"{hq_of[n - 1]}.txt").write_text("\n".join(caps) + "\n", encoding="utf-8", newline="\n")
-                id_lines.append(f"{fname} {label}\n")
-                part_lines.append(f"{fname} {part}\n")
-                attr_lines.append(fname + " " + " ".join(f"{1 if attrs[a] else -1:2d}" for a in CELEBA_ATTRIBUTES)
-                                  + "\n")
-                bar.update(1)
-            (tmp / "Anno" / "identity_CelebA.txt").write_text("".join(id_lines), encoding="utf-8", newline="\n")
-            (tmp / "Eval" / "list_eval_partition.txt").write_text("".join(part_lines), encoding="utf-8", newline="\n")
-            (tmp / "Anno" / "list_attr_celeba.txt").write_text(
-                f"{len(items)}\n" + " ".join(CELEBA_ATTRIBUTES) + " \n" + "".join(attr_lines), encoding="utf-8",
-                newline="\n")
-            rows = [f"{hq:<12}{n - 1:<12}{n:06d}.jpg\n" for hq, n in sorted((hq, n) for n, hq in enumerate(hq_of, 1))]
-            (tmp / "CelebA-HQ-to-CelebA-mapping.txt").write_text(
-                f"{'idx':<12}{'orig_idx':<12}orig_file\n" + "".join(rows), encoding="utf-8", newline="\n")
-    finally:
-        bar.close()
-    return out
-
+    return [face_identity(i, seed)[0] for i in range(1, identities + 1)]

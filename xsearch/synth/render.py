@@ -566,7 +566,7 @@ def render_person(a: dict[str, Any], rng: np.random.Generator, size: tuple[int, 
 def render_face(attrs: dict[str, bool], ident: dict[str, Any], rng: np.random.Generator,
                 size: tuple[int, int] = (218, 178)) -> Image.Image:
     """Draw an aligned face. ``attrs``: the 40 CelebA attributes of this image (True = 1);
-    ``ident``: stable per-identity geometry and colours (see ``xsearch.synth.pedestrians._face_identity``)."""
+    ``ident``: stable per-identity geometry and colours (see :func:`xsearch.synth.pedestrians.face_identity`)."""
     H, W = size
     pad = 1.2
     cw, ch = int(W * SS * pad), int(H * SS * pad)

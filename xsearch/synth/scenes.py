@@ -1,95 +1,54 @@
-"""Synthetic COCO-PFS: COCO-like scenes with one named person, in the layout the ``coco_pfs`` parser reads.
+"""COCO-like scenes with one named person: what the synthetic COCO-PFS set (``synth_pfs``) shows and says.
 
-:func:`generate_pfs` writes a ``datadir`` exactly like COCO-PFS (Id-CLIP) so that general retrieval
-and entity retrieval run offline on a CPU (the synthesizer and dataset ``synth_pfs``)::
+Written in the COCO-PFS layout by :func:`xsearch.synth.writing.generate_pfs`, so that Id-CLIP's general retrieval and
+entity retrieval run offline on a CPU.
 
-    coco_dataset/annotations/captions_train2017.json         COCO captions of the train images
-    coco_dataset/annotations/captions_val2017.json           COCO captions of the val + test images
-    coco_dataset/coco_train_swapped/<file_name>_<class id>.jpg          train images
-    coco_dataset/coco_val_swap_new/<file_name>_<class id>.jpg           val + test images
-    Visual_Name_Entity_Recognition/gender_faceswap_training_set/features_train_small_faceswap.json
-    Visual_Name_Entity_Recognition/gender_faceswap_new_val_test_set/features_new_val_small_faceswap.json
-    Visual_Name_Entity_Recognition/gender_faceswap_new_val_test_set/features_new_entities_test_small_faceswap.json
-    vggface_test_kaggle/identity_meta.csv
-
-(:data:`SPLIT_FILES`, which a test checks against the ``coco_pfs`` parser's own).
-
-* Identities are split identity-disjoint into train / val / test (:func:`~xsearch.synth.sampling.split_counts`, train
-  first). Each has a VGGFace2-style class id ``n%06d`` (distinct, seeded), a unique synthetic
-  "First Last" name matching its gender (``identity_meta.csv``: ``Class_ID, Name, Sample_Num, Flag,
-  Gender`` with ``Flag`` 1 for train identities, 0 otherwise), a fixed look (the pedestrian attributes
-  and renderer of :mod:`xsearch.synth.pedestrians`) and a unit 512-d face-descriptor centre that is
-  partly a function of that look (:data:`APPEARANCE_SHARE`, see :func:`appearance_vector`) and partly
-  random: a face model's embedding reflects what the person looks like, so a translator trained on some
-  identities can say something about unseen ones, as Id-CLIP needs.
-* Every image is one COCO image (12-digit ``file_name``, distinct seeded id) holding exactly one
-  identity: a scene of one of :data:`CONTEXTS` (beach, street, park, kitchen, snow; layout, colours and
-  an optional prop vary per image) with the identity's rendered pedestrian pasted in. It is saved as
-  ``<file_name>_<class id>.jpg`` (double extension) in the split's image folder.
-* Each COCO image has 5 captions naming the context (and the prop, if any) and exactly one generic
-  person word ("man", "lady", "person"...) so the parser's identity insertion anchors to it; about half
-  of them also say one garment the person wears ("a man in a red jacket"), as COCO captions often do, so
-  that a CLIP trained on them sees the person; the identity's name never appears (the parser inserts it).
-* A split's features file maps ``"<COCO image id>_<class id>"`` to the identity's centre plus Gaussian
-  noise (std ``face_noise``, by default such that the cosine to the centre is about 0.8), L2-normalised,
-  512 floats (6 decimals).
-
-Deterministic (same arguments -> same bytes) and atomic (written into a temporary sibling folder,
-renamed at the end; nothing is left behind on failure). Command line:
-``python -m xsearch.synth pfs OUT [--identities N] [--images-per-identity K] [--seed S]``.
+* Identities (:func:`scene_identities`) are split identity-disjoint into train / val / test, train first. Each has a
+  VGGFace2-style class id ``n%06d`` (distinct, seeded), a unique synthetic "First Last" name matching its gender
+  (:func:`identity_names`), a fixed look (the pedestrian attributes of :mod:`xsearch.synth.pedestrians`, drawn by
+  :mod:`xsearch.synth.render`) and a unit 512-d face-descriptor centre that is partly a function of that look
+  (:data:`APPEARANCE_SHARE`, see :func:`appearance_vector`) and partly random: a face model's embedding reflects what
+  the person looks like, so a translator trained on some identities can say something about unseen ones, as Id-CLIP
+  needs.
+* Every image (:func:`scene_image`) holds exactly one identity: a scene of one of :data:`CONTEXTS` (beach, street,
+  park, kitchen, snow; layout, colours and an optional prop vary per image) with the identity's rendered pedestrian
+  pasted in.
+* Each image has 5 captions (:func:`scene_captions`) naming the context (and the prop, if any) and exactly one
+  generic person word ("man", "lady", "person"...) so the parser's identity insertion anchors to it; about half of
+  them also say one garment the person wears ("a man in a red jacket"), as COCO captions often do, so that a CLIP
+  trained on them sees the person; the identity's name never appears (the parser inserts it).
+* Each image's face descriptor (:func:`face_descriptor`) is the identity's centre plus Gaussian noise (by default
+  such that the cosine to the centre is about 0.8), L2-normalised, 512 floats (6 decimals).
 """
 from __future__ import annotations
 
 import copy
-import json
 import math
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from xsearch.synth import render
 from xsearch.synth.colours import clamp_rgb, mix, shade
-from xsearch.synth.pedestrians import PersonAttributes, _atomic_dir, _progress, _save_jpeg, pedes_attributes
+from xsearch.synth.pedestrians import PersonAttributes, pedes_attributes
 from xsearch.synth.sampling import Stream, choice, seeded_rng, split_counts
 
-__all__ = ["CONTEXTS", "DEFAULT_FACE_NOISE", "FIRST_NAMES", "LAST_NAMES", "SPLIT_FILES", "generate_pfs", "identity_names"]
+__all__ = ["APPEARANCE_SHARE", "CAPTIONS_PER_IMAGE", "CONTEXTS", "DEFAULT_FACE_NOISE", "FACE_DIM", "FIRST_NAMES",
+           "LAST_NAMES", "SceneIdentity", "appearance_vector", "face_descriptor", "identity_names", "scene_captions",
+           "scene_identities", "scene_image"]
 
 FACE_DIM = 512
+"""Length of a face descriptor (VGGFace2 features in COCO-PFS)."""
 CAPTIONS_PER_IMAGE = 5
-FACE_CROPS = "vggface_test_kaggle"
-META_FILE = "identity_meta.csv"
-
-
-class SplitFiles(NamedTuple):
-    """Where one split lives, relative to the root."""
-
-    features: str
-    captions: str
-    images: str
-
-
-_FEATURES, _ANNOTATIONS = "Visual_Name_Entity_Recognition", "coco_dataset/annotations"
-SPLIT_FILES = {
-    "train": SplitFiles(f"{_FEATURES}/gender_faceswap_training_set/features_train_small_faceswap.json",
-                        f"{_ANNOTATIONS}/captions_train2017.json", "coco_dataset/coco_train_swapped"),
-    "val": SplitFiles(f"{_FEATURES}/gender_faceswap_new_val_test_set/features_new_val_small_faceswap.json",
-                      f"{_ANNOTATIONS}/captions_val2017.json", "coco_dataset/coco_val_swap_new"),
-    "test": SplitFiles(f"{_FEATURES}/gender_faceswap_new_val_test_set/features_new_entities_test_small_faceswap.json",
-                       f"{_ANNOTATIONS}/captions_val2017.json", "coco_dataset/coco_val_swap_new"),
-}
-"""The COCO-PFS files of each split, as the ``coco_pfs`` parser reads them (``tests/test_synth_pfs.py`` checks that
-they are the parser's own ``SPLIT_FILES``)."""
+"""COCO captions per image."""
 
 FACE_COSINE = 0.8
 DEFAULT_FACE_NOISE = math.sqrt((1.0 / FACE_COSINE**2 - 1.0) / FACE_DIM)
 """Per-dimension std of the descriptor noise giving an expected cosine of ~0.8 to the identity centre
 (``|centre| = 1``, ``|noise|^2 ~ 512 std^2``, cosine ~ ``1 / sqrt(1 + 512 std^2)``)."""
-
-COCO_MAX_ID = 581929  # largest COCO 2017 image id: synthetic ids look like real ones
 
 FIRST_NAMES = {
     "male": ("Adrian", "Anton", "Bruno", "Carlos", "Daniel", "Elias", "Emil", "Felix", "Gustav", "Hugo", "Ivan",
@@ -451,7 +410,7 @@ def _render_cutout(person: PersonAttributes, rng: np.random.Generator,
             Image.fromarray((alpha[..., 0] * 255.0 + 0.5).astype(np.uint8), "L"))
 
 
-def _scene_image(person: PersonAttributes, context: Context, prop: PropKind | None,
+def scene_image(person: PersonAttributes, context: Context, prop: PropKind | None,
                  rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
     """One COCO-like scene of ``size`` (H, W) with ``person`` standing on the ground, ``prop`` beside it."""
     H, W = size
@@ -506,7 +465,8 @@ OUTFIT_SHARE = 0.5
 """Share of captions that say what the person wears (COCO captions often do; names never)."""
 
 
-def _captions(person: PersonAttributes, context: Context, prop: PropKind | None, rng: np.random.Generator) -> list[str]:
+def scene_captions(person: PersonAttributes, context: Context, prop: PropKind | None,
+                   rng: np.random.Generator) -> list[str]:
     """5 COCO-style captions: the context, the prop (when there is one), exactly one person word, and in about
     :data:`OUTFIT_SHARE` of them one visible garment of the person (the images show it)."""
     gender = person.gender
@@ -555,11 +515,13 @@ def identity_names(genders: Sequence[str], seed: int = 0) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------
-# writing
+# identities and face descriptors
 # ----------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class _Identity:
+class SceneIdentity:
+    """One identity of the scene set: its place, class id, display name, look and face-descriptor centre."""
+
     index: int  # 0-based, train identities first
     split: str
     class_id: str
@@ -585,7 +547,8 @@ def appearance_vector(person: PersonAttributes) -> np.ndarray:
     return total / np.linalg.norm(total)
 
 
-def _identities(identities: int, seed: int, split_fractions: Sequence[float]) -> list[_Identity]:
+def scene_identities(identities: int, seed: int, split_fractions: Sequence[float]) -> list[SceneIdentity]:
+    """The ``identities`` people of a scene set, split identity-disjoint by ``split_fractions`` (train first)."""
     n_train, n_val, _ = split_counts(identities, split_fractions)
     people = pedes_attributes(identities, seed)
     names = identity_names([p.gender for p in people], seed)
@@ -596,94 +559,12 @@ def _identities(identities: int, seed: int, split_fractions: Sequence[float]) ->
         split = "train" if i < n_train else ("val" if i < n_train + n_val else "test")
         own = seeded_rng(seed, Stream.SCENE_CENTRE, i).standard_normal(FACE_DIM)
         centre = APPEARANCE_SHARE * appearance_vector(person) + math.sqrt(1 - APPEARANCE_SHARE**2) * own / np.linalg.norm(own)
-        out.append(_Identity(i, split, f"n{number:06d}", name, person, centre / np.linalg.norm(centre)))
+        out.append(SceneIdentity(i, split, f"n{number:06d}", name, person, centre / np.linalg.norm(centre)))
     return out
 
 
-def _descriptor(centre: np.ndarray, noise: float, rng: np.random.Generator) -> list[float]:
+def face_descriptor(centre: np.ndarray, noise: float, rng: np.random.Generator) -> list[float]:
+    """The face descriptor of one image: ``centre`` plus Gaussian noise of std ``noise``, L2-normalised, 6 decimals."""
     v = centre + rng.normal(0.0, noise, FACE_DIM)
     v /= np.linalg.norm(v)
     return [round(float(x), 6) for x in v]
-
-
-def _write_json(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8", newline="\n") as fh:
-        json.dump(value, fh, ensure_ascii=True)
-
-
-def _meta_csv(people: list[_Identity], images_per_identity: int) -> str:
-    rows = ["Class_ID, Name, Sample_Num, Flag, Gender\n"]
-    for p in sorted(people, key=lambda p: p.class_id):
-        flag = 1 if p.split == "train" else 0
-        name = p.name.replace(" ", "_")
-        rows.append(f'{p.class_id}, "{name}", {images_per_identity}, {flag}, {p.person.gender[0]}\n')
-    return "".join(rows)
-
-
-def generate_pfs(out: str | Path, identities: int = 200, images_per_identity: int = 6, seed: int = 0,
-                 size: Sequence[int] = (128, 128), progress: bool = True, overwrite: bool = False,
-                 split_fractions: Sequence[float] = (0.8, 0.1, 0.1), face_noise: float = DEFAULT_FACE_NOISE,
-                 jpeg_quality: int = 92) -> Path:
-    """Write a synthetic COCO-PFS ``datadir`` (see the module docstring) and return ``out``.
-
-    Args:
-        identities: people, split identity-disjoint into train / val / test by ``split_fractions``.
-        images_per_identity: COCO images per identity (each holds that one identity).
-        size: image (H, W).
-        face_noise: per-dimension std of the Gaussian noise added to an identity's unit descriptor
-            centre before L2 normalisation (default: cosine to the centre ~0.8).
-        overwrite: replace a non-empty ``out`` (otherwise refused).
-    """
-    if images_per_identity < 1:
-        raise ValueError(f"images_per_identity must be >= 1, got {images_per_identity}")
-    if face_noise < 0:
-        raise ValueError(f"face_noise must be >= 0, got {face_noise}")
-    size = (int(size[0]), int(size[1]))
-    if min(size) < 16:
-        raise ValueError(f"size must be at least 16x16, got {size}")
-    people = _identities(identities, seed, split_fractions)
-    total = identities * images_per_identity
-    coco_ids = seeded_rng(seed, Stream.SCENE_LAYOUT, 2).choice(max(COCO_MAX_ID, 4 * total), total, replace=False) + 1
-    coco_ids = coco_ids.tolist()
-    contexts = list(CONTEXTS.values())
-
-    coco: dict[str, dict[str, list]] = {}  # caption file -> {"images": [...], "annotations": [...]}
-    features: dict[str, dict[str, list[float]]] = {s: {} for s in SPLIT_FILES}
-    out = Path(out)
-    bar = _progress(total, "synthetic pfs", progress)
-    try:
-        with _atomic_dir(out, overwrite) as tmp:
-            for files in SPLIT_FILES.values():
-                (tmp / files.images).mkdir(parents=True, exist_ok=True)
-            for p in people:
-                files = SPLIT_FILES[p.split]
-                book = coco.setdefault(files.captions, {"images": [], "annotations": []})
-                for k in range(images_per_identity):
-                    coco_id = coco_ids[p.index * images_per_identity + k]
-                    file_name = f"{coco_id:012d}.jpg"
-                    rng = seeded_rng(seed, Stream.SCENE, p.index, k)
-                    context = contexts[int(rng.integers(len(contexts)))]
-                    prop = choice(rng, context.props) if rng.random() < 0.6 else None
-                    image = _scene_image(p.person, context, prop, rng, size)
-                    _save_jpeg(image, tmp / files.images / f"{file_name}_{p.class_id}.jpg", jpeg_quality)
-                    book["images"].append({"id": coco_id, "file_name": file_name, "height": size[0], "width": size[1]})
-                    for text in _captions(p.person, context, prop, seeded_rng(seed, Stream.SCENE_CAPTION, p.index, k)):
-                        book["annotations"].append({"image_id": coco_id, "id": len(book["annotations"]) + 1,
-                                                    "caption": text})
-                    features[p.split][f"{coco_id}_{p.class_id}"] = _descriptor(
-                        p.centre, face_noise, seeded_rng(seed, Stream.SCENE_FACE, p.index, k))
-                    bar.update(1)
-            for split, files in SPLIT_FILES.items():
-                _write_json(tmp / files.features, features[split])
-            for name in sorted({f.captions for f in SPLIT_FILES.values()}):
-                book = coco.get(name, {"images": [], "annotations": []})
-                _write_json(tmp / name, {"info": {"description": "xsearch synthetic COCO-PFS", "year": 2017},
-                                         "licenses": [], **book})
-            (tmp / FACE_CROPS).mkdir(parents=True, exist_ok=True)
-            (tmp / FACE_CROPS / META_FILE).write_text(_meta_csv(people, images_per_identity), encoding="utf-8",
-                                                      newline="\n")
-    finally:
-        bar.close()
-    return out
-
