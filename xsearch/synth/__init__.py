@@ -13,11 +13,9 @@ Every generator is deterministic (same arguments -> same bytes) and writes atomi
 folder, renamed at the end). This package imports nothing from the parsers (``xsearch.datamodules``), which sit
 above it; the captions of faces come from the leaf :mod:`xsearch.face_captions`.
 """
+from xsearch.synth.captions import COLOUR_WORDS, caption_colour_words, pedes_captions, tokenize
 from xsearch.synth.colours import COLOURS, HAIR_COLOURS
-from xsearch.synth.pedestrians import (
-    COLOUR_WORDS, PersonAttributes, caption_colour_words, face_attributes, pedes_attributes, pedes_captions,
-    person_colour_words, tokenize,
-)
+from xsearch.synth.pedestrians import PersonAttributes, face_attributes, pedes_attributes, person_colour_words
 from xsearch.synth.sampling import split_counts
 from xsearch.synth.writing import PEDES_SOURCES, generate_faces, generate_pedes, generate_pfs
 

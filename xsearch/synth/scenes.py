@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from xsearch.synth import render
+from xsearch.synth.captions import article
 from xsearch.synth.colours import clamp_rgb, mix, shade
 from xsearch.synth.pedestrians import PersonAttributes, pedes_attributes
 from xsearch.synth.sampling import Stream, choice, seeded_rng, split_counts
@@ -442,22 +443,18 @@ def scene_image(person: PersonAttributes, context: Context, prop: PropKind | Non
 # captions and names
 # ----------------------------------------------------------------------------------------------
 
-def _article(phrase: str) -> str:
-    return ("an " if phrase[:1].lower() in "aeiou" else "a ") + phrase
-
-
 def _sentence(text: str) -> str:
     return text[:1].upper() + text[1:] + "."
 
 
 def _outfit(person: PersonAttributes, rng: np.random.Generator) -> str:
     """What the person wears, as a COCO caption might say it: " in a red jacket", " wearing blue jeans"..."""
-    options = [_article(f"{person.top_colour} {person.top}")]
+    options = [article(f"{person.top_colour} {person.top}")]
     if person.bottom is not None:
         plural = person.bottom in ("trousers", "jeans", "shorts")
-        options.append(f"{person.bottom_colour} {person.bottom}" if plural else _article(f"{person.bottom_colour} {person.bottom}"))
+        options.append(f"{person.bottom_colour} {person.bottom}" if plural else article(f"{person.bottom_colour} {person.bottom}"))
     if person.hat is not None:
-        options.append(_article(f"{person.hat_colour} {person.hat}"))
+        options.append(article(f"{person.hat_colour} {person.hat}"))
     return f" {choice(rng, ['in', 'wearing'])} {choice(rng, options)}"
 
 
@@ -487,11 +484,11 @@ def scene_captions(person: PersonAttributes, context: Context, prop: PropKind | 
         noun = choice(rng, prop.nouns) if prop is not None else ""
         prop_part = ""
         if prop is not None and rng.random() < 0.6:
-            prop_part = f" {choice(rng, ['next to', 'near', 'beside', 'with'])} {_article(noun)}"
+            prop_part = f" {choice(rng, ['next to', 'near', 'beside', 'with'])} {article(noun)}"
         outfit = _outfit(person, rng) if rng.random() < OUTFIT_SHARE else ""
         text = templates[int(t)].format(
-            subj=_article(choice(rng, words)) + outfit, verb=choice(rng, VERBS), place=choice(rng, context.places),
-            scene=choice(rng, context.scenes).lower(), prop=prop_part, a_prop=_article(noun))
+            subj=article(choice(rng, words)) + outfit, verb=choice(rng, VERBS), place=choice(rng, context.places),
+            scene=choice(rng, context.scenes).lower(), prop=prop_part, a_prop=article(noun))
         out.append(_sentence(text))
     return out
 

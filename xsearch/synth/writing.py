@@ -44,7 +44,8 @@ from PIL import Image
 
 from xsearch.face_captions import CELEBA_ATTRIBUTES, celeba_caption
 from xsearch.synth import render
-from xsearch.synth.pedestrians import face_identity, face_image_attributes, pedes_attributes, pedes_captions, tokenize
+from xsearch.synth.captions import pedes_captions, tokenize
+from xsearch.synth.pedestrians import face_identity, face_image_attributes, pedes_attributes
 from xsearch.synth.sampling import Stream, choice, seeded_rng, split_counts
 from xsearch.synth.scenes import (
     CONTEXTS, DEFAULT_FACE_NOISE, SceneIdentity, face_descriptor, scene_captions, scene_identities, scene_image,
