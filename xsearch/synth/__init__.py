@@ -15,7 +15,8 @@ above it; the captions of faces come from the leaf :mod:`xsearch.face_captions`.
 """
 from xsearch.synth.captions import COLOUR_WORDS, caption_colour_words, pedes_captions, tokenize
 from xsearch.synth.colours import COLOURS, HAIR_COLOURS
-from xsearch.synth.pedestrians import PersonAttributes, face_attributes, pedes_attributes, person_colour_words
+from xsearch.synth.faces import face_attributes
+from xsearch.synth.pedestrians import PersonAttributes, pedes_attributes, person_colour_words
 from xsearch.synth.sampling import split_counts
 from xsearch.synth.writing import PEDES_SOURCES, generate_faces, generate_pedes, generate_pfs
 

@@ -1,9 +1,9 @@
-"""Synthetic pedestrians' latent attributes, and synthetic face identities.
+"""Synthetic pedestrians' latent attributes: who each identity of the pedestrian and scene sets is.
 
 Each pedestrian identity has latent attributes (:class:`PersonAttributes`, see :func:`pedes_attributes`): gender,
 hair, top, bottom, shoes, bag, hat, glasses, scarf, with colours from :data:`~xsearch.synth.colours.COLOURS`, and
 the colours and proportions its drawings use (:mod:`xsearch.synth.render`); :mod:`xsearch.synth.captions` describes
-them. Face identities (:func:`face_identity`) have stable CelebA attributes, per-image propensities and a look.
+them.
 """
 from __future__ import annotations
 
@@ -12,12 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from xsearch.face_captions import CELEBA_ATTRIBUTES
-from xsearch.synth.colours import COLOURS, HAIR_COLOURS, SKIN_TONES, clamp_rgb, contrast_colour, mix, shade
+from xsearch.synth.colours import COLOURS, HAIR_COLOURS, SKIN_TONES, clamp_rgb, contrast_colour, shade
 from xsearch.synth.sampling import Stream, choice, seeded_rng
 
-__all__ = ["PersonAttributes", "face_attributes", "face_identity", "face_image_attributes", "pedes_attributes",
-           "person_colour_words"]
+__all__ = ["PersonAttributes", "pedes_attributes", "person_colour_words"]
 
 # ----------------------------------------------------------------------------------------------
 # pedestrian attributes
@@ -147,8 +145,8 @@ def _sample_person(pid: int, seed: int) -> PersonAttributes:
 
 
 def pedes_attributes(identities: int = 1000, seed: int = 0) -> list[PersonAttributes]:
-    """Latent attributes of identities ``1..identities`` exactly as :func:`generate_pedes` uses them
-    (element ``i`` is id ``i + 1``)."""
+    """Latent attributes of identities ``1..identities`` exactly as :func:`~xsearch.synth.writing.generate_pedes`
+    uses them (element ``i`` is id ``i + 1``)."""
     return [_sample_person(pid, seed) for pid in range(1, identities + 1)]
 
 
@@ -161,110 +159,3 @@ def person_colour_words(a: PersonAttributes) -> set[str]:
         if v:
             out.add(v)
     return out
-
-
-
-
-# ----------------------------------------------------------------------------------------------
-# faces
-# ----------------------------------------------------------------------------------------------
-
-def face_identity(fid: int, seed: int) -> tuple[dict[str, Any], dict[str, float], dict[str, Any]]:
-    """Stable attributes, per-image propensities and render parameters of face identity ``fid``."""
-    rng = seeded_rng(seed, Stream.FACE, fid)
-    A = dict.fromkeys(CELEBA_ATTRIBUTES, False)
-    male = bool(rng.random() < 0.42)
-    A["Male"] = male
-    young = bool(rng.random() < (0.7 if male else 0.85))
-    A["Young"] = young
-    A["Bald"] = bool(male and rng.random() < (0.03 if young else 0.2))
-    hc = choice(rng, ["Black_Hair", "Brown_Hair", "Blond_Hair", "Gray_Hair", None],
-                 [0.3, 0.27, 0.05 if male else 0.22, 0.02 if young else 0.35, 0.2])
-    if A["Bald"] and hc not in ("Gray_Hair", None):
-        hc = None if rng.random() < 0.6 else "Gray_Hair"
-    if hc:
-        A[hc] = True
-    if not A["Bald"]:
-        A["Bangs"] = bool(rng.random() < 0.16)
-        tex = choice(rng, ["Straight_Hair", "Wavy_Hair", None], [0.25, 0.18 if male else 0.42, 0.4])
-        if tex:
-            A[tex] = True
-        A["Receding_Hairline"] = bool(rng.random() < (0.15 if male else 0.04) and not A["Bangs"])
-    nose = choice(rng, ["Big_Nose", "Pointy_Nose", None], [0.35 if male else 0.12, 0.15 if male else 0.35, 0.5])
-    if nose:
-        A[nose] = True
-    A["Pale_Skin"] = bool(rng.random() < 0.06)
-    A["Chubby"] = bool(rng.random() < (0.1 if male else 0.03))
-    A["Oval_Face"] = bool(rng.random() < 0.28 and not A["Chubby"])
-    A["Double_Chin"] = bool(rng.random() < (0.5 if A["Chubby"] else 0.02))
-    A["Big_Lips"] = bool(rng.random() < 0.24)
-    A["Narrow_Eyes"] = bool(rng.random() < 0.12)
-    A["Bushy_Eyebrows"] = bool(rng.random() < (0.28 if male else 0.08))
-    A["Arched_Eyebrows"] = bool(rng.random() < (0.05 if male else 0.45))
-    A["High_Cheekbones"] = bool(rng.random() < 0.45)
-    A["Bags_Under_Eyes"] = bool(rng.random() < (0.15 if young else 0.45))
-    A["Rosy_Cheeks"] = bool(not male and rng.random() < 0.12)
-    A["Attractive"] = bool(rng.random() < (0.65 if young else 0.2))
-    if male:
-        beard = choice(rng, ["none", "goatee", "mustache", "both", "full"], [0.62, 0.12, 0.06, 0.1, 0.1])
-        A["No_Beard"] = beard == "none"
-        A["Goatee"] = beard in ("goatee", "both")
-        A["Mustache"] = beard in ("mustache", "both")
-        A["Sideburns"] = bool(not A["Bald"] and rng.random() < (0.4 if beard != "none" else 0.08))
-        A["5_o_Clock_Shadow"] = bool(beard == "none" and rng.random() < 0.3)
-    else:
-        A["No_Beard"] = True
-    prop = {
-        "Smiling": float(rng.uniform(0.15, 0.85)),
-        "Eyeglasses": 0.85 if rng.random() < 0.1 else 0.02,
-        "Wearing_Hat": 0.6 if rng.random() < 0.07 else 0.01,
-        "Wearing_Earrings": (0.85 if rng.random() < 0.4 else 0.04) if not male else 0.01,
-        "Wearing_Necklace": (0.7 if rng.random() < 0.2 else 0.03) if not male else 0.0,
-        "Wearing_Necktie": (0.75 if rng.random() < 0.12 else 0.02) if male else 0.0,
-        "Heavy_Makeup": (0.9 if rng.random() < 0.55 else 0.08) if not male else 0.0,
-        "Blurry": 0.05,
-    }
-    prop["Wearing_Lipstick"] = min(0.95, prop["Heavy_Makeup"] + 0.15) if not male else 0.0
-
-    hair_base = {"Black_Hair": (26, 22, 20), "Brown_Hair": (100, 62, 36), "Blond_Hair": (220, 188, 112),
-                 "Gray_Hair": (170, 168, 165), None: choice(rng, [(70, 42, 25), (140, 62, 30), (55, 40, 32)])}[hc]
-    skin = SKIN_TONES[int(rng.integers(0, 3 if A["Pale_Skin"] else len(SKIN_TONES)))]
-    if A["Pale_Skin"]:
-        skin = mix(skin, (255, 245, 240), 0.45)
-    skin = clamp_rgb(np.asarray(skin, np.float64) + rng.normal(0, 5, 3))
-    cols = list(COLOURS.values())
-    render = {
-        "skin": skin, "hair_rgb": clamp_rgb(np.asarray(hair_base, np.float64) * rng.uniform(0.85, 1.12)),
-        "hair_len": float(rng.uniform(0.0, 0.4) if male else rng.uniform(0.3, 1.0)),
-        "volume": float(rng.uniform(0, 1)), "bald_sides": bool(rng.random() < 0.7),
-        "face_w": float(rng.uniform(36, 42)), "face_h": float(rng.uniform(48, 54)),
-        "eye_sp": float(rng.uniform(17, 21)), "iris": choice(rng, [(70, 45, 25), (40, 30, 20), (60, 100, 140),
-                                                                     (80, 110, 70)]),
-        "lips": mix(skin, (170, 80, 80), 0.45), "lipstick": choice(rng, [(180, 20, 40), (200, 60, 90), (150, 30, 50)]),
-        "shadow": choice(rng, [(120, 80, 110), (90, 70, 60), (80, 100, 140)]),
-        "cloth": cols[int(rng.integers(len(cols)))], "tie": cols[int(rng.integers(len(cols)))],
-        "jewel": choice(rng, [(230, 200, 80), (210, 210, 215)]), "earring_drop": bool(rng.random() < 0.4),
-        "glasses_rgb": choice(rng, [(20, 20, 20), (90, 60, 30), (160, 160, 170)]),
-        "sunglasses": bool(rng.random() < 0.15), "glasses_round": bool(rng.random() < 0.4),
-        "hat_rgb": cols[int(rng.integers(len(cols)))], "hat_kind": int(rng.integers(3)),
-        "bg": clamp_rgb(rng.uniform(40, 230, 3)),
-    }
-    return A, prop, render
-
-
-def face_image_attributes(stable: dict[str, bool], prop: dict[str, float], rng: np.random.Generator) -> dict[str, bool]:
-    A = dict(stable)
-    for k in ("Smiling", "Eyeglasses", "Wearing_Hat", "Wearing_Earrings", "Wearing_Necklace", "Wearing_Necktie",
-              "Heavy_Makeup", "Wearing_Lipstick", "Blurry"):
-        A[k] = bool(rng.random() < prop[k])
-    A["Mouth_Slightly_Open"] = bool(rng.random() < (0.6 if A["Smiling"] else 0.25))
-    A["High_Cheekbones"] = bool(stable["High_Cheekbones"] or (A["Smiling"] and rng.random() < 0.3))
-    if A["Heavy_Makeup"] and not A["Male"]:
-        A["Wearing_Lipstick"] = A["Wearing_Lipstick"] or bool(rng.random() < 0.8)
-    return A
-
-
-def face_attributes(identities: int = 200, seed: int = 0) -> list[dict[str, bool]]:
-    """Stable (per-identity) attributes of face identities ``1..identities`` as :func:`generate_faces` samples
-    them; per-image attributes are in the generated ``list_attr_celeba.txt``."""
-    return [face_identity(i, seed)[0] for i in range(1, identities + 1)]

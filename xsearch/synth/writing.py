@@ -45,7 +45,8 @@ from PIL import Image
 from xsearch.face_captions import CELEBA_ATTRIBUTES, celeba_caption
 from xsearch.synth import render
 from xsearch.synth.captions import pedes_captions, tokenize
-from xsearch.synth.pedestrians import face_identity, face_image_attributes, pedes_attributes
+from xsearch.synth.faces import face_identity, face_image_attributes, render_face
+from xsearch.synth.pedestrians import pedes_attributes
 from xsearch.synth.sampling import Stream, choice, seeded_rng, split_counts
 from xsearch.synth.scenes import (
     CONTEXTS, DEFAULT_FACE_NOISE, SceneIdentity, face_descriptor, scene_captions, scene_identities, scene_image,
@@ -240,7 +241,7 @@ def generate_faces(out: str | Path, identities: int = 200, seed: int = 0,
                 stable, prop, look = idents[label]
                 rng = seeded_rng(seed, Stream.FACE_IMAGE, label, k)
                 attrs = face_image_attributes(stable, prop, rng)
-                img = render.render_face(attrs, look, rng)
+                img = render_face(attrs, look, rng)
                 fname = f"{n:06d}.jpg"
                 save_jpeg(img, img_dir / fname, jpeg_quality)
                 crng = seeded_rng(seed, Stream.FACE_CAPTION, n)
