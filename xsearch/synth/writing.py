@@ -55,7 +55,8 @@ from xsearch.synth.scenes import (
 __all__ = ["PEDES_SOURCES", "SPLIT_FILES", "atomic_dir", "generate_faces", "generate_pedes", "generate_pfs"]
 
 PEDES_SOURCES = ("cam_a", "cam_b", "Market")
-"""The image folders of CUHK-PEDES (``imgs/<source>/``), one camera style each (:data:`~xsearch.synth.render.CAMERA_STYLES`)."""
+"""The image folders of CUHK-PEDES (``imgs/<source>/``), one camera style each
+(:data:`~xsearch.synth.render.CAMERA_STYLES`)."""
 _SOURCE_P = (0.3, 0.3, 0.4)
 
 FACE_CROPS = "vggface_test_kaggle"
@@ -101,8 +102,8 @@ def atomic_dir(out: Path, overwrite: bool) -> Iterator[Path]:
         if not out.is_dir():
             raise FileExistsError(f"{out} exists and is not a directory")
         if any(out.iterdir()) and not overwrite:
-            raise FileExistsError(f"{out} already exists and is not empty; choose another directory, delete it, or pass "
-                                  "overwrite=True (--overwrite on the command line)")
+            raise FileExistsError(f"{out} already exists and is not empty; choose another directory, delete it, "
+                                  "or pass overwrite=True (--overwrite on the command line)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
