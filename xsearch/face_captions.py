@@ -6,7 +6,8 @@ that verbalises a random non-empty subset of each attribute group's positives in
 sentence shapes, and drops empty clauses instead of writing "is .". With nothing to say it falls
 back to "This is a photo of a man/woman.".
 
-A leaf of the package (it imports nothing from xsearch), like :mod:`xsearch.entity_captions`.
+A leaf of the package (it imports nothing from xsearch), like :mod:`xsearch.entity_captions`, so that the parser
+and the generators (:mod:`xsearch.synth`, a layer below the parsers) share it.
 """
 from __future__ import annotations
 

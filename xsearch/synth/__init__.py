@@ -10,8 +10,17 @@ anything. ``xsearch.datamodules`` registers the three generators as ``SYNTHESIZE
 * :func:`generate_pfs`: the COCO-PFS layout (COCO-like scenes with one named person and a face descriptor).
 
 Every generator is deterministic (same arguments -> same bytes) and writes atomically (into a temporary sibling
-folder, renamed at the end). This package imports nothing from the parsers (``xsearch.datamodules``), which sit
-above it; the captions of faces come from the leaf :mod:`xsearch.face_captions`.
+folder, renamed at the end). The modules, by what they make:
+
+* :mod:`~xsearch.synth.writing`: the three generators, their file layouts, atomic folders;
+* :mod:`~xsearch.synth.pedestrians`: who a pedestrian is (latent attributes), :mod:`~xsearch.synth.captions`: what
+  its captions say, :mod:`~xsearch.synth.render`: how it is drawn (and the backdrops and camera look of every photo);
+* :mod:`~xsearch.synth.faces`: face identities, their photos' attributes, the face drawing;
+* :mod:`~xsearch.synth.scenes`: COCO-like scenes, their captions, named identities and face descriptors;
+* :mod:`~xsearch.synth.colours`, :mod:`~xsearch.synth.sampling`: palettes, seeded streams, the identity split.
+
+This package imports nothing from the parsers (``xsearch.datamodules``), which sit above it; the captions of faces
+come from the leaf :mod:`xsearch.face_captions`, shared with the ``celeba`` parser.
 """
 from xsearch.synth.captions import COLOUR_WORDS, caption_colour_words, pedes_captions, tokenize
 from xsearch.synth.colours import COLOURS, HAIR_COLOURS
