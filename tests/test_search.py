@@ -29,7 +29,7 @@ from xsearch.registry import METHODS
 from xsearch.search.model_io import embed_images, embed_queries, file_sha256, load_model
 from xsearch.search.picture import MIN_CELL_WIDTH, QUERY_LINES, THUMB_HEIGHT, picture_size, thumb_size_for
 from xsearch.search.query import Searcher
-from xsearch.visualize import BORDER, FONT_SIZE, GAP, LABEL_HEIGHT, LINE_SPACING, MARGIN, _load_thumb
+from xsearch.visualize import BORDER, FONT_SIZE, GAP, LABEL_HEIGHT, LINE_SPACING, MARGIN, load_thumb
 
 from hostile import bomb_png  # noqa: E402
 
@@ -189,7 +189,7 @@ def test_search_prints_ranked_lines_and_draws_them(workspace, photos, indexed, c
     for rank in (0, 11):  # rank 1 and rank 12 (second row) show those very images
         x = MARGIN + (rank % 10) * (cell_w + GAP) + BORDER
         y = MARGIN + header + (rank // 10) * (LABEL_HEIGHT + thumb[0] + 2 * BORDER + LABEL_HEIGHT + GAP) + LABEL_HEIGHT + BORDER
-        expected = np.asarray(_load_thumb(paths[rank], thumb))
+        expected = np.asarray(load_thumb(paths[rank], thumb))
         assert np.array_equal(drawn[y : y + thumb[0], x : x + thumb[1]], expected)
 
 

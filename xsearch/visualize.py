@@ -37,7 +37,7 @@ PART_LABEL_WIDTH = 110
 """Minimum column width of :func:`part_attention_grid` (room for ``word 0.00`` under narrow images)."""
 
 
-def _font(size: int = FONT_SIZE) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+def default_font(size: int = FONT_SIZE) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     """PIL's default font, at ``size`` when this Pillow supports sized default fonts."""
     try:
         return ImageFont.load_default(size=size)
@@ -69,7 +69,7 @@ def thumb_box(row: int, rank: int, thumb_size: tuple[int, int] = (128, 64)) -> t
     return left, top, left + width, top + height
 
 
-def _load_thumb(image: ImageLike, thumb_size: tuple[int, int]) -> Image.Image:
+def load_thumb(image: ImageLike, thumb_size: tuple[int, int]) -> Image.Image:
     """RGB thumbnail of exactly (H, W) = ``thumb_size``, aspect kept by padding."""
     if isinstance(image, (str, Path)):
         image = read_rgb(image)
@@ -79,7 +79,7 @@ def _load_thumb(image: ImageLike, thumb_size: tuple[int, int]) -> Image.Image:
     return ImageOps.pad(image, (width, height), color=PAD_COLOR)
 
 
-def _wrap(text: str, font: ImageFont.ImageFont, width: int, draw: ImageDraw.ImageDraw) -> list[str]:
+def wrap_text(text: str, font: ImageFont.ImageFont, width: int, draw: ImageDraw.ImageDraw) -> list[str]:
     """Greedy word wrap of ``text`` to lines no wider than ``width`` pixels (long words are cut)."""
     lines: list[str] = []
     current = ""
@@ -105,12 +105,12 @@ def _wrap(text: str, font: ImageFont.ImageFont, width: int, draw: ImageDraw.Imag
 def _draw_caption(
     draw: ImageDraw.ImageDraw, row: int, caption: str, ap: float | None, thumb_size: tuple[int, int]
 ) -> None:
-    font = _font()
+    font = default_font()
     line_height = FONT_SIZE + LINE_SPACING
     top = MARGIN + row * _row_height(thumb_size)
     available = _row_height(thumb_size) - ROW_GAP
     max_lines = max(1, available // line_height - (1 if ap is not None else 0))
-    lines = _wrap(caption, font, TEXT_WIDTH - GAP, draw)
+    lines = wrap_text(caption, font, TEXT_WIDTH - GAP, draw)
     if len(lines) > max_lines:
         lines = lines[:max_lines]
         lines[-1] = lines[-1][: max(0, len(lines[-1]) - 3)] + "..."
@@ -128,7 +128,7 @@ def _draw_thumb(
     color = GREEN if is_correct else RED
     draw.rectangle((left - BORDER, top - BORDER, right - 1 + BORDER, bottom - 1 + BORDER), fill=color)
     canvas.paste(thumb, (left, top))
-    draw.text((left - BORDER, top - BORDER - LABEL_HEIGHT + 1), f"#{rank + 1}", fill=color, font=_font())
+    draw.text((left - BORDER, top - BORDER - LABEL_HEIGHT + 1), f"#{rank + 1}", fill=color, font=default_font())
 
 
 def _validate(
@@ -174,7 +174,7 @@ def ranked_grid(
         _draw_caption(draw, row, caption, None if query_ap is None else query_ap[row], thumb_size)
         for rank, (index, is_correct) in enumerate(zip(topk[row], correct[row])):
             if index not in cache:
-                cache[index] = _load_thumb(gallery_images[index], thumb_size)
+                cache[index] = load_thumb(gallery_images[index], thumb_size)
             _draw_thumb(canvas, draw, row, rank, cache[index], bool(is_correct), thumb_size)
     return canvas
 
@@ -200,13 +200,13 @@ def part_attention_grid(
     """
     count, parts = image_attention.shape[:2]
     height, width = thumb_size
-    font = _font()
+    font = default_font()
     label = 3 * (FONT_SIZE + LINE_SPACING)
     cell_w, cell_h = max(width, PART_LABEL_WIDTH) + GAP, height + label + GAP
     canvas = Image.new("RGB", (MARGIN * 2 + parts * cell_w, MARGIN * 2 + count * cell_h), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     for row in range(count):
-        thumb = _load_thumb(images[row], thumb_size)
+        thumb = load_thumb(images[row], thumb_size)
         for k in range(parts):
             heat = image_attention[row, k].float()
             heat = (heat - heat.min()) / (heat.max() - heat.min()).clamp(min=1e-12)

@@ -10,7 +10,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from xsearch.visualize import BACKGROUND, BORDER, FONT_SIZE, GAP, LABEL_HEIGHT, LINE_SPACING, MARGIN, PAD_COLOR, \
-    TEXT_COLOR, _font, _load_thumb, _wrap
+    TEXT_COLOR, default_font, load_thumb, wrap_text
 
 COLUMNS = 10
 """Results per row of the picture."""
@@ -31,7 +31,7 @@ def thumb_size_for(image_size: Sequence[int], height: int = THUMB_HEIGHT) -> tup
 def _thumb(path: str | Path, thumb_size: tuple[int, int]) -> Image.Image:
     """The padded thumbnail of ``path``, or a grey tile when the file is gone or unreadable since it was indexed."""
     try:
-        return _load_thumb(path, thumb_size)
+        return load_thumb(path, thumb_size)
     except OSError:
         return Image.new("RGB", (thumb_size[1], thumb_size[0]), PAD_COLOR)
 
@@ -69,16 +69,16 @@ def results_picture(query: str, images: Sequence[str | Path], scores: Sequence[f
     labels = list(labels) if labels is not None else [Path(p).name for p in images]
     canvas = Image.new("RGB", picture_size(len(images), thumb_size, columns, reference is not None), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
-    font = _font()
+    font = default_font()
     left = MARGIN
     if reference is not None:
         draw.text((MARGIN, MARGIN), "reference", fill=REFERENCE_OUTLINE, font=font)
         top = MARGIN + LABEL_HEIGHT
         draw.rectangle((MARGIN, top, MARGIN + thumb_size[1] + 2 * BORDER - 1, top + thumb_size[0] + 2 * BORDER - 1),
                        fill=REFERENCE_OUTLINE)
-        canvas.paste(_load_thumb(reference, thumb_size), (MARGIN + BORDER, top + BORDER))
+        canvas.paste(load_thumb(reference, thumb_size), (MARGIN + BORDER, top + BORDER))
         left = MARGIN + thumb_size[1] + 2 * BORDER + GAP
-    lines = _wrap(query, font, canvas.width - left - MARGIN, draw)
+    lines = wrap_text(query, font, canvas.width - left - MARGIN, draw)
     if len(lines) > QUERY_LINES:
         lines = lines[:QUERY_LINES]
         lines[-1] = lines[-1][: max(0, len(lines[-1]) - 3)] + "..."
