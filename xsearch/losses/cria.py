@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xsearch.losses.contrastive import LossOutput
-from xsearch.losses.identity import _check_labels
+from xsearch.losses.identity import check_labels
 
 __all__ = ["IdentityCenters", "cria_loss", "cria_center_loss", "cosine_logits"]
 
@@ -96,7 +96,7 @@ def cria_loss(
         raise ValueError(
             f"expected centers of shape (C, {image_embeddings.shape[1]}), got {tuple(centers.shape)}"
         )
-    _check_labels(labels, centers.shape[0])
+    check_labels(labels, centers.shape[0])
     ce = sum(
         F.cross_entropy(cosine_logits(f, centers, logit_scale), labels)
         for f in (image_embeddings, text_embeddings, combined_embeddings)

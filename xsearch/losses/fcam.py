@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from xsearch.losses.contrastive import info_nce
 from xsearch.losses.cria import cosine_logits
-from xsearch.losses.identity import _check_labels
+from xsearch.losses.identity import check_labels
 
 __all__ = [
     "ArcFaceHead",
@@ -191,7 +191,7 @@ def arcface_logits(
     cosine = cosine_logits(embeddings, weight, 1.0)  # (B, C); checks the shapes
     if labels.shape != (embeddings.shape[0],):
         raise ValueError(f"expected labels of shape ({embeddings.shape[0]},), got {tuple(labels.shape)}")
-    _check_labels(labels, weight.shape[0])
+    check_labels(labels, weight.shape[0])
     index = labels.long().unsqueeze(1)  # (B, 1)
     target_cos = cosine.gather(1, index)  # (B, 1); the margin only touches the target column
     sine = (1.0 - target_cos.pow(2)).clamp(0.0, 1.0).sqrt()
@@ -219,7 +219,7 @@ def focal_loss(logits: Tensor, labels: Tensor, gamma: float = 2.0) -> Tensor:
         raise ValueError(f"expected logits of shape (B, C), got {tuple(logits.shape)}")
     if labels.shape != (logits.shape[0],):
         raise ValueError(f"expected labels of shape ({logits.shape[0]},), got {tuple(labels.shape)}")
-    _check_labels(labels, logits.shape[1])
+    check_labels(labels, logits.shape[1])
     ce = F.cross_entropy(logits, labels)  # scalar: the batch mean
     return (1.0 - torch.exp(-ce)).pow(gamma) * ce
 

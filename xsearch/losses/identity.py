@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["IdentityClassifier", "id_loss"]
+__all__ = ["IdentityClassifier", "check_labels", "id_loss"]
 
 
-def _check_labels(labels: Tensor, num_classes: int) -> None:
+def check_labels(labels: Tensor, num_classes: int) -> None:
     """Raise a readable ValueError instead of a device-side assert for out-of-range labels."""
     if labels.numel() == 0:
         return
@@ -40,7 +40,7 @@ def id_loss(logits_image: Tensor, logits_text: Tensor, labels: Tensor) -> Tensor
         )
     if labels.shape != (logits_image.shape[0],):
         raise ValueError(f"expected labels of shape ({logits_image.shape[0]},), got {tuple(labels.shape)}")
-    _check_labels(labels, logits_image.shape[1])
+    check_labels(labels, logits_image.shape[1])
     return 0.5 * (F.cross_entropy(logits_image, labels) + F.cross_entropy(logits_text, labels))
 
 
