@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from xsearch.atomic import atomic_path
-from xsearch.evaluation import PerQueryMetrics, QueryRelevance
+from xsearch.evaluation import PerQueryMetrics, QueryRelevance, RankedLists
 from xsearch.evaluation.topk import TopK
 
 RANKINGS_FILE = "test_rankings.npz"
@@ -160,3 +160,9 @@ def query_rankings(
         gallery_pids=gathered.gallery_pids.cpu().numpy().astype(np.int64),
         meta={"protocol": "pid" if relevance is None else "relevance", "top_k": int(topk.shape[1]), **meta},
     )
+
+
+def ranked_lists_rankings(ranked: RankedLists, meta: dict[str, Any]) -> QueryRankings:
+    """:func:`query_rankings` of an evaluation protocol's :class:`~xsearch.evaluation.RankedLists`."""
+    return query_rankings(ranked.top, ranked.gathered, ranked.per_query, ranked.relevance, dict(ranked.query_texts),
+                          {index: str(path) for index, path in ranked.gallery_paths.items()}, meta)
