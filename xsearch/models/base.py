@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal
 
@@ -20,8 +19,10 @@ from torch import nn
 
 from xsearch.config_types import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from xsearch.evaluation import EvaluationProtocol, EvaluationSuite, RankedLists, cosine_similarity
+from xsearch.models.clock import EpochClock
 from xsearch.models.export_contract import ExportTowers, ExportUnsupported
-from xsearch.optim import OptimizerGroup, accepted_arguments, build_optimization
+from xsearch.models.weights import checkpoint_mismatch, matching_tensors
+from xsearch.optim import OptimizerGroup, build_optimization, default_group, default_parameter_groups, restricted
 from xsearch.rankings import TOP_K
 from xsearch.registry import OPTIMIZERS
 from xsearch.seeding import derived_seed
@@ -166,26 +167,9 @@ class RetrievalModule(L.LightningModule):
         """Copy the tensors of a checkpoint whose name and shape match this model's; raise if none does.
 
         Loaded with ``weights_only=True`` (no code in the file runs)."""
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # noqa: BLE001  torch raises many types for an unreadable or unsafe file
-            reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-            raise ValueError(f"init_from {path}: not a readable checkpoint or state dict ({reason})") from None
-        theirs = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
-        if not isinstance(theirs, dict):
-            raise ValueError(f"init_from {path}: expected a checkpoint or a state dict (name -> tensor), got "
-                             f"{type(checkpoint).__name__}")
-        own = self.state_dict()
-        loadable = {k: v for k, v in theirs.items() if k in own and own[k].shape == v.shape}
-        if not loadable:
-            raise ValueError(f"{path}: none of its {len(theirs)} tensors matches a parameter of {type(self).__name__} "
-                             f"by name and shape (e.g. {sorted(theirs)[:3]}); is it a checkpoint of this method?")
+        loadable, summary = matching_tensors(path, self.state_dict(), type(self).__name__)
         self.load_state_dict(loadable, strict=False)
-        reshaped = sorted(k for k in theirs if k in own and own[k].shape != theirs[k].shape)
-        fresh = sorted(k for k in own if k not in loadable)
-        log.info("init_from %s: %d tensors loaded; %d of the model's are new (e.g. %s); %d of the checkpoint's unused "
-                 "(e.g. %s)%s", path, len(loadable), len(fresh), fresh[:3], len(theirs) - len(loadable),
-                 sorted(set(theirs) - set(loadable))[:3], f"; shape mismatch: {reshaped[:5]}" if reshaped else "")
+        log.info("init_from %s: %s", path, summary)
         self._initialised_from = str(path)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -207,7 +191,7 @@ class RetrievalModule(L.LightningModule):
 
     # -- training ----------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
-        self._clock = {"last_end": None, "wait": 0.0, "busy": 0.0, "samples": 0}
+        self._clock = EpochClock()
 
     def on_train_start(self) -> None:
         self.on_train_epoch_start()  # a run resumed mid-epoch gets no on_train_epoch_start
@@ -216,27 +200,14 @@ class RetrievalModule(L.LightningModule):
         if self._run_seed is None:
             self._run_seed = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
         torch.manual_seed(derived_seed(self._run_seed, self.current_epoch, batch_idx, self.global_rank))
-        now = time.perf_counter()
-        clock = self._clock
-        if clock["last_end"] is not None:
-            clock["wait"] += now - clock["last_end"]  # time spent fetching this batch
-        clock["start"] = now
+        self._clock.batch_start()
 
     def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
-        now = time.perf_counter()
-        clock = self._clock
-        clock["busy"] += now - clock["start"]
-        clock["samples"] += len(batch["pid"])
-        clock["last_end"] = now
+        self._clock.batch_end(len(batch["pid"]))
 
     def on_train_epoch_end(self) -> None:
-        clock = self._clock
-        total = clock["wait"] + clock["busy"]
-        if total > 0:
-            self.log_dict({
-                "train/samples_per_s": clock["samples"] / total,
-                "train/data_wait_fraction": clock["wait"] / total,
-            })
+        if rates := self._clock.rates():
+            self.log_dict(rates)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         terms = self.training_losses(batch)
@@ -306,38 +277,28 @@ class RetrievalModule(L.LightningModule):
             for protocol, values in results:
                 if text := protocol.report(values):
                     print(text)
-            ranked = next(((r, values) for protocol, values in results if (r := protocol.ranked_lists())), None)
-            if ranked is not None:
-                self._save_rankings(*ranked)
-                if self.hparams.visualize_queries:
-                    self._draw_ranked_lists(ranked[0])
+            if ranked := next(((r, values) for protocol, values in results if (r := protocol.ranked_lists())), None):
+                self._save_ranked_lists(*ranked)
         self._suite.reset()
 
     @torch.no_grad()
-    def _save_rankings(self, ranked: RankedLists, metrics: dict[str, float]) -> Path:
+    def _save_ranked_lists(self, ranked: RankedLists, metrics: dict[str, float]) -> None:
         """Write every test query's top-10, AP and first-correct rank (the protocol's) to ``test_rankings.npz`` in the
-        run folder, for ``xsearch inspect``."""
-        from xsearch.rankings import RANKINGS_FILE, ranked_lists_rankings
+        run folder, for ``xsearch inspect``; save (and log to W&B) the top-5 gallery images of a few test queries,
+        correct ones outlined green."""
+        from xsearch.rankings import save_ranked_lists
         from xsearch.registry import METHODS
+        from xsearch.visualize import ranked_lists_grid
 
         datamodule = self.trainer.datamodule
         meta = {"method": METHODS.name_of(type(self)) or type(self).__name__,
                 "dataset": str(getattr(datamodule, "benchmark", getattr(datamodule, "dataset", ""))),
                 "checkpoint": str(self.trainer.ckpt_path or ""), "metrics": {k: float(v) for k, v in metrics.items()}}
-        rankings = ranked_lists_rankings(ranked, meta)
-        out = rankings.save(self.run_folder() / RANKINGS_FILE)
-        log.info("per-query rankings of %d test queries: %s (xsearch inspect %s --out report.html)", len(rankings),
-                 out, out.parent)
-        return out
-
-    @torch.no_grad()
-    def _draw_ranked_lists(self, ranked: RankedLists, k: int = 5) -> None:
-        """Save (and log to W&B) the top-``k`` gallery images of a few test queries, correct ones outlined green."""
-        from xsearch.visualize import ranked_lists_grid
-
-        figure, caption, count = ranked_lists_grid(ranked, self.hparams.visualize_queries, k)
-        out = self.save_figure(figure, "test_top5.png", "test/top5", caption)
-        log.info("ranked lists of %d test queries: %s", count, out)
+        save_ranked_lists(ranked, meta, self.run_folder())
+        if self.hparams.visualize_queries:
+            figure, caption, count = ranked_lists_grid(ranked, self.hparams.visualize_queries, k=5)
+            out = self.save_figure(figure, "test_top5.png", "test/top5", caption)
+            log.info("ranked lists of %d test queries: %s", count, out)
 
     def run_folder(self) -> Path:
         """Where test outputs go: the log dir resolved at test start (the trainer's default root dir without one)."""
@@ -353,47 +314,23 @@ class RetrievalModule(L.LightningModule):
                 logger.log_image(key=key, images=[figure], caption=[caption])
         return out
 
-    # -- optimisation --------------------------------------------------------------------
+    # -- optimisation (:mod:`xsearch.optim`) -------------------------------------------
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Backbone vs new-module learning rates; biases and 1-d params (norms) without weight decay."""
         hp = self.hparams
-        backbone = {id(p) for m in self.backbone_modules() for p in m.parameters()}
-        factors = {id(p): factor for m, factor in self.lr_factors() for p in m.parameters()}
-        groups: dict[tuple[bool, bool, float], dict[str, Any]] = {}
-        for name, param in self.named_parameters():
-            if not param.requires_grad:
-                continue
-            is_backbone, no_decay = id(param) in backbone, param.ndim <= 1
-            default = 1.0 if is_backbone else hp.new_module_lr_factor
-            factor = factors.get(id(param), default)
-            group = groups.setdefault((is_backbone, no_decay, factor), {
-                "params": [],
-                "lr": hp.lr * factor * (hp.bias_lr_factor if no_decay else 1.0),
-                "weight_decay": 0.0 if no_decay else hp.weight_decay,
-                "name": f"{'backbone' if is_backbone else 'new'}{'' if factor == default else f'_x{factor:g}'}"
-                        f"{'_no_decay' if no_decay else ''}",
-            })
-            group["params"].append(param)
-        return list(groups.values())
+        return default_parameter_groups(self, self.backbone_modules(), self.lr_factors(), hp.lr, hp.new_module_lr_factor,
+                                        hp.bias_lr_factor, hp.weight_decay)
 
     def optimizer_group_specs(self) -> list[OptimizerGroup]:
         """The optimiser groups this method trains with: the configured ``optimizer_groups``, else one group of
         every trainable parameter (:meth:`parameter_groups`) with ``optimizer`` at ``lr`` and the warm-up +
         ``schedule`` stepped per optimiser step. A method may override it to declare its own groups."""
-        if self._optimizer_groups:
-            return self._optimizer_groups
         hp = self.hparams
-        legacy = {"lr": hp.lr, "momentum": 0.9, "eps": hp.adam_eps}  # each optimiser takes those it knows
-        return [OptimizerGroup(name="all", optimizer=hp.optimizer, modules=None, interval="step",
-                               optimizer_args=accepted_arguments(OPTIMIZERS.get(hp.optimizer), legacy),
-                               schedule=f"warmup_{hp.schedule}", schedule_args={"warmup_epochs": hp.warmup_epochs})]
-
-    def _remaining_parameter_groups(self, keep: set[int]) -> list[dict[str, Any]]:
-        """:meth:`parameter_groups` restricted to the parameters whose id is in ``keep``."""
-        return [{**group, "params": [p for p in group["params"] if id(p) in keep]} for group in self.parameter_groups()]
+        return self._optimizer_groups or [default_group(hp.optimizer, hp.lr, hp.adam_eps, hp.schedule, hp.warmup_epochs)]
 
     def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list[dict[str, Any]]]:
-        optimization = build_optimization(self, self.optimizer_group_specs(), self._remaining_parameter_groups,
+        optimization = build_optimization(self, self.optimizer_group_specs(),
+                                          lambda keep: restricted(self.parameter_groups(), keep),
                                           steps=int(self.trainer.estimated_stepping_batches),
                                           epochs=self.trainer.max_epochs or 1)
         self._gradient_clips = optimization.clips
@@ -405,21 +342,3 @@ class RetrievalModule(L.LightningModule):
         for parameters, max_norm in self._gradient_clips:
             torch.nn.utils.clip_grad_norm_(parameters, max_norm)
         self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm)
-
-
-def checkpoint_mismatch(theirs: dict[str, torch.Tensor], own: dict[str, torch.Tensor], model: str) -> str | None:
-    """A one-paragraph explanation when a checkpoint's tensors do not fit the model (missing, unexpected, reshaped
-    keys, a few of each), or ``None`` when they do."""
-    missing = sorted(set(own) - set(theirs))
-    unexpected = sorted(set(theirs) - set(own))
-    reshaped = sorted(k for k in set(own) & set(theirs) if tuple(own[k].shape) != tuple(theirs[k].shape))
-    if not (missing or unexpected or reshaped):
-        return None
-    parts = [f"{len(missing)} of the model's tensors are not in it (e.g. {missing[:4]})" if missing else "",
-             f"{len(unexpected)} of its tensors are not in the model (e.g. {unexpected[:4]})" if unexpected else "",
-             "shapes differ: " + ", ".join(f"{k} checkpoint {tuple(theirs[k].shape)} vs model {tuple(own[k].shape)}"
-                                            for k in reshaped[:4]) if reshaped else ""]
-    return (f"the checkpoint does not fit this {model} ({'; '.join(p for p in parts if p)}): is it a checkpoint of "
-            "another method or of another configuration (sizes, layers)? To start from it anyway, use "
-            "--model.init_args.init_from (copies the tensors that match)")
-
