@@ -159,6 +159,120 @@ def test_every_tiny_config_is_recorded():
     assert sorted(RECORDED) == sorted(CASES)
 
 
+def test_every_registered_protocol_carries_the_headline_of_its_name():
+    import xsearch.evaluation  # noqa: F401  (registers the protocols)
+    from xsearch.headlines import HEADLINES
+    from xsearch.registry import PROTOCOLS
+
+    assert PROTOCOLS.names() == sorted(HEADLINES)
+    for name, protocol in PROTOCOLS.items():
+        assert protocol.headline is HEADLINES[name], name
+
+
+def test_the_headlines_give_the_summary_line_and_the_leaderboard_columns():
+    from xsearch.headlines import summary_metrics, table_metrics
+
+    logged = ["R10", "rsum", "i2t_R5", "mINP", "kmin_R@1", "R1", "mAP@10", "R50", "entity_R@10", "i2t_R1", "mAP", "R5",
+              "kmin_R@10", "entity_R@1", "image_only/EER", "fused/Rank1", "fused/TAR@FAR=0.001", "image_only/AUC",
+              "fused/EER", "image_only/TAR@FAR=0.001", "fused/AUC"]
+    assert summary_metrics(logged) == ["R1", "R5", "R10", "mAP", "mINP", "entity_R@10", "kmin_R@10", "mAP@10"]
+    assert table_metrics(logged) == ["R1", "R5", "R10", "mAP", "mINP", "R50", "i2t_R1", "entity_R@1", "entity_R@10",
+                                     "kmin_R@10", "mAP@10", "image_only/TAR@FAR=0.001", "image_only/EER",
+                                     "fused/TAR@FAR=0.001", "fused/EER", "fused/Rank1"]
+    assert table_metrics(["loss"]) == [] and summary_metrics({}) == []
+
+
+def test_the_methods_know_no_protocol_by_name():
+    for path in sorted((ROOT / "xsearch" / "models").rglob("*.py")):
+        text = path.read_text()
+        for word in ("face_sets", "entity_sets", "eval_roles", "entity_metrics", "face_protocol_metrics"):
+            assert word not in text, f"{path.name} mentions {word}"
+
+
+class _Images:
+    def __init__(self, pids: list[int]) -> None:
+        self.images = [type("Record", (), {"index": i, "pid": pid, "path": f"{i}.jpg"})() for i, pid in enumerate(pids)]
+
+
+def test_a_suite_encodes_a_dataset_two_protocols_read_once_and_each_protocol_computes_its_own_metrics():
+    import numpy as np
+    import torch
+
+    from xsearch.evaluation import (EntityRetrieval, EvaluationSuite, FaceVerification, IdentityRetrieval,
+                                    RetrievalMetric, cosine_similarity)
+    from xsearch.evaluation.entity import entity_metrics
+    from xsearch.evaluation.verification import face_protocol_metrics
+
+    torch.manual_seed(0)
+    pids = [0, 0, 1, 1, 2, 2]
+    queries, gallery, faces, entities = object(), _Images(pids), _Images(pids), object()
+    pairs = type("Pairs", (), {"first": np.array([0, 0, 2, 4]), "second": np.array([1, 2, 3, 5]),
+                               "same": np.array([1, 0, 1, 1]), "fold": np.array([0, 0, 0, 0]), "probes": np.array([0, 2]),
+                               "gallery": np.array([1, 3, 5]), "tar_rule": "at_most"})()
+    suite = EvaluationSuite([IdentityRetrieval(queries, gallery), FaceVerification(faces, pairs),
+                             EntityRetrieval(entities, gallery, excluded={0})])
+    assert [(role, id(data)) for role, data in suite.loaders] == [
+        ("queries", id(queries)), ("gallery", id(gallery)), ("faces", id(faces)), ("entities", id(entities))]
+    suite.configure((1, 2), cosine_similarity)
+    q, g, f, e = torch.randn(5, 8), torch.randn(6, 8), torch.randn(6, 8), torch.randn(3, 8)
+    calls: list[str] = []
+
+    def encoder(role, values):
+        return lambda batch: calls.append(role) or (dict(values) if role == "faces" else values)
+
+    encoders = {"queries": encoder("queries", q), "gallery": encoder("gallery", g),
+                "faces": encoder("faces", {"image": f}), "entities": encoder("entities", e)}
+    suite.update(0, encoders, {"pid": torch.tensor([0, 1, 2, 0, 1]), "index": torch.arange(5)})
+    suite.update(1, encoders, {"pid": torch.tensor(pids), "index": torch.arange(6)})
+    suite.update(2, encoders, {"position": torch.tensor([5, 4, 3, 2, 1, 0])})  # faces arrive in any order
+    suite.update(3, encoders, {"pid": torch.tensor([0, 1, 2])})
+    assert calls == ["queries", "gallery", "faces", "entities"]  # the gallery is encoded once for two protocols
+    (_, identity), (_, face), (_, entity) = suite.compute()
+    reference = RetrievalMetric(ks=(1, 2))
+    reference.update_queries(q, torch.tensor([0, 1, 2, 0, 1]), torch.arange(5))
+    reference.update_gallery(g, torch.tensor(pids), torch.arange(6))
+    expected = reference.compute()
+    assert identity == {**expected, "rsum": expected["R1"] + expected["R2"]}
+    assert face == {f"image/{k}": v for k, v in face_protocol_metrics(
+        f.flip(0), torch.tensor(pids), pairs.first, pairs.second, pairs.same, pairs.fold, pairs.probes, pairs.gallery).items()}
+    assert entity == entity_metrics(cosine_similarity(e, g[1:]), torch.tensor([0, 1, 2]), torch.tensor(pids[1:]), (1, 2))
+    suite.reset()
+    with pytest.raises(ValueError, match="unexpected evaluation dataloader 4"):
+        suite.update(4, encoders, {})
+
+
+def test_loaders_without_a_datamodule_are_queries_then_gallery(tmp_path):
+    import lightning as L
+    import torch
+
+    from xsearch.models import RetrievalModule
+
+    class Linear(RetrievalModule):
+        def __init__(self) -> None:
+            super().__init__(visualize_queries=0)
+            self.text, self.image = torch.nn.Linear(4, 8), torch.nn.Linear(4, 8)
+
+        def encode_queries(self, batch):
+            return self.text(batch["x"])
+
+        def encode_gallery(self, batch):
+            return self.image(batch["x"])
+
+    torch.manual_seed(0)
+    queries = [{"x": torch.randn(4), "pid": i % 3, "index": i} for i in range(6)]
+    gallery = [{"x": torch.randn(4), "pid": i % 3, "index": i} for i in range(9)]
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path)
+    model = Linear()
+    loaders = [torch.utils.data.DataLoader(queries, batch_size=4), torch.utils.data.DataLoader(gallery, batch_size=4)]
+    logged = trainer.validate(model, dataloaders=loaders, verbose=False)[0]
+    with torch.no_grad():
+        similarity = torch.nn.functional.normalize(model.encode_queries({"x": torch.stack([q["x"] for q in queries])}), dim=1) @ \
+            torch.nn.functional.normalize(model.encode_gallery({"x": torch.stack([g["x"] for g in gallery])}), dim=1).T
+    top = similarity.argmax(1)
+    assert logged["val/R1"] == pytest.approx(100 * float((top % 3 == torch.arange(6) % 3).float().mean()))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_tiny_config_gives_the_recorded_metrics(case, workspace, monkeypatch):
