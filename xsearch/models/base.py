@@ -250,7 +250,7 @@ class RetrievalModule(L.LightningModule):
         self._suite.update(dataloader_idx, self.encoders(), batch)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self.validation_step(batch, batch_idx, dataloader_idx)
+        self._suite.update(dataloader_idx, self.encoders(), batch)
 
     def _log_evaluation(self, prefix: str) -> list[tuple[EvaluationProtocol, dict[str, float]]]:
         """Compute and log every protocol's metrics (``<prefix>/<name>``); each protocol with its metrics."""
