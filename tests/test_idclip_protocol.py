@@ -151,8 +151,10 @@ def test_validate_reports_entity_metrics_equal_to_brute_force_on_the_held_out_ga
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
                         default_root_dir=tmp_path)
     logged = {k: v for per_loader in trainer.test(model, datamodule=data, verbose=False) for k, v in per_loader.items()}
-    assert data.eval_roles == ["queries", "gallery", "entities"]
-    entity = data.entity_sets["test"]
+    suite = data.eval_suites["test"]
+    assert [role for role, _ in suite.loaders] == ["queries", "gallery", "entities"]  # the gallery is loaded once
+    assert [type(p).__name__ for p in suite.protocols] == ["IdentityRetrieval", "EntityRetrieval"]
+    entity = suite.protocols[1].inputs["entities"]
     gallery = [r for r in data.eval_sets["test"][1].images if r.index not in entity.excluded]
     model.eval()
     with torch.no_grad():

@@ -116,6 +116,7 @@ def _lightning_cli(args: list[str]) -> None:
             self._record(subcommand_config.get("ckpt_path") or "(untrained weights)")
 
         def _record(self, checkpoint: str) -> None:
+            from xsearch.headlines import summary_metrics
             from xsearch.leaderboard import render_store
             from xsearch.registry import METHODS
             from xsearch.results import ResultsStore, RunRecord, config_hash, git_commit
@@ -149,8 +150,7 @@ def _lightning_cli(args: list[str]) -> None:
             )
             store = ResultsStore(config["results"])
             row = store.append(record)
-            shown = ", ".join(f"{k} {metrics[k]:.2f}" for k in ("R1", "R5", "R10", "mAP", "mINP", "entity_R@10", "kmin_R@10",
-                                                               "mAP@10") if k in metrics)
+            shown = ", ".join(f"{k} {metrics[k]:.2f}" for k in summary_metrics(metrics))  # the protocols' headlines
             print(f"\n[xsearch] {method} on {record.dataset} (test): {shown}")
             print(f"[xsearch] appended run #{row} to {store.path}\n")
             print(render_store(store, dataset=record.dataset, fmt="md"))

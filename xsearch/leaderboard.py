@@ -18,14 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from xsearch import html_page
+from xsearch.headlines import DEFAULT_METRICS, table_metrics
 from xsearch.results import ResultsStore, RunRecord
 
-DEFAULT_METRICS: tuple[str, ...] = ("R1", "R5", "R10", "mAP", "mINP")
-PROTOCOL_METRICS: tuple[str, ...] = ("R50", "i2t_R1", "entity_R@1", "entity_R@10", "kmin_R@10", "mAP@10")
-"""Shown after the defaults when a dataset's runs have them (Id-CLIP's general and entity retrieval)."""
-FACE_METRICS: tuple[str, ...] = ("TAR@FAR=0.001", "EER", "Acc", "Rank1")
-"""Face protocol columns, per embedding (``fused/TAR@FAR=0.001``...), when a dataset's runs have them (the store keeps
-every metric: AUC, TAR at 1e-6..1e-3...; ``--format json`` or ``metrics`` show them)."""
 FORMATS: tuple[str, ...] = ("md", "csv", "json", "html")
 MISSING = "-"
 NOT_APPLICABLE = "n/a"
@@ -106,15 +101,13 @@ def _sort_key(row: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def dataset_metrics(records: Iterable[RunRecord]) -> list[str]:
-    """The columns of one dataset's table: the retrieval metrics its runs have (R1..mINP), then the protocol ones
-    (Id-CLIP's entity recall...), then the face protocol per embedding (``fused/TAR@FAR=0.001``...)."""
+    """The columns of one dataset's table: the evaluation protocols' headline columns its runs have
+    (:func:`xsearch.headlines.table_metrics`: R1..mINP, Id-CLIP's entity recall..., then the face protocol per embedding,
+    ``fused/TAR@FAR=0.001``...; the store keeps every metric, ``--format json`` shows them)."""
     present: dict[str, None] = {}
     for record in records:
         present.update(dict.fromkeys(record.metrics))
-    names = [m for m in (*DEFAULT_METRICS, *PROTOCOL_METRICS) if m in present]
-    embeddings = dict.fromkeys(k.split("/")[0] for k in present if "/" in k and k.split("/", 1)[1] in FACE_METRICS)
-    names += [f"{e}/{m}" for e in embeddings for m in FACE_METRICS if f"{e}/{m}" in present]
-    return names or list(DEFAULT_METRICS)
+    return table_metrics(present) or list(DEFAULT_METRICS)
 
 
 def latest_per_cell_seed(records: Iterable[RunRecord]) -> list[RunRecord]:

@@ -365,3 +365,45 @@ def build_optimization(module: nn.Module, groups: Sequence[OptimizerGroup],
         if factors:
             schedules.append((GroupSchedule(optimizer, factors), interval))
     return Optimization(optimizer, schedules, clips)
+
+
+# -- the default: one group of every parameter -------------------------------------------
+def default_parameter_groups(module: nn.Module, backbone: Sequence[nn.Module], factors: Sequence[tuple[nn.Module, float]],
+                             lr: float, new_module_lr_factor: float, bias_lr_factor: float,
+                             weight_decay: float) -> list[dict[str, Any]]:
+    """``module``'s trainable parameters as torch param groups: ``backbone`` modules at ``lr``, others at ``lr x
+    new_module_lr_factor``, the modules of ``factors`` at ``lr x factor``; biases and 1-d parameters (norms) at ``x
+    bias_lr_factor`` without weight decay."""
+    in_backbone = {id(p) for m in backbone for p in m.parameters()}
+    factor_of = {id(p): factor for m, factor in factors for p in m.parameters()}
+    groups: dict[tuple[bool, bool, float], dict[str, Any]] = {}
+    for _, param in module.named_parameters():
+        if not param.requires_grad:
+            continue
+        is_backbone, no_decay = id(param) in in_backbone, param.ndim <= 1
+        default = 1.0 if is_backbone else new_module_lr_factor
+        factor = factor_of.get(id(param), default)
+        group = groups.setdefault((is_backbone, no_decay, factor), {
+            "params": [],
+            "lr": lr * factor * (bias_lr_factor if no_decay else 1.0),
+            "weight_decay": 0.0 if no_decay else weight_decay,
+            "name": f"{'backbone' if is_backbone else 'new'}{'' if factor == default else f'_x{factor:g}'}"
+                    f"{'_no_decay' if no_decay else ''}",
+        })
+        group["params"].append(param)
+    return list(groups.values())
+
+
+def default_group(optimizer: str, lr: float, adam_eps: float, schedule: str, warmup_epochs: float) -> OptimizerGroup:
+    """One group of every trainable parameter (``modules=None``: split by the method's ``parameter_groups``) with
+    ``optimizer`` at ``lr`` (SGD with momentum 0.9, Adam(W) with ``adam_eps``) and the warm-up + ``schedule``
+    (``cosine`` or ``constant``) stepped per optimiser step."""
+    legacy = {"lr": lr, "momentum": 0.9, "eps": adam_eps}  # each optimiser takes those it knows
+    return OptimizerGroup(name="all", optimizer=optimizer, modules=None, interval="step",
+                          optimizer_args=accepted_arguments(OPTIMIZERS.get(optimizer), legacy),
+                          schedule=f"warmup_{schedule}", schedule_args={"warmup_epochs": warmup_epochs})
+
+
+def restricted(groups: list[dict[str, Any]], keep: set[int]) -> list[dict[str, Any]]:
+    """``groups`` with only the parameters whose id is in ``keep``."""
+    return [{**group, "params": [p for p in group["params"] if id(p) in keep]} for group in groups]

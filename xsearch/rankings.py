@@ -9,6 +9,7 @@ dataset indexes, image paths and pids. Q x K entries, a few hundred KB at CUHK-P
 from __future__ import annotations
 
 import json
+import logging
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +18,10 @@ from typing import Any
 import numpy as np
 
 from xsearch.atomic import atomic_path
-from xsearch.evaluation import PerQueryMetrics, QueryRelevance
+from xsearch.evaluation import PerQueryMetrics, QueryRelevance, RankedLists
 from xsearch.evaluation.topk import TopK
+
+log = logging.getLogger(__name__)
 
 RANKINGS_FILE = "test_rankings.npz"
 FORMAT = "xsearch-test-rankings"
@@ -160,3 +163,14 @@ def query_rankings(
         gallery_pids=gathered.gallery_pids.cpu().numpy().astype(np.int64),
         meta={"protocol": "pid" if relevance is None else "relevance", "top_k": int(topk.shape[1]), **meta},
     )
+
+
+def save_ranked_lists(ranked: RankedLists, meta: dict[str, Any], folder: str | Path) -> Path:
+    """Write the :func:`query_rankings` of an evaluation protocol's :class:`~xsearch.evaluation.RankedLists` to
+    :data:`RANKINGS_FILE` in ``folder`` (for ``xsearch inspect``); logs where."""
+    rankings = query_rankings(ranked.top, ranked.gathered, ranked.per_query, ranked.relevance, dict(ranked.query_texts),
+                              {index: str(path) for index, path in ranked.gallery_paths.items()}, meta)
+    out = rankings.save(Path(folder) / RANKINGS_FILE)
+    log.info("per-query rankings of %d test queries: %s (xsearch inspect %s --out report.html)", len(rankings), out,
+             out.parent)
+    return out

@@ -68,3 +68,8 @@ OPTIMIZERS: Registry[Callable] = Registry("optimizer")
 
 SCHEDULES: Registry[Callable] = Registry("schedule")
 """Learning-rate schedules by name: ``schedule(horizon, **args) -> factor(count)`` (:mod:`xsearch.optim`)."""
+
+PROTOCOLS: Registry[type] = Registry("evaluation protocol")
+"""Evaluation protocols by name (:class:`~xsearch.evaluation.protocol.EvaluationProtocol` subclasses:
+``identity_retrieval``, ``entity_retrieval``, ``face_verification``); each carries the
+:data:`~xsearch.headlines.HEADLINES` entry of its name."""

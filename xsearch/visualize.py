@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from xsearch.evaluation import RankedLists
 from xsearch.image_io import read_rgb
 
 TEXT_WIDTH = 300
@@ -177,6 +178,20 @@ def ranked_grid(
                 cache[index] = load_thumb(gallery_images[index], thumb_size)
             _draw_thumb(canvas, draw, row, rank, cache[index], bool(is_correct), thumb_size)
     return canvas
+
+
+def ranked_lists_grid(ranked: RankedLists, count: int, k: int = 5) -> tuple[Image.Image, str, int]:
+    """:func:`ranked_grid` of ``count`` test queries spread evenly over an evaluation protocol's ranked lists (its own
+    ranking), their top ``k``: the figure, its caption and the number of queries drawn."""
+    gathered, top = ranked.gathered, ranked.top
+    total = len(gathered.query_pids)
+    count = min(count, total)
+    rows = [round(i * (total - 1) / max(count - 1, 1)) for i in range(count)]
+    queries = [ranked.query_texts[int(i)] for i in gathered.query_indexes[rows].tolist()]
+    gallery = [ranked.gallery_paths[int(i)] for i in gathered.gallery_indexes.tolist()]
+    figure = ranked_grid(queries, gallery, top.indices[rows, :k].tolist(), top.correct[rows, :k].tolist())
+    caption = "green = correct identity" if ranked.relevance is None else "green = a positive of the query"
+    return figure, caption, count
 
 
 def part_attention_grid(

@@ -1,9 +1,11 @@
 """``RetrievalDataModule``: one datamodule for every text-to-image retrieval dataset.
 
-Train items are (image, caption, pid) pairs, one per caption. Validation and test each give
-two loaders, in this order: the queries (captions) and the gallery (unique images), plus a third,
-the face samples (image + its first caption) of the verification protocol, when ``verification``
-is set. Text stays raw (``list[str]`` in the batch): tokenisation belongs to the model.
+Train items are (image, caption, pid) pairs, one per caption. Validation and test are each evaluated by the split's
+protocols (:attr:`RetrievalDataModule.eval_suites`, built from the config: identity retrieval always, face
+verification with ``verification``, entity retrieval with ``entity_retrieval``), whose loaders come in this order:
+the queries (captions) and the gallery (unique images), then the face samples (image + its first caption) of the
+verification protocol, then the entity queries. Text stays raw (``list[str]`` in the batch): tokenisation belongs to
+the model.
 """
 from __future__ import annotations
 
@@ -19,7 +21,6 @@ from tqdm.auto import tqdm
 
 from xsearch.datamodules.coco_pfs import CaptionSource, caption_sources
 from xsearch.config_types import NonNegativeInt, PositiveInt
-from xsearch.constants import EVAL_ROLES
 from xsearch.datamodules.composed import (
     AttributeTable,
     ComposedOptions,
@@ -29,15 +30,16 @@ from xsearch.datamodules.composed import (
     reference_candidates,
 )
 from xsearch.datamodules.degrade import DegradeConfig, degrade
-from xsearch.datamodules.entity_queries import EntityOptions, EntityQuerySet, entity_queries
+from xsearch.datamodules.entity_queries import EntityOptions, entity_queries
 from xsearch.datamodules.entity_text import EntityTextOptions, GeneralQueries, query_protocol, train_text
-from xsearch.datamodules.face_pairs import FaceSampleSet, VerificationOptions, VerificationProtocol, verification_protocol
+from xsearch.datamodules.face_pairs import FaceSampleSet, VerificationOptions, verification_protocol
 from xsearch.datamodules.files import DatasetFormatError
 from xsearch.datamodules.image_cache import DiskImageCache
 from xsearch.datamodules.loading import load_dataset, resolve_root
 from xsearch.datamodules.records import CaptionRecord, DatasetIndex, ImageRecord
 from xsearch.datamodules.resumable import ResumableLoader
 from xsearch.datamodules.samplers import EpochBatchSampler, IdentityBatchSampler, ShuffledBatchSampler
+from xsearch.evaluation import EntityRetrieval, EvaluationSuite, FaceVerification, IdentityRetrieval
 from xsearch.evaluation.composed import QueryRelevance
 from xsearch.datamodules.transforms import AugmentConfig, Interpolation, UnreadableImage, build_train_augment, load_image
 from xsearch.registry import DATASETS, Registry
@@ -45,7 +47,7 @@ from xsearch.registry import DATASETS, Registry
 log = logging.getLogger(__name__)
 
 QUERIES, GALLERY, FACES = 0, 1, 2
-"""Dataloader indices of the evaluation loaders (``FACES`` only with ``verification``)."""
+"""Dataloader indices of the evaluation loaders (``FACES`` only with ``verification``; the entity queries follow)."""
 
 SYNTHESIZERS: Registry[Callable[..., Path]] = Registry("synthetic dataset generator")
 """Generators of synthetic datasets by dataset name, used when ``generate`` is set and the root is missing."""
@@ -302,9 +304,10 @@ class RetrievalDataModule(L.LightningDataModule):
         self.entity_text = entity_text
         self._caption_sources: dict[int, CaptionSource] | None = None
         self._attribute_table: AttributeTable | None = None
-        self.face_sets: dict[str, tuple[FaceSampleSet, VerificationProtocol]] = {}
-        self.entity_sets: dict[str, EntityQuerySet] = {}
-        self.eval_roles: list[str] = list(EVAL_ROLES[:2])
+        self.eval_sets: dict[str, tuple[Dataset, GallerySet]] = {}
+        """Split -> (queries, gallery) sets, after :meth:`setup`."""
+        self.eval_suites: dict[str, EvaluationSuite] = {}
+        """Split -> its evaluation protocols and the loaders they read, after :meth:`setup`."""
         self.skipped: set[str] = set()
         self._train_loader: ResumableLoader | None = None
         self._train_position: dict[str, int] | None = None
@@ -445,7 +448,7 @@ class RetrievalDataModule(L.LightningDataModule):
                 candidates = reference_candidates(index.split_images("train"), table, self.composed)
                 self.train_set = ComposedTrainPairs(self.train_set, candidates, table, self.seed)
         splits = {"fit": self.eval_split, "validate": self.eval_split, "test": "test", "predict": "test"}
-        self.eval_sets, self.face_sets, self.entity_sets = {}, {}, {}
+        self.eval_sets, self.eval_suites = {}, {}
         for split in {splits[stage]} | ({"test"} if stage == "test" else set()):
             images = index.split_images(split)
             store = ImageStore(images, size, self.hparams.cache_images, f"caching {split} images", self.hparams.crop,
@@ -457,20 +460,24 @@ class RetrievalDataModule(L.LightningDataModule):
                 general = self.general_queries(index.split_captions(split), averaged=stage in ("fit", "validate"))
                 queries = QuerySet(general.captions, self.face_descriptors(), self.hparams.positives == "instance",
                                    self.identity_names(), general.prompts)
-            self.eval_sets[split] = (queries, GallerySet(images, store))
+            gallery = GallerySet(images, store)
+            self.eval_sets[split] = (queries, gallery)
+            protocols = [IdentityRetrieval(queries, gallery, queries.relevance)]
             if self.verification is not None:
-                protocol = verification_protocol(images, index.extras, self.verification)
+                pairs = verification_protocol(images, index.extras, self.verification)
                 log.info("%s %s: %d verification pairs (%s), %d identification probes vs %d gallery faces",
-                         self.dataset, split, len(protocol), protocol.source, len(protocol.probes), len(protocol.gallery))
-                self.face_sets[split] = (FaceSampleSet(images, index.split_captions(split), store), protocol)
+                         self.dataset, split, len(pairs), pairs.source, len(pairs.probes), len(pairs.gallery))
+                protocols.append(FaceVerification(FaceSampleSet(images, index.split_captions(split), store), pairs))
             if self.entity_retrieval is not None:
                 faces = self.face_descriptors()
                 if faces is None:
                     raise ValueError(f"{self.dataset}: entity retrieval needs per-image face descriptors, which this "
                                      "dataset does not have (coco_pfs and synth_pfs do)")
-                self.entity_sets[split] = entity_queries(index, images, faces, self.entity_retrieval)
+                entities = entity_queries(index, images, faces, self.entity_retrieval)
                 log.info("%s %s: %d entity queries, %d query-face images left out of the entity gallery", self.dataset,
-                         split, len(self.entity_sets[split]), len(self.entity_sets[split].excluded))
+                         split, len(entities), len(entities.excluded))
+                protocols.append(EntityRetrieval(entities, gallery, entities.excluded))
+            self.eval_suites[split] = EvaluationSuite(protocols)
 
     def _usable_captions(self, captions: list[CaptionRecord]) -> list[CaptionRecord]:
         """The training captions with text; empty ones fail (naming their images) or are dropped, per ``bad_samples``."""
@@ -543,17 +550,8 @@ class RetrievalDataModule(L.LightningDataModule):
         return batch
 
     def _eval_loaders(self, split: str) -> list[DataLoader]:
-        queries, gallery = self.eval_sets[split]
-        size = self.hparams.eval_batch_size
-        loaders = [self._loader(queries, size), self._loader(gallery, size)]
-        self.eval_roles = list(EVAL_ROLES[:2])
-        if split in self.face_sets:
-            loaders.append(self._loader(self.face_sets[split][0], size))
-            self.eval_roles.append("faces")
-        if split in self.entity_sets:
-            loaders.append(self._loader(self.entity_sets[split], size))
-            self.eval_roles.append("entities")
-        return loaders
+        """One loader per ``(role, dataset)`` the split's protocols read, in :attr:`EvaluationSuite.loaders` order."""
+        return [self._loader(dataset, self.hparams.eval_batch_size) for _, dataset in self.eval_suites[split].loaders]
 
     def val_dataloader(self) -> list[DataLoader]:
         return self._eval_loaders(self.eval_split)

@@ -20,21 +20,27 @@ Verification scores are pair similarities (higher = more likely the same person)
 * :func:`kfold_accuracy`: LFW's protocol: contiguous folds; per fold, the threshold maximising accuracy on
   the other folds, accuracy on the held-out fold; mean and std over folds.
 * :func:`rank1_identification`: share of probes whose most similar gallery item has their identity.
+
+:class:`FaceVerification` is the protocol: both, on every face embedding a method returns for the split's face samples.
 """
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
+
+from xsearch.evaluation.protocol import EvaluationProtocol, single_process
+from xsearch.headlines import HEADLINES
+from xsearch.registry import PROTOCOLS
 
 log = logging.getLogger(__name__)
 _warned: set[tuple[str, int, tuple[float, ...]]] = set()
 
 __all__ = [
-    "equal_error_rate", "face_protocol_metrics", "kfold_accuracy", "rank1_identification", "roc_auc", "roc_curve", "tar_at_far",
+    "FaceVerification", "equal_error_rate", "face_protocol_metrics", "face_table", "kfold_accuracy", "rank1_identification", "roc_auc", "roc_curve", "tar_at_far",
     "verification_metrics",
 ]
 
@@ -212,3 +218,63 @@ def face_protocol_metrics(embeddings: torch.Tensor, pids: torch.Tensor, first: n
         similarity = unit[probe_rows] @ unit[gallery_rows].T
         metrics["Rank1"] = rank1_identification(similarity, pids[probe_rows], pids[gallery_rows])
     return metrics
+
+
+@PROTOCOLS.register("face_verification")
+class FaceVerification(EvaluationProtocol):
+    """Verification pairs and rank-1 identification (:func:`face_protocol_metrics`) of each named embedding the
+    method returns for the face samples (role ``faces``: ``{"fused": (B, D), "image_only": (B, D)}``...), compared by
+    cosine: ``<name>/AUC``, ``<name>/TAR@FAR=0.0001``, ``<name>/Rank1``... Evaluated in one process.
+
+    Args:
+        faces: the face sample set (items carry their ``position``; ``faces.images[i].pid``).
+        pairs: the split's pairs, folds, probes and gallery (``first``, ``second``, ``same``, ``fold``, ``probes``,
+            ``gallery`` as positions, ``tar_rule``).
+    """
+
+    headline = HEADLINES["face_verification"]
+
+    def __init__(self, faces: Any, pairs: Any) -> None:
+        super().__init__({"faces": faces})
+        self.pairs = pairs
+        self._embeddings: dict[str, list[torch.Tensor]] = {}
+        self._positions: list[torch.Tensor] = []
+
+    def update(self, role: str, embeddings: Any, batch: dict[str, Any]) -> None:
+        for name, values in embeddings.items():
+            self._embeddings.setdefault(name, []).append(values.detach().float().cpu())
+        self._positions.append(torch.as_tensor(batch["position"]).cpu())
+
+    def compute(self) -> dict[str, float]:
+        if not self._positions:
+            return {}
+        single_process("the face verification protocol")
+        order = torch.argsort(torch.cat(self._positions))
+        pids = torch.as_tensor([r.pid for r in self.inputs["faces"].images])
+        pairs, metrics = self.pairs, {}
+        for name, chunks in self._embeddings.items():
+            values = face_protocol_metrics(torch.cat(chunks)[order], pids, pairs.first, pairs.second, pairs.same,
+                                           pairs.fold, pairs.probes, pairs.gallery, rule=pairs.tar_rule)
+            metrics.update({f"{name}/{k}": v for k, v in values.items()})
+        return metrics
+
+    def report(self, metrics: dict[str, float]) -> str | None:
+        results: dict[str, dict[str, float]] = {}
+        for key, value in metrics.items():
+            name, metric = key.split("/", 1)
+            results.setdefault(name, {})[metric] = value
+        return face_table(results) if results else None
+
+    def reset(self) -> None:
+        super().reset()
+        self._embeddings, self._positions = {}, []
+
+
+def face_table(results: dict[str, dict[str, float]]) -> str:
+    """Markdown table of face protocol metrics, one row per embedding (side by side: fused vs image only)."""
+    columns = [c for c in ("AUC", "EER", "TAR@FAR=1e-06", "TAR@FAR=1e-05", "TAR@FAR=0.0001", "TAR@FAR=0.001", "Acc", "Rank1")
+               if any(c in m for m in results.values())]
+    lines = ["| embedding | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, metrics in results.items():
+        lines.append(f"| {name} | " + " | ".join(f"{metrics[c]:.2f}" if c in metrics else "-" for c in columns) + " |")
+    return "\n[xsearch] face verification (pairs) and rank-1 identification (test):\n" + "\n".join(lines) + "\n"

@@ -1,30 +1,28 @@
 """``RetrievalModule``: what every method shares.
 
-A method implements ``encode_queries`` / ``encode_gallery`` (and optionally ``similarity``)
-plus ``training_losses``; this base owns evaluation (encode queries and gallery once ->
-similarity -> ``xsearch.evaluation``), metric logging, the ranked-list picture at test time,
-and the optimisers: declared ``optimizer_groups`` (:mod:`xsearch.optim`), or by default one optimiser with
+A method implements ``encode_queries`` / ``encode_gallery`` (and optionally ``similarity``, ``encode_faces``)
+plus ``training_losses``; this base runs evaluation (each loader of the split's protocols encoded once with the
+encoder of its role -> the protocols of :mod:`xsearch.evaluation.protocol`), metric logging, the ranked-list picture at
+test time, and the optimisers: declared ``optimizer_groups`` (:mod:`xsearch.optim`), or by default one optimiser with
 backbone / new-module parameter groups and a warm-up + cosine schedule.
 """
 from __future__ import annotations
 
 import logging
 import os
-import time
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 import lightning as L
 import torch
 from torch import nn
 
 from xsearch.config_types import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
-from xsearch.constants import EVAL_ROLES
-from xsearch.evaluation import RetrievalMetric, cosine_similarity
-from xsearch.evaluation.entity import entity_metrics
-from xsearch.evaluation.verification import face_protocol_metrics
+from xsearch.evaluation import EvaluationProtocol, EvaluationSuite, RankedLists, cosine_similarity
+from xsearch.models.clock import EpochClock
 from xsearch.models.export_contract import ExportTowers, ExportUnsupported
-from xsearch.optim import OptimizerGroup, accepted_arguments, build_optimization
+from xsearch.models.weights import checkpoint_mismatch, matching_tensors
+from xsearch.optim import OptimizerGroup, build_optimization, default_group, default_parameter_groups, restricted
 from xsearch.rankings import TOP_K
 from xsearch.registry import OPTIMIZERS
 from xsearch.seeding import derived_seed
@@ -61,11 +59,10 @@ class RetrievalModule(L.LightningModule):
             every loss term and the batch's sample indexes) or is ``skip``ped (logged the same way, no optimiser
             step; ``train/skipped_steps`` counts them).
 
-    With ``data.verification`` set, validation and test also report face verification and identification
-    of each embedding :meth:`encode_faces` returns (``<split>/<name>/AUC``, ``.../TAR@FAR=0.0001``,
-    ``.../Rank1``...). With ``data.entity_retrieval`` set, they also report Id-CLIP's entity retrieval of the
-    entity queries (``encode_queries`` of ``prompts`` / ``text`` + ``face``) against the gallery:
-    ``<split>/entity_R@K``, ``kmin_R@K``, ``mAP@10``.
+    Validation and test run the split's evaluation protocols (:mod:`xsearch.evaluation.protocol`), which the datamodule
+    builds from its config (``eval_suites``; without a datamodule, identity retrieval of loader 0 against loader 1):
+    this base encodes each loader's batches with the encoder of its role (:meth:`encoders`), logs what the protocols
+    compute as ``<split>/<metric>``, prints their reports and writes the ranked lists of the one that ranks a gallery.
 
     Every training batch starts from torch's generator seeded by ``(run seed, epoch, batch, rank)`` (the run seed is
     ``seed_everything``'s, kept in checkpoints), so dropout, masking and any other random draw of a step does not
@@ -104,10 +101,7 @@ class RetrievalModule(L.LightningModule):
         OPTIMIZERS.get(optimizer)  # a KeyError naming the registered ones, before any training
         self._optimizer_groups = [OptimizerGroup.from_config(dict(entry)) for entry in optimizer_groups or []]
         self._gradient_clips: list[tuple[list[nn.Parameter], float]] = []
-        self.val_metric = RetrievalMetric(ks=ks, similarity_fn=self.similarity)
-        self.test_metric = RetrievalMetric(ks=ks, similarity_fn=self.similarity, top_k=TOP_K)  # top-k: test_rankings.npz
-        self._faces: dict[str, list[torch.Tensor]] = {}
-        self._entities: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._suite = EvaluationSuite.default()  # the running evaluation's protocols (:meth:`_start_evaluation`)
         self._initialised_from: str | None = None
         self._run_seed: int | None = None
 
@@ -173,26 +167,9 @@ class RetrievalModule(L.LightningModule):
         """Copy the tensors of a checkpoint whose name and shape match this model's; raise if none does.
 
         Loaded with ``weights_only=True`` (no code in the file runs)."""
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # noqa: BLE001  torch raises many types for an unreadable or unsafe file
-            reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-            raise ValueError(f"init_from {path}: not a readable checkpoint or state dict ({reason})") from None
-        theirs = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
-        if not isinstance(theirs, dict):
-            raise ValueError(f"init_from {path}: expected a checkpoint or a state dict (name -> tensor), got "
-                             f"{type(checkpoint).__name__}")
-        own = self.state_dict()
-        loadable = {k: v for k, v in theirs.items() if k in own and own[k].shape == v.shape}
-        if not loadable:
-            raise ValueError(f"{path}: none of its {len(theirs)} tensors matches a parameter of {type(self).__name__} "
-                             f"by name and shape (e.g. {sorted(theirs)[:3]}); is it a checkpoint of this method?")
+        loadable, summary = matching_tensors(path, self.state_dict(), type(self).__name__)
         self.load_state_dict(loadable, strict=False)
-        reshaped = sorted(k for k in theirs if k in own and own[k].shape != theirs[k].shape)
-        fresh = sorted(k for k in own if k not in loadable)
-        log.info("init_from %s: %d tensors loaded; %d of the model's are new (e.g. %s); %d of the checkpoint's unused "
-                 "(e.g. %s)%s", path, len(loadable), len(fresh), fresh[:3], len(theirs) - len(loadable),
-                 sorted(set(theirs) - set(loadable))[:3], f"; shape mismatch: {reshaped[:5]}" if reshaped else "")
+        log.info("init_from %s: %s", path, summary)
         self._initialised_from = str(path)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -214,7 +191,7 @@ class RetrievalModule(L.LightningModule):
 
     # -- training ----------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
-        self._clock = {"last_end": None, "wait": 0.0, "busy": 0.0, "samples": 0}
+        self._clock = EpochClock()
 
     def on_train_start(self) -> None:
         self.on_train_epoch_start()  # a run resumed mid-epoch gets no on_train_epoch_start
@@ -223,27 +200,14 @@ class RetrievalModule(L.LightningModule):
         if self._run_seed is None:
             self._run_seed = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
         torch.manual_seed(derived_seed(self._run_seed, self.current_epoch, batch_idx, self.global_rank))
-        now = time.perf_counter()
-        clock = self._clock
-        if clock["last_end"] is not None:
-            clock["wait"] += now - clock["last_end"]  # time spent fetching this batch
-        clock["start"] = now
+        self._clock.batch_start()
 
     def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
-        now = time.perf_counter()
-        clock = self._clock
-        clock["busy"] += now - clock["start"]
-        clock["samples"] += len(batch["pid"])
-        clock["last_end"] = now
+        self._clock.batch_end(len(batch["pid"]))
 
     def on_train_epoch_end(self) -> None:
-        clock = self._clock
-        total = clock["wait"] + clock["busy"]
-        if total > 0:
-            self.log_dict({
-                "train/samples_per_s": clock["samples"] / total,
-                "train/data_wait_fraction": clock["wait"] / total,
-            })
+        if rates := self._clock.rates():
+            self.log_dict(rates)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         terms = self.training_losses(batch)
@@ -264,166 +228,77 @@ class RetrievalModule(L.LightningModule):
         return terms["loss"]
 
     # -- evaluation ----------------------------------------------------------------------
-    def _eval_roles(self) -> list[str]:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        return list(getattr(datamodule, "eval_roles", EVAL_ROLES))
+    def encoders(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
+        """Evaluation role (:data:`~xsearch.evaluation.ROLES`) -> the encoder of its batches."""
+        return {"queries": self.encode_queries, "gallery": self.encode_gallery, "faces": self.encode_faces,
+                "entities": self.encode_queries}
 
-    def _eval_step(self, metric: RetrievalMetric, batch: dict[str, Any], dataloader_idx: int) -> None:
-        roles = self._eval_roles()
-        if not 0 <= dataloader_idx < len(roles):
-            raise ValueError(f"unexpected evaluation dataloader {dataloader_idx}: the datamodule's loaders are {roles}")
-        role = roles[dataloader_idx]
-        if role == "queries":
-            metric.update_queries(self.encode_queries(batch).float(), batch["pid"], batch["index"])
-        elif role == "gallery":
-            metric.update_gallery(self.encode_gallery(batch).float(), batch["pid"], batch["index"])
-        elif role == "faces":
-            for name, embeddings in self.encode_faces(batch).items():
-                self._faces.setdefault(name, []).append(embeddings.detach().float().cpu())
-            self._faces.setdefault("_position", []).append(torch.as_tensor(batch["position"]).cpu())
-        elif role == "entities":
-            self._entities.append((self.encode_queries(batch).detach().float().cpu(), torch.as_tensor(batch["pid"]).cpu()))
-        else:
-            raise ValueError(f"unknown evaluation loader role {role!r}; known: {EVAL_ROLES}")
-
-    def _log_entity_metrics(self, metric: RetrievalMetric, split: str, prefix: str) -> dict[str, float]:
-        """Entity retrieval of the collected entity queries against the gallery of ``metric``'s last compute (the
-        query faces' own images left out); resets."""
-        collected, self._entities = self._entities, []
-        if not collected:
-            return {}
-        if self.trainer.world_size > 1:
-            raise NotImplementedError("entity retrieval is evaluated in one process; run validate/test with trainer.devices=1")
-        gathered = metric.gathered()
-        excluded = self.trainer.datamodule.entity_sets[split].excluded
-        keep = torch.tensor([int(i) not in excluded for i in gathered.gallery_indexes.tolist()], dtype=torch.bool)
-        queries = torch.cat([q for q, _ in collected])
-        pids = torch.cat([p for _, p in collected])
-        gallery = gathered.gallery_embeddings[keep.to(gathered.gallery_embeddings.device)]
-        similarity = self.similarity(queries.to(gallery.device), gallery)
-        values = entity_metrics(similarity.cpu(), pids, gathered.gallery_pids.cpu()[keep], self.hparams.ks)
-        self.log_dict({f"{prefix}/{k}": v for k, v in values.items()}, add_dataloader_idx=False)
-        return values
-
-    def _log_face_metrics(self, split: str, prefix: str) -> dict[str, dict[str, float]]:
-        """Verification / identification of every collected face embedding (``{name: metrics}``); resets."""
-        collected, self._faces = self._faces, {}
-        if not collected:
-            return {}
-        if self.trainer.world_size > 1:
-            raise NotImplementedError("the face verification protocol is evaluated in one process; run validate/test "
-                                      "with trainer.devices=1")
-        face_set, protocol = self.trainer.datamodule.face_sets[split]
-        order = torch.argsort(torch.cat(collected.pop("_position")))
-        pids = torch.as_tensor([r.pid for r in face_set.images])
-        results = {}
-        for name, chunks in collected.items():
-            embeddings = torch.cat(chunks)[order]
-            results[name] = face_protocol_metrics(embeddings, pids, protocol.first, protocol.second, protocol.same,
-                                                  protocol.fold, protocol.probes, protocol.gallery, rule=protocol.tar_rule)
-            self.log_dict({f"{prefix}/{name}/{k}": v for k, v in results[name].items()}, add_dataloader_idx=False)
-        return results
-
-    def _relevance(self, split: str) -> Any:
-        """The evaluation protocol's positives for ``split`` when they are not "same pid" (composed queries)."""
+    def _start_evaluation(self, split: str, top_k: int = 0) -> None:
+        """Take the split's protocols (the datamodule's ``eval_suites``; without them, identity retrieval of loader 0
+        against loader 1) and configure them with this method's ``ks`` and ``similarity``."""
         datamodule = self.trainer.datamodule if self._trainer is not None else None
-        queries = (getattr(datamodule, "eval_sets", None) or {}).get(split, (None,))[0]
-        return getattr(queries, "relevance", None)
+        self._suite = (getattr(datamodule, "eval_suites", None) or {}).get(split) or EvaluationSuite.default()
+        self._suite.configure(self.hparams.ks, self.similarity, top_k, self.device)
 
     def on_validation_epoch_start(self) -> None:
-        datamodule = self.trainer.datamodule
-        self.val_metric.relevance = self._relevance(getattr(datamodule, "eval_split", "val"))
+        self._start_evaluation(getattr(self.trainer.datamodule, "eval_split", "val"))
 
     def on_test_epoch_start(self) -> None:
-        self.test_metric.relevance = self._relevance("test")
+        self._start_evaluation("test", top_k=TOP_K)  # top-k: test_rankings.npz
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step(self.val_metric, batch, dataloader_idx)
+        self._suite.update(dataloader_idx, self.encoders(), batch)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step(self.test_metric, batch, dataloader_idx)
+        self._suite.update(dataloader_idx, self.encoders(), batch)
 
-    def _log_metrics(self, metric: RetrievalMetric, prefix: str) -> dict[str, float]:
-        """Compute and log the retrieval metrics, plus ``rsum`` = the sum of the text-to-image R@K (Id-CLIP's
-        selection rule: ``checkpoint.monitor: val/rsum``)."""
-        values = metric.compute()
-        values["rsum"] = sum(float(values[f"R{k}"]) for k in metric.ks)
-        self.log_dict({f"{prefix}/{k}": float(v) for k, v in values.items()}, prog_bar=False, add_dataloader_idx=False)
-        return values
+    def _log_evaluation(self, prefix: str) -> list[tuple[EvaluationProtocol, dict[str, float]]]:
+        """Compute and log every protocol's metrics (``<prefix>/<name>``); each protocol with its metrics."""
+        results = self._suite.compute()
+        for _, values in results:
+            self.log_dict({f"{prefix}/{k}": float(v) for k, v in values.items()}, add_dataloader_idx=False)
+        return results
 
     def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking:
-            self.val_metric.reset()
-            self._faces, self._entities = {}, []
-            return
-        split = getattr(self.trainer.datamodule, "eval_split", "val")
-        values = self._log_metrics(self.val_metric, "val")
-        self.log("val_R1", float(values["R1"]), prog_bar=True, logger=False)
-        self._log_entity_metrics(self.val_metric, split, "val")
-        self.val_metric.reset()
-        self._log_face_metrics(split, "val")
+        if not self.trainer.sanity_checking:
+            for protocol, values in self._log_evaluation("val"):  # the first headline metric on the progress bar
+                if (name := next(iter(protocol.headline.summary), None)) in values:
+                    self.log(f"val_{name}", float(values[name]), prog_bar=True, logger=False)
+                    break
+        self._suite.reset()
 
     def on_test_start(self) -> None:
         # on every rank: Trainer.log_dir is a collective under DDP, so rank 0 alone must not ask for it later
         self._run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
 
     def on_test_epoch_end(self) -> None:
-        values = self._log_metrics(self.test_metric, "test")
-        self._log_entity_metrics(self.test_metric, "test", "test")
-        faces = self._log_face_metrics("test", "test")
-        if faces and self.trainer.is_global_zero:
-            print(face_table(faces))
+        results = self._log_evaluation("test")
         if self.trainer.is_global_zero:
-            self._save_rankings(values)
-        if self.hparams.visualize_queries and self.trainer.is_global_zero:
-            self._draw_ranked_lists()
-        self.test_metric.reset()
+            for protocol, values in results:
+                if text := protocol.report(values):
+                    print(text)
+            if ranked := next(((r, values) for protocol, values in results if (r := protocol.ranked_lists())), None):
+                self._save_ranked_lists(*ranked)
+        self._suite.reset()
 
     @torch.no_grad()
-    def _save_rankings(self, metrics: dict[str, float]) -> Path | None:
-        """Write every test query's top-10, AP and first-correct rank (the metric's) to ``test_rankings.npz`` in the
-        run folder, for ``xsearch inspect``."""
-        from xsearch.rankings import RANKINGS_FILE, query_rankings
+    def _save_ranked_lists(self, ranked: RankedLists, metrics: dict[str, float]) -> None:
+        """Write every test query's top-10, AP and first-correct rank (the protocol's) to ``test_rankings.npz`` in the
+        run folder, for ``xsearch inspect``; save (and log to W&B) the top-5 gallery images of a few test queries,
+        correct ones outlined green."""
+        from xsearch.rankings import save_ranked_lists
         from xsearch.registry import METHODS
+        from xsearch.visualize import ranked_lists_grid
 
         datamodule = self.trainer.datamodule
-        if "test" not in getattr(datamodule, "eval_sets", {}):
-            return None
-        query_set, gallery_set = datamodule.eval_sets["test"]
-        method = METHODS.name_of(type(self)) or type(self).__name__
-        meta = {"method": method, "dataset": str(getattr(datamodule, "benchmark", getattr(datamodule, "dataset", ""))),
-                "checkpoint": str(self.trainer.ckpt_path or ""),
-                "metrics": {k: float(v) for k, v in metrics.items()}}
-        rankings = query_rankings(self.test_metric.top(), self.test_metric.gathered(), self.test_metric.per_query(),
-                                  self.test_metric.relevance, {c.index: c.text for c in query_set.captions},
-                                  {r.index: str(r.path) for r in gallery_set.images}, meta)
-        out = rankings.save(self.run_folder() / RANKINGS_FILE)
-        log.info("per-query rankings of %d test queries: %s (xsearch inspect %s --out report.html)", len(rankings),
-                 out, out.parent)
-        return out
-
-    @torch.no_grad()
-    def _draw_ranked_lists(self, k: int = 5) -> None:
-        """Save (and log to W&B) the top-``k`` gallery images of a few test queries, correct ones outlined green."""
-        from xsearch.visualize import ranked_grid
-
-        datamodule = self.trainer.datamodule
-        if "test" not in getattr(datamodule, "eval_sets", {}):
-            return
-        gathered, ranked = self.test_metric.gathered(), self.test_metric.top()  # the metric's own ranking
-        queries_total = len(gathered.query_pids)
-        count = min(self.hparams.visualize_queries, queries_total)
-        rows = [round(i * (queries_total - 1) / max(count - 1, 1)) for i in range(count)]
-        top, correct = ranked.indices[rows, :k].tolist(), ranked.correct[rows, :k].tolist()
-        caption = "green = correct identity" if self.test_metric.relevance is None else "green = a positive of the query"
-        query_set, gallery_set = datamodule.eval_sets["test"]
-        texts = {c.index: c.text for c in query_set.captions}
-        queries = [texts[int(i)] for i in gathered.query_indexes[rows].tolist()]
-        paths = {r.index: r.path for r in gallery_set.images}
-        gallery = [paths[int(i)] for i in gathered.gallery_indexes.tolist()]
-        figure = ranked_grid(queries, gallery, top, correct)
-        out = self.save_figure(figure, "test_top5.png", "test/top5", caption)
-        log.info("ranked lists of %d test queries: %s", count, out)
+        meta = {"method": METHODS.name_of(type(self)) or type(self).__name__,
+                "dataset": str(getattr(datamodule, "benchmark", getattr(datamodule, "dataset", ""))),
+                "checkpoint": str(self.trainer.ckpt_path or ""), "metrics": {k: float(v) for k, v in metrics.items()}}
+        save_ranked_lists(ranked, meta, self.run_folder())
+        if self.hparams.visualize_queries:
+            figure, caption, count = ranked_lists_grid(ranked, self.hparams.visualize_queries, k=5)
+            out = self.save_figure(figure, "test_top5.png", "test/top5", caption)
+            log.info("ranked lists of %d test queries: %s", count, out)
 
     def run_folder(self) -> Path:
         """Where test outputs go: the log dir resolved at test start (the trainer's default root dir without one)."""
@@ -439,47 +314,23 @@ class RetrievalModule(L.LightningModule):
                 logger.log_image(key=key, images=[figure], caption=[caption])
         return out
 
-    # -- optimisation --------------------------------------------------------------------
+    # -- optimisation (:mod:`xsearch.optim`) -------------------------------------------
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Backbone vs new-module learning rates; biases and 1-d params (norms) without weight decay."""
         hp = self.hparams
-        backbone = {id(p) for m in self.backbone_modules() for p in m.parameters()}
-        factors = {id(p): factor for m, factor in self.lr_factors() for p in m.parameters()}
-        groups: dict[tuple[bool, bool, float], dict[str, Any]] = {}
-        for name, param in self.named_parameters():
-            if not param.requires_grad:
-                continue
-            is_backbone, no_decay = id(param) in backbone, param.ndim <= 1
-            default = 1.0 if is_backbone else hp.new_module_lr_factor
-            factor = factors.get(id(param), default)
-            group = groups.setdefault((is_backbone, no_decay, factor), {
-                "params": [],
-                "lr": hp.lr * factor * (hp.bias_lr_factor if no_decay else 1.0),
-                "weight_decay": 0.0 if no_decay else hp.weight_decay,
-                "name": f"{'backbone' if is_backbone else 'new'}{'' if factor == default else f'_x{factor:g}'}"
-                        f"{'_no_decay' if no_decay else ''}",
-            })
-            group["params"].append(param)
-        return list(groups.values())
+        return default_parameter_groups(self, self.backbone_modules(), self.lr_factors(), hp.lr, hp.new_module_lr_factor,
+                                        hp.bias_lr_factor, hp.weight_decay)
 
     def optimizer_group_specs(self) -> list[OptimizerGroup]:
         """The optimiser groups this method trains with: the configured ``optimizer_groups``, else one group of
         every trainable parameter (:meth:`parameter_groups`) with ``optimizer`` at ``lr`` and the warm-up +
         ``schedule`` stepped per optimiser step. A method may override it to declare its own groups."""
-        if self._optimizer_groups:
-            return self._optimizer_groups
         hp = self.hparams
-        legacy = {"lr": hp.lr, "momentum": 0.9, "eps": hp.adam_eps}  # each optimiser takes those it knows
-        return [OptimizerGroup(name="all", optimizer=hp.optimizer, modules=None, interval="step",
-                               optimizer_args=accepted_arguments(OPTIMIZERS.get(hp.optimizer), legacy),
-                               schedule=f"warmup_{hp.schedule}", schedule_args={"warmup_epochs": hp.warmup_epochs})]
-
-    def _remaining_parameter_groups(self, keep: set[int]) -> list[dict[str, Any]]:
-        """:meth:`parameter_groups` restricted to the parameters whose id is in ``keep``."""
-        return [{**group, "params": [p for p in group["params"] if id(p) in keep]} for group in self.parameter_groups()]
+        return self._optimizer_groups or [default_group(hp.optimizer, hp.lr, hp.adam_eps, hp.schedule, hp.warmup_epochs)]
 
     def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list[dict[str, Any]]]:
-        optimization = build_optimization(self, self.optimizer_group_specs(), self._remaining_parameter_groups,
+        optimization = build_optimization(self, self.optimizer_group_specs(),
+                                          lambda keep: restricted(self.parameter_groups(), keep),
                                           steps=int(self.trainer.estimated_stepping_batches),
                                           epochs=self.trainer.max_epochs or 1)
         self._gradient_clips = optimization.clips
@@ -491,30 +342,3 @@ class RetrievalModule(L.LightningModule):
         for parameters, max_norm in self._gradient_clips:
             torch.nn.utils.clip_grad_norm_(parameters, max_norm)
         self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm)
-
-
-def checkpoint_mismatch(theirs: dict[str, torch.Tensor], own: dict[str, torch.Tensor], model: str) -> str | None:
-    """A one-paragraph explanation when a checkpoint's tensors do not fit the model (missing, unexpected, reshaped
-    keys, a few of each), or ``None`` when they do."""
-    missing = sorted(set(own) - set(theirs))
-    unexpected = sorted(set(theirs) - set(own))
-    reshaped = sorted(k for k in set(own) & set(theirs) if tuple(own[k].shape) != tuple(theirs[k].shape))
-    if not (missing or unexpected or reshaped):
-        return None
-    parts = [f"{len(missing)} of the model's tensors are not in it (e.g. {missing[:4]})" if missing else "",
-             f"{len(unexpected)} of its tensors are not in the model (e.g. {unexpected[:4]})" if unexpected else "",
-             "shapes differ: " + ", ".join(f"{k} checkpoint {tuple(theirs[k].shape)} vs model {tuple(own[k].shape)}"
-                                            for k in reshaped[:4]) if reshaped else ""]
-    return (f"the checkpoint does not fit this {model} ({'; '.join(p for p in parts if p)}): is it a checkpoint of "
-            "another method or of another configuration (sizes, layers)? To start from it anyway, use "
-            "--model.init_args.init_from (copies the tensors that match)")
-
-
-def face_table(results: dict[str, dict[str, float]]) -> str:
-    """Markdown table of face protocol metrics, one row per embedding (side by side: fused vs image only)."""
-    columns = [c for c in ("AUC", "EER", "TAR@FAR=1e-06", "TAR@FAR=1e-05", "TAR@FAR=0.0001", "TAR@FAR=0.001", "Acc", "Rank1")
-               if any(c in m for m in results.values())]
-    lines = ["| embedding | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for name, metrics in results.items():
-        lines.append(f"| {name} | " + " | ".join(f"{metrics[c]:.2f}" if c in metrics else "-" for c in columns) + " |")
-    return "\n[xsearch] face verification (pairs) and rank-1 identification (test):\n" + "\n".join(lines) + "\n"
