@@ -118,7 +118,7 @@ def assert_path_matches_reference(
     gallery_order, start, count = retrieval_module._positive_lists(qp, gp)
     keep = count > 0
     similarity, qp, start, count = similarity[keep], qp[keep], start[keep], count[keep]
-    positive_index, valid = retrieval_module._padded_positives(gallery_order, start, count)
+    positive_index, valid = retrieval_module.padded_positives(gallery_order, start, count)
     ranks = rank_with(name, similarity, positive_index, valid)
     for q, row in enumerate(similarity.tolist()):
         ranked = sorted(range(len(row)), key=lambda j: (-row[j], j))

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from xsearch.evaluation.retrieval import (PerQueryMetrics, PositiveLists, _check_ks, ranked_positives_per_query,
+from xsearch.evaluation.retrieval import (PerQueryMetrics, PositiveLists, check_ks, ranked_positives_per_query,
                                          summarize_per_query)
 
 __all__ = ["QueryRelevance", "composed_relevance", "relevance_metrics", "relevance_per_query"]
@@ -94,7 +94,7 @@ def relevance_metrics(
         positives: Q lists of gallery positions.
         excluded: (rows, columns) cells removed from the rankings.
     """
-    ks = _check_ks(ks)
+    ks = check_ks(ks)
     return summarize_per_query(relevance_per_query(similarity, positives, excluded), ks, on_missing)
 
 

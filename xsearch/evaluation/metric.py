@@ -12,10 +12,10 @@ from torchmetrics.utilities import dim_zero_cat
 
 from xsearch.evaluation.composed import QueryRelevance, excluded_scores, relevance_metrics, relevance_per_query
 from xsearch.evaluation.retrieval import (
-    _ON_MISSING,
+    ON_MISSING,
     PerQueryMetrics,
     PositiveLists,
-    _check_ks,
+    check_ks,
     cosine_similarity,
     retrieval_metrics_per_query,
     summarize_per_query,
@@ -104,9 +104,9 @@ class RetrievalMetric(Metric):
     ) -> None:
         super().__init__(**kwargs)
         for name, value in (("on_missing", on_missing), ("i2t_on_missing", i2t_on_missing)):
-            if value not in _ON_MISSING:
-                raise ValueError(f"{name} must be one of {_ON_MISSING}, got {value!r}")
-        self.ks = _check_ks(ks)
+            if value not in ON_MISSING:
+                raise ValueError(f"{name} must be one of {ON_MISSING}, got {value!r}")
+        self.ks = check_ks(ks)
         self.similarity_fn = similarity_fn or cosine_similarity
         self.on_missing = on_missing
         self.image_to_text = image_to_text

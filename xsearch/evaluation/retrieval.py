@@ -88,7 +88,7 @@ _HEAVY_GROUP_SHARE = 1 / 16
 _MAX_ZOOMS = 2
 # Rows of a non-contiguous (e.g. transposed) or non-fp32 input are copied in blocks of this many bytes.
 _BLOCK_COPY_BYTES = 64 << 20
-_ON_MISSING = ("error", "skip")
+ON_MISSING = ("error", "skip")
 
 
 @dataclass(frozen=True)
@@ -567,7 +567,7 @@ def _sorted_ranks(scores: torch.Tensor, positive_index: torch.Tensor) -> torch.T
     return position_of_item.gather(1, positive_index)
 
 
-def _padded_positives(
+def padded_positives(
     gallery_order: torch.Tensor, start: torch.Tensor, num_positives: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(C, P) gallery indices of each query's positives (ascending, padded with the first) and validity."""
@@ -598,7 +598,7 @@ def _positive_ranks(
     return _dense_ranks(scores, positive_index, valid), False
 
 
-def _summarize_ranks(
+def summarize_ranks(
     ranks: torch.Tensor, valid: torch.Tensor, num_positives: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """First/last positive position, AP and INP from (C, P) positive positions (all C rows have n >= 1)."""
@@ -754,12 +754,12 @@ def _rank_all(
             local_rows = local_order[lo:hi]
             rows = local_rows + block_start
             n = counts_sorted[lo:hi]
-            positive_index, valid = _padded_positives(gallery_order, start[rows], n)
+            positive_index, valid = padded_positives(gallery_order, start[rows], n)
             scores = block.index_select(0, local_rows)
             try_candidates = chunks_since_failure >= _CANDIDATE_RETRY - 1
             ranks, served = _positive_ranks(scores, positive_index, valid, try_candidates)
             chunks_since_failure = _CANDIDATE_RETRY if served else (0 if try_candidates else chunks_since_failure + 1)
-            summary = _summarize_ranks(ranks, valid, n)
+            summary = summarize_ranks(ranks, valid, n)
             first[rows], last[rows], average_precision[rows], inverse_negative_penalty[rows] = summary
 
 
@@ -767,9 +767,9 @@ def summarize_per_query(
     per_query: PerQueryMetrics, ks: Sequence[int] = (1, 5, 10), on_missing: str = "error"
 ) -> dict[str, float]:
     """Average per-query results into ``{"R1", ..., "mAP", "mINP"}`` percentages (see retrieval_metrics)."""
-    ks = _check_ks(ks)
-    if on_missing not in _ON_MISSING:
-        raise ValueError(f"on_missing must be one of {_ON_MISSING}, got {on_missing!r}")
+    ks = check_ks(ks)
+    if on_missing not in ON_MISSING:
+        raise ValueError(f"on_missing must be one of {ON_MISSING}, got {on_missing!r}")
     has_positive = per_query.has_positive
     num_queries = has_positive.numel()
     num_missing = num_queries - int(has_positive.sum())
@@ -785,7 +785,8 @@ def summarize_per_query(
     return metrics
 
 
-def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
+def check_ks(ks: Sequence[int]) -> tuple[int, ...]:
+    """The R@K cut-offs as a tuple of ints; ``ValueError`` unless every one is a positive integer."""
     ks = tuple(int(k) for k in ks)
     if not ks or any(k < 1 for k in ks):
         raise ValueError(f"ks must be positive integers, got {ks}")
@@ -822,9 +823,9 @@ def retrieval_metrics(
     Returns:
         ``{"R1": .., "R5": .., "R10": .., "mAP": .., "mINP": ..}`` as python floats in [0, 100].
     """
-    ks = _check_ks(ks)
-    if on_missing not in _ON_MISSING:
-        raise ValueError(f"on_missing must be one of {_ON_MISSING}, got {on_missing!r}")
+    ks = check_ks(ks)
+    if on_missing not in ON_MISSING:
+        raise ValueError(f"on_missing must be one of {ON_MISSING}, got {on_missing!r}")
     per_query = retrieval_metrics_per_query(similarity, query_pids, gallery_pids, chunk_size)
     return summarize_per_query(per_query, ks, on_missing)
 

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import torch
 
-from xsearch.evaluation.retrieval import (PerQueryMetrics, PositiveLists, _padded_positives, _summarize_ranks,
+from xsearch.evaluation.retrieval import (PerQueryMetrics, PositiveLists, padded_positives, summarize_ranks,
                                           full_precision_matmul, summarize_per_query)
 
 __all__ = ["streaming_per_query", "streaming_retrieval_metrics"]
@@ -132,10 +132,10 @@ def streaming_per_query(queries: torch.Tensor, gallery: torch.Tensor, positives:
             # per gallery column: the rows' scores and comparison bytes, plus the gathered (chunk, D) gallery rows
             per_column = (dtype.itemsize + 3 * int(n.max())) * rows + gallery.shape[1] * dtype.itemsize
             chunk = max(1, min(num_gallery, budget // per_column))
-            positive_index, valid = _padded_positives(gallery_order, start[index], n)
+            positive_index, valid = padded_positives(gallery_order, start[index], n)
             ranks = _block_ranks(queries[index], gallery, visit, place, positive_index, valid, chunk)
             first[index], last[index], average_precision[index], inverse_negative_penalty[index] = \
-                _summarize_ranks(ranks, valid, n)
+                summarize_ranks(ranks, valid, n)
             lo += rows
     return PerQueryMetrics(count, first, last, average_precision, inverse_negative_penalty)
 
