@@ -23,8 +23,8 @@ NOTE_NAMES = ("METHODS", "DATASETS", "ANCHORS")
 OUTSIDE_NOTES = re.compile(
     rb"\b(?:" + b"|".join(n.encode() for n in NOTE_NAMES) + rb")(?:\.md\b|(?: section)? \xc2?\xa7?\d)"
 )
-"""``METHODS.md``, or a section number after the bare name (``METHODS 7.3``, ``ANCHORS 1.7``); the registries
-(``METHODS.register``, ``DATASETS.get(...)``) do not match."""
+"""A note's file name (one of ``NOTE_NAMES`` + ``.md``), or a section number after the bare name (``METHODS 7.3``,
+``ANCHORS 1.7``); the registries (``METHODS.register``, ``DATASETS.get(...)``) do not match."""
 
 LINKED_PAGES = ("README.md", "docs/*.md", "benchmarks/RESULTS.md")
 FENCE = re.compile(r"^ {0,3}(```|~~~).*?^ {0,3}\1[^\n]*$", re.MULTILINE | re.DOTALL)
