@@ -276,8 +276,16 @@ def test_loaders_without_a_datamodule_are_queries_then_gallery(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_tiny_config_gives_the_recorded_metrics(case, workspace, monkeypatch):
+    import torch
+
     monkeypatch.chdir(workspace)
     monkeypatch.setenv("XSEARCH_DATA", str(workspace / "data"))
-    metrics = tiny_metrics(case, workspace)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as recorded: float sums of several threads differ in the last bits (mAP by ~0.004)
+    try:
+        metrics = tiny_metrics(case, workspace)
+    finally:
+        torch.set_num_threads(threads)
     assert sorted(metrics) == sorted(RECORDED[case])  # the same metric names, none more, none less
-    assert metrics == {k: pytest.approx(v, rel=1e-4) for k, v in RECORDED[case].items()}
+    # within float noise of another processor; a changed protocol moves a metric by a whole query or pair
+    assert metrics == {k: pytest.approx(v, rel=1e-4, abs=0.01) for k, v in RECORDED[case].items()}
