@@ -72,12 +72,11 @@ def compare_cells(records: Sequence[RunRecord], pairs: Mapping[str, Sequence[str
     """One row per dataset and (cell, against) pair of ``pairs`` (cell -> the cells it is compared with) where both
     have rows on that dataset: ``dataset``, ``cell``, ``against``, ``n`` and a :class:`PairedDifference` per metric."""
     tables = {metric: per_seed(records, metric) for metric in metrics}
-    datasets = sorted({dataset for table in tables.values() for dataset, _ in table})
+    first = tables[metrics[0]]
     rows = []
-    for dataset in datasets:
+    for dataset in sorted({dataset for dataset, _ in first}):
         for cell, others in pairs.items():
             for other in others:
-                first = tables[metrics[0]]
                 if (dataset, cell) not in first or (dataset, other) not in first:
                     continue
                 differences = {m: paired_difference(tables[m].get((dataset, cell), {}), tables[m].get((dataset, other), {}))
