@@ -174,7 +174,7 @@ def step_seed(grid: Grid, unit: Unit, index: int) -> int:
     return grid.seeds[0] if unit.steps[index].shared else unit.seed
 
 
-def _shown(path: Path, base: Path | None) -> str:
+def path_under(path: Path, base: Path | None) -> str:
     """``path`` relative to ``base`` when inside it (what the results store keeps: no machine's absolute path)."""
     if base is not None and path.is_absolute() and path.is_relative_to(base):
         return path.relative_to(base).as_posix()
@@ -187,7 +187,7 @@ def step_command(grid: Grid, unit: Unit, index: int, out: Path, results: Path, b
     machine's absolute paths."""
     step = unit.steps[index]
     seed = step_seed(grid, unit, index)
-    values = {f"step{i}": _shown(step_dir(out, grid, unit, i), base) for i in range(len(unit.steps))} | {"seed": str(seed)}
+    values = {f"step{i}": path_under(step_dir(out, grid, unit, i), base) for i in range(len(unit.steps))} | {"seed": str(seed)}
 
     def fill(match: re.Match) -> str:
         if match.group(1) not in values:
@@ -198,10 +198,10 @@ def step_command(grid: Grid, unit: Unit, index: int, out: Path, results: Path, b
     args = [PLACEHOLDER.sub(fill, a) for a in step.args]
     args = [_expand_glob(a, grid, unit, index, base) for a in args]
     own = step_dir(out, grid, unit, index)
-    command = [step.command, *args, "--seed_everything", str(seed), "--results", _shown(results, base),
-               "--trainer.default_root_dir", _shown(own, base)]
+    command = [step.command, *args, "--seed_everything", str(seed), "--results", path_under(results, base),
+               "--trainer.default_root_dir", path_under(own, base)]
     if step.command == "fit":
-        command += ["--checkpoint.dirpath", _shown(own / "checkpoints", base),
+        command += ["--checkpoint.dirpath", path_under(own / "checkpoints", base),
                     "--test_after_fit", "true" if step.name else "false"]
     if step.name:
         command += ["--tag", step.name]

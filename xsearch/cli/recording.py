@@ -88,10 +88,9 @@ class RecordResults(Callback):
 def relative_to_cwd(path: str) -> str:
     """``path`` relative to the working directory when inside it (Lightning makes checkpoint paths absolute; a results
     store keeps none of the machine's absolute paths)."""
-    resolved = Path(path)
-    if resolved.is_absolute() and resolved.is_relative_to(Path.cwd()):
-        return resolved.relative_to(Path.cwd()).as_posix()
-    return str(path)
+    from xsearch.grid import path_under
+
+    return path_under(Path(path), Path.cwd()) if Path(path).is_absolute() else path
 
 
 def record_extra(tag: str | None) -> dict[str, Any]:
