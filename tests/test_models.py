@@ -33,6 +33,25 @@ def test_image_encoder_normalises_uint8_like_float():
     torch.testing.assert_close(from_uint8, from_float)
 
 
+def test_image_encoder_runs_channels_last_with_the_outputs_and_gradients_of_the_default_layout():
+    torch.manual_seed(0)
+    encoder = ImageEncoder("test_efficientnet", frozen_stages=2).train()
+    assert encoder.backbone.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    contiguous = ImageEncoder("test_efficientnet", frozen_stages=2).train()
+    contiguous.load_state_dict(encoder.state_dict())
+    contiguous.backbone.to(memory_format=torch.contiguous_format)
+    assert contiguous.backbone.conv_stem.weight.is_contiguous()
+    images = torch.randint(0, 256, (4, 3, 64, 32), dtype=torch.uint8)
+    out, reference = encoder(images), contiguous(images)
+    torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-5)
+    out.square().sum().backward()
+    reference.square().sum().backward()
+    grads = [(a.grad, b.grad) for a, b in zip(encoder.parameters(), contiguous.parameters()) if a.requires_grad]
+    assert grads and all(g is not None for pair in grads for g in pair)
+    for a, b in grads:
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+
+
 def test_positional_loading_of_renamed_checkpoint(tmp_path):
     source = timm.create_model("test_resnet", num_classes=0)
     renamed = {f"other_{i}": t for i, t in enumerate(source.state_dict().values())}

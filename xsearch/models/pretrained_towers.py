@@ -118,7 +118,7 @@ class PretrainedTowers(Towers):
         """``uint8`` (B, 3, H, W) -> tokens (B, h*w, D) of the final feature map, global (B, D) = their mean;
         ``hidden`` stage ``l`` (B, h_l*w_l, C_l)."""
         encoder = self.image_encoder
-        pixels = (images.float() - encoder.mean) / encoder.std
+        pixels = encoder.normalise(images.float())
         hidden: dict[int, Tensor] = {}
         grids: dict[int, tuple[int, int]] = {}
         if layers:
