@@ -47,3 +47,14 @@ def test_generated_set_hashes_to_the_pinned_digest(name: str, tmp_path: Path) ->
     if (PIL.__version__, features.version("jpg")) != PINNED_WITH:
         pytest.skip(f"image digests pinned with Pillow {PINNED_WITH[0]} / libjpeg {PINNED_WITH[1]}")
     assert digest(out, images=True) == image_digest
+
+
+def test_pedes_drawn_in_worker_processes_hash_to_the_pinned_digest(tmp_path: Path) -> None:
+    _, arguments, text_digest, image_digest = SETS["pedes"]
+    out = generate_pedes(tmp_path / "pedes", progress=False, workers=2, **arguments)
+    assert digest(out, images=False) == text_digest
+    if (PIL.__version__, features.version("jpg")) == PINNED_WITH:
+        assert digest(out, images=True) == image_digest
+    else:  # another Pillow: the same bytes as one process draws
+        assert digest(out, images=True) == digest(generate_pedes(tmp_path / "one", progress=False, workers=1,
+                                                                 **arguments), images=True)

@@ -33,12 +33,14 @@ gives the same bytes for the same arguments and writes into a temporary sibling 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence, TypeVar
 
 from PIL import Image
 
@@ -46,7 +48,7 @@ from xsearch.face_captions import CELEBA_ATTRIBUTES, celeba_caption
 from xsearch.synth import render
 from xsearch.synth.captions import pedes_captions, tokenize
 from xsearch.synth.faces import face_identity, face_image_attributes, render_face
-from xsearch.synth.pedestrians import pedes_attributes
+from xsearch.synth.pedestrians import PersonAttributes, pedes_attributes
 from xsearch.synth.sampling import Stream, choice, seeded_rng, split_counts
 from xsearch.synth.scenes import (
     CONTEXTS, DEFAULT_FACE_NOISE, SceneIdentity, face_descriptor, scene_captions, scene_identities, scene_image,
@@ -82,6 +84,8 @@ SPLIT_FILES = {
 }
 """The COCO-PFS files of each split, as the ``coco_pfs`` parser reads them (``tests/test_synth_pfs.py`` checks that
 they are the parser's own ``SPLIT_FILES``)."""
+
+T, R = TypeVar("T"), TypeVar("R")
 
 COCO_MAX_ID = 581929  # largest COCO 2017 image id: synthetic ids look like real ones
 
@@ -152,13 +156,15 @@ def generate_pedes(out: str | Path, identities: int = 1000, seed: int = 0,
                    images_per_identity: tuple[int, int] = (2, 5), image_size: tuple[int, int] = (160, 64),
                    progress: bool = True, overwrite: bool = False,
                    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
-                   captions_per_image: int = 2, jpeg_quality: int = 92) -> Path:
+                   captions_per_image: int = 2, jpeg_quality: int = 92, workers: int | None = None) -> Path:
     """Write a synthetic text-to-person dataset in the CUHK-PEDES layout and return ``out``.
 
     ``out/reid_raw.json``: list of ``{"split", "captions", "file_path", "processed_tokens", "id"}`` records
     (ids 1-based; train ids first, then val, then test, split by identity per ``split_fractions``);
     ``out/imgs/<source>/<file>.jpg`` with sources :data:`PEDES_SOURCES`. ``image_size`` is (H, W).
-    Identity ``i``'s latent attributes are ``pedes_attributes(identities, seed)[i - 1]``.
+    Identity ``i``'s latent attributes are ``pedes_attributes(identities, seed)[i - 1]``. Identities are drawn in
+    ``workers`` processes (default: one per CPU core, for 200 identities or more); every identity has its own
+    random streams, so the bytes do not depend on ``workers``.
     """
     lo, hi = images_per_identity
     if not (1 <= lo <= hi):
@@ -172,27 +178,60 @@ def generate_pedes(out: str | Path, identities: int = 1000, seed: int = 0,
         with atomic_dir(out, overwrite) as tmp:
             for src in PEDES_SOURCES:
                 (tmp / "imgs" / src).mkdir(parents=True)
+            splits = ["train" if p.id <= n_train else ("val" if p.id <= n_train + n_val else "test") for p in people]
+            tasks = [_PedesIdentity(tmp, person, count, split, seed, tuple(image_size), captions_per_image,
+                                    jpeg_quality) for person, count, split in zip(people, counts, splits)]
+            if workers is None:
+                workers = (os.cpu_count() or 1) if identities >= 200 else 1
             records = []
-            for person, count in zip(people, counts):
-                pid = person.id
-                split = "train" if pid <= n_train else ("val" if pid <= n_train + n_val else "test")
-                for k in range(count):
-                    rng = seeded_rng(seed, Stream.PEDES_IMAGE, pid, k)
-                    src = PEDES_SOURCES[int(rng.choice(len(PEDES_SOURCES), p=_SOURCE_P))]
-                    camno = 1 + PEDES_SOURCES.index(src) * 2 + int(rng.integers(2))
-                    name = f"{pid:05d}_c{camno}_{k + 1:03d}.jpg"
-                    img, details = render.render_person(person.render, rng, image_size, camera=src)
-                    save_jpeg(img, tmp / "imgs" / src / name, jpeg_quality)
-                    caption_rng = seeded_rng(seed, Stream.PEDES_CAPTION, pid, k)
-                    caps = pedes_captions(person, caption_rng, details, captions_per_image)
-                    records.append({"split": split, "captions": caps, "file_path": f"{src}/{name}",
-                                    "processed_tokens": [tokenize(c) for c in caps], "id": pid})
-                    bar.update(1)
+            for drawn in _map_in_processes(_draw_pedes_identity, tasks, workers):
+                records += drawn
+                bar.update(len(drawn))
             with open(tmp / "reid_raw.json", "w", encoding="utf-8", newline="\n") as fh:
                 json.dump(records, fh, ensure_ascii=True)
     finally:
         bar.close()
     return out
+
+
+class _PedesIdentity(NamedTuple):
+    """One identity's share of :func:`generate_pedes` (picklable: drawn in a worker process)."""
+
+    folder: Path
+    person: PersonAttributes
+    count: int
+    split: str
+    seed: int
+    image_size: tuple[int, int]
+    captions_per_image: int
+    jpeg_quality: int
+
+
+def _draw_pedes_identity(task: _PedesIdentity) -> list[dict[str, Any]]:
+    """Draw and save the identity's ``count`` images under ``folder/imgs``; their ``reid_raw.json`` records."""
+    pid, records = task.person.id, []
+    for k in range(task.count):
+        rng = seeded_rng(task.seed, Stream.PEDES_IMAGE, pid, k)
+        src = PEDES_SOURCES[int(rng.choice(len(PEDES_SOURCES), p=_SOURCE_P))]
+        camno = 1 + PEDES_SOURCES.index(src) * 2 + int(rng.integers(2))
+        name = f"{pid:05d}_c{camno}_{k + 1:03d}.jpg"
+        img, details = render.render_person(task.person.render, rng, task.image_size, camera=src)
+        save_jpeg(img, task.folder / "imgs" / src / name, task.jpeg_quality)
+        caps = pedes_captions(task.person, seeded_rng(task.seed, Stream.PEDES_CAPTION, pid, k), details,
+                              task.captions_per_image)
+        records.append({"split": task.split, "captions": caps, "file_path": f"{src}/{name}",
+                        "processed_tokens": [tokenize(c) for c in caps], "id": pid})
+    return records
+
+
+def _map_in_processes(function: Callable[[T], R], items: Sequence[T], workers: int) -> Iterator[R]:
+    """``function`` over ``items`` in order, in ``workers`` spawned processes (``workers <= 1``: in this one)."""
+    if workers <= 1 or len(items) < 2:
+        yield from map(function, items)
+        return
+    context = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads and locks
+    with ProcessPoolExecutor(min(workers, len(items)), mp_context=context) as pool:
+        yield from pool.map(function, items, chunksize=max(1, len(items) // (8 * workers)))
 
 
 def generate_faces(out: str | Path, identities: int = 200, seed: int = 0,
