@@ -118,8 +118,15 @@ def test_git_commit_inside_repo(tmp_path: Path) -> None:
     git("commit", "-q", "-m", "init")
     clean = git_commit(tmp_path)
     assert clean is not None and re.fullmatch(r"[0-9a-f]{4,40}", clean)
-    (tmp_path / "f.txt").write_text("two\n")
+    (tmp_path / "store.sqlite").write_text("rows\n")
+    git("add", "store.sqlite")
+    git("commit", "-q", "-m", "the store of record")
+    clean = git_commit(tmp_path)
+    (tmp_path / "store.sqlite").write_text("rows\nand one more\n")  # a run appends to the committed store
+    assert git_commit(tmp_path, ignore=[tmp_path / "store.sqlite"]) == clean
     assert git_commit(tmp_path) == f"{clean}+dirty"
+    (tmp_path / "f.txt").write_text("two\n")
+    assert git_commit(tmp_path, ignore=[tmp_path / "store.sqlite"]) == f"{clean}+dirty"
 
 
 def test_newer_schema_version_is_refused(tmp_path: Path) -> None:

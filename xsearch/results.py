@@ -13,7 +13,7 @@ import sqlite3
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 SCHEMA_VERSION = 1
 DEFAULT_PATH = Path("results/xsearch.sqlite")
@@ -99,18 +99,22 @@ def _run_git(args: list[str], cwd: Path) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
-def git_commit(cwd: str | Path | None = None) -> str | None:
-    """Short commit of the repo containing ``cwd`` (default: this package), ``+dirty`` if tracked
-    files changed. ``None`` outside a git repo, without git, or on any error; never raises."""
+def git_commit(cwd: str | Path | None = None, ignore: Sequence[str | Path] = ()) -> str | None:
+    """Short commit of the repo containing ``cwd`` (default: this package), ``+dirty`` if tracked files other than
+    ``ignore`` (e.g. the committed results store a run appends to) changed. ``None`` outside a git repo, without git,
+    or on any error; never raises."""
     try:
         where = Path(cwd) if cwd is not None else Path(__file__).resolve().parent
         if not where.is_dir():
             where = where.parent
         commit = _run_git(["rev-parse", "--short", "HEAD"], where)
-        if not commit:
+        top = _run_git(["rev-parse", "--show-toplevel"], where)
+        if not commit or not top:
             return None
-        status = _run_git(["status", "--porcelain", "--untracked-files=no"], where)
-        return f"{commit}+dirty" if status else commit
+        changed = (_run_git(["diff", "--name-only", "HEAD"], where) or "").splitlines()  # repo-relative paths
+        skipped = {Path(path).resolve() for path in ignore}
+        changed = [name for name in changed if (Path(top) / name).resolve() not in skipped]
+        return f"{commit}+dirty" if changed else commit
     except Exception:  # noqa: BLE001 - provenance must never break a run
         return None
 

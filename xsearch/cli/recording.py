@@ -74,7 +74,7 @@ class RecordResults(Callback):
             checkpoint=relative_to_cwd(self.checkpoint),
             seed=dumped.get("seed_everything") if isinstance(dumped.get("seed_everything"), int) else None,
             wall_time_s=time.perf_counter() - self.started,
-            git_commit=git_commit(),
+            git_commit=git_commit(ignore=[self.results]),  # the store itself may be committed (the leaderboard)
             extra=record_extra(self.tag),
         )
         store = ResultsStore(self.results)
