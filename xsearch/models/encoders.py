@@ -163,6 +163,14 @@ class ImageEncoder(nn.Module):
         return nn.functional.adaptive_avg_pool2d(features, (self.stripes, 1)).flatten(1)  # (B, C x stripes)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` runs bf16 matmuls natively: a CUDA GPU with bf16 support, or a CPU on which oneDNN has
+    bf16 instructions (``avx512_bf16`` / ``amx_bf16``)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def mean_pool(token_embeddings: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """``(B, L, D)`` token embeddings, ``(B, L)`` mask -> ``(B, D)`` mean over real tokens."""
     mask = attention_mask.unsqueeze(-1).to(token_embeddings.dtype)
@@ -188,9 +196,11 @@ class TextEncoder(nn.Module):
         token_head_width: width of the token head (token states are linearly projected to it
             first; ``None`` = the transformer's width). Also the encoder's output width.
         cache_dtype: how a frozen transformer's cached token states are computed and kept:
-            ``float32``, or ``bfloat16`` (computed under bf16 autocast and stored in bf16: about
-            1.5-1.7x faster on a CPU with bf16 units such as ``avx512_bf16``, half the memory,
-            states within about 2e-2 of float32's; the token head still runs in float32).
+            ``float32``; ``bfloat16`` (computed under bf16 autocast and stored in bf16: about
+            1.5-2x faster where the processor has bf16 units, e.g. ``avx512_bf16`` / ``amx_bf16``
+            CPUs, half the memory, states within about 2e-2 of float32's; the token head still
+            runs in float32); ``auto``: ``bfloat16`` where the tower's device runs bf16 natively
+            (:func:`native_bf16`), else ``float32`` (emulated bf16 would be slower).
     """
 
     def __init__(
@@ -201,7 +211,7 @@ class TextEncoder(nn.Module):
         trainable_layers: NonNegativeInt | None = None,
         token_head_layers: NonNegativeInt = 0,
         token_head_width: PositiveInt | None = None,
-        cache_dtype: Literal["float32", "bfloat16"] = "float32",
+        cache_dtype: Literal["float32", "bfloat16", "auto"] = "float32",
     ) -> None:
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
@@ -273,11 +283,13 @@ class TextEncoder(nn.Module):
         device = next(self.transformer.parameters()).device
         todo = sorted({t for t in texts if t not in self._cache}, key=lambda t: (len(t), t))
         starts = range(0, len(todo), 256)
+        dtype = torch.float32 if self.cache_dtype == "float32" else torch.bfloat16
+        if self.cache_dtype == "auto" and not native_bf16(device):
+            dtype = torch.float32
         if progress and todo:
             from tqdm.auto import tqdm
 
-            starts = tqdm(starts, desc="caching caption token states", leave=False)
-        dtype = getattr(torch, self.cache_dtype)
+            starts = tqdm(starts, desc=f"caching caption token states ({str(dtype)[6:]})", leave=False)
         for start in starts:
             chunk = todo[start : start + 256]
             bf16 = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == torch.bfloat16 else nullcontext()
