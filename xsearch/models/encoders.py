@@ -361,7 +361,6 @@ class SentenceEncoder(nn.Module):
         self.trainable_layers = trainable_layers
         if trainable_layers is not None:
             train_last_layers(self.model, trainable_layers)
-        self.cache_dtype = cache_dtype
         self._cache: dict[str, torch.Tensor] = {}
         self.register_load_state_dict_post_hook(lambda module, keys: module._cache.clear())
 
