@@ -282,11 +282,13 @@ class TextEncoder(nn.Module):
         self.transformer.eval()
         device = next(self.transformer.parameters()).device
         todo = sorted({t for t in texts if t not in self._cache}, key=lambda t: (len(t), t))
+        if not todo:  # every training step asks: most find all their captions cached
+            return
         starts = range(0, len(todo), 256)
         dtype = torch.float32 if self.cache_dtype == "float32" else torch.bfloat16
         if self.cache_dtype == "auto" and not native_bf16(device):
             dtype = torch.float32
-        if progress and todo:
+        if progress:
             from tqdm.auto import tqdm
 
             starts = tqdm(starts, desc=f"caching caption token states ({str(dtype)[6:]})", leave=False)
