@@ -163,6 +163,28 @@ def test_pretrained_text_caches_the_frozen_prefix_per_caption_and_never_masked_i
     assert len(pretrained._cache) == 2  # masked ids are never cached
 
 
+def test_pretrained_text_prefix_cache_follows_the_text_encoders_cache_dtype(pretrained):
+    """``cache_dtype: bfloat16`` on the text encoder: the frozen prefix's states are kept in bf16 and read back as
+    float32, within bf16 rounding of the float32 cache."""
+    pretrained.eval()
+    ids = pretrained.tokenize(["a man in a red coat", "a woman"])
+    pretrained._cache.clear()
+    exact = pretrained.encode_text(ids, layers=(2,))
+    pretrained.text_encoder.cache_dtype = "bfloat16"
+    try:
+        pretrained._cache.clear()
+        half = pretrained.encode_text(ids, layers=(2,))
+        assert {state.dtype for entry in pretrained._cache.values() for state in entry.values()} == {torch.bfloat16}
+    finally:
+        pretrained.text_encoder.cache_dtype = "float32"
+        pretrained._cache.clear()
+    real = ~exact.padding
+    assert half.tokens.dtype == torch.float32 and half.hidden[2].dtype == torch.float32
+    difference = (half.hidden[2] - exact.hidden[2])[real].abs().max()
+    assert 0 < difference < 5e-2
+    torch.testing.assert_close(half.global_features, exact.global_features, rtol=0, atol=5e-2)
+
+
 def test_irra_mlm_on_pretrained_towers_uses_the_tokenizer_vocabulary_and_no_cache():
     model = build("irra_pretrained")
     model.train()

@@ -171,6 +171,14 @@ def native_bf16(device: torch.device) -> bool:
     return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+def cache_dtype(option: str, device: torch.device) -> torch.dtype:
+    """A ``cache_dtype`` option (``float32`` / ``bfloat16`` / ``auto``) -> the dtype frozen states are computed and
+    kept in on ``device``: ``auto`` is bfloat16 only where :func:`native_bf16` says the device runs it natively."""
+    if option == "bfloat16" or (option == "auto" and native_bf16(device)):
+        return torch.bfloat16
+    return torch.float32
+
+
 def mean_pool(token_embeddings: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """``(B, L, D)`` token embeddings, ``(B, L)`` mask -> ``(B, D)`` mean over real tokens."""
     mask = attention_mask.unsqueeze(-1).to(token_embeddings.dtype)
@@ -285,9 +293,7 @@ class TextEncoder(nn.Module):
         if not todo:  # every training step asks: most find all their captions cached
             return
         starts = range(0, len(todo), 256)
-        dtype = torch.float32 if self.cache_dtype == "float32" else torch.bfloat16
-        if self.cache_dtype == "auto" and not native_bf16(device):
-            dtype = torch.float32
+        dtype = cache_dtype(self.cache_dtype, device)
         if progress:
             from tqdm.auto import tqdm
 

@@ -14,7 +14,7 @@ width ``embed_dim``:
 
 Text tower frozen except its last ``k`` layers (``trainable_layers: k``, ``0`` = all frozen): the frozen
 prefix runs in eval mode and its token states are computed once per caption and cached (keyed by the
-caption's ids); the trainable layers run on them every step. ``encode_text(..., cache=False)`` (masked
+caption's ids; in the text encoder's ``cache_dtype``); the trainable layers run on them every step, in float32. ``encode_text(..., cache=False)`` (masked
 ids of IRRA's MLM) and a traced forward (ONNX export) run the whole transformer and cache nothing. The
 cached path calls the embedding module and the layers one by one: BERT-style encoders (``embeddings`` +
 one list of layers).
@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from xsearch.config_types import PositiveInt
-from xsearch.models.encoders import ImageEncoder, TextEncoder, mean_pool
+from xsearch.models.encoders import ImageEncoder, TextEncoder, cache_dtype, mean_pool
 from xsearch.models.towers import MaskedLanguage, TowerOutput, Towers
 from xsearch.registry import TOWERS
 
@@ -183,17 +183,19 @@ class PretrainedTowers(Towers):
             first.setdefault(key, i)
         todo = [i for key, i in first.items() if key not in self._cache]
         if todo:
-            states, hidden = self._frozen_prefix(input_ids[todo], mask[todo], frozen_layers)
+            dtype = cache_dtype(self.text_encoder.cache_dtype, input_ids.device)
+            with torch.autocast(input_ids.device.type, torch.bfloat16, enabled=dtype == torch.bfloat16):
+                states, hidden = self._frozen_prefix(input_ids[todo], mask[todo], frozen_layers)
             for row, i in enumerate(todo):
                 n = lengths[i]
-                self._cache[keys[i]] = {0: states[row, :n].float().cpu(),
-                                        **{layer: hidden[layer][row, :n].float().cpu() for layer in frozen_layers}}
+                self._cache[keys[i]] = {0: states[row, :n].to(dtype).cpu(),
+                                        **{layer: hidden[layer][row, :n].to(dtype).cpu() for layer in frozen_layers}}
         length = input_ids.shape[1]
         def padded(index: int) -> Tensor:
-            """(B, L, W) on the ids' device: the cached rows, zero-padded on the CPU and moved at once."""
+            """(B, L, W) float32 on the ids' device: the cached rows, zero-padded on the CPU and moved at once."""
             rows = [self._cache[key][index] for key in keys]
             states = nn.utils.rnn.pad_sequence(rows, batch_first=True)
-            return nn.functional.pad(states, (0, 0, 0, length - states.shape[1])).to(input_ids.device)
+            return nn.functional.pad(states, (0, 0, 0, length - states.shape[1])).to(input_ids.device, torch.float32)
         return padded(0), {layer: padded(layer) for layer in frozen_layers}
 
     def train(self, mode: bool = True) -> "PretrainedTowers":
