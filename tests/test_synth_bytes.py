@@ -49,12 +49,13 @@ def test_generated_set_hashes_to_the_pinned_digest(name: str, tmp_path: Path) ->
     assert digest(out, images=True) == image_digest
 
 
-def test_pedes_drawn_in_worker_processes_hash_to_the_pinned_digest(tmp_path: Path) -> None:
-    _, arguments, text_digest, image_digest = SETS["pedes"]
-    out = generate_pedes(tmp_path / "pedes", progress=False, workers=2, **arguments)
+@pytest.mark.parametrize("name", sorted(SETS))
+def test_sets_drawn_in_worker_processes_hash_to_the_pinned_digest(name: str, tmp_path: Path) -> None:
+    generate, arguments, text_digest, image_digest = SETS[name]
+    out = generate(tmp_path / name, progress=False, workers=2, **arguments)
     assert digest(out, images=False) == text_digest
     if (PIL.__version__, features.version("jpg")) == PINNED_WITH:
         assert digest(out, images=True) == image_digest
     else:  # another Pillow: the same bytes as one process draws
-        assert digest(out, images=True) == digest(generate_pedes(tmp_path / "one", progress=False, workers=1,
-                                                                 **arguments), images=True)
+        assert digest(out, images=True) == digest(generate(tmp_path / "one", progress=False, workers=1, **arguments),
+                                                  images=True)

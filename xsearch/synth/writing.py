@@ -237,7 +237,8 @@ def _map_in_processes(function: Callable[[T], R], items: Sequence[T], workers: i
 def generate_faces(out: str | Path, identities: int = 200, seed: int = 0,
                    images_per_identity: tuple[int, int] = (4, 10), captions_per_image: int = 10,
                    progress: bool = True, overwrite: bool = False,
-                   split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), jpeg_quality: int = 92) -> Path:
+                   split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), jpeg_quality: int = 92,
+                   workers: int | None = None) -> Path:
     """Write a synthetic face dataset in the official CelebA layout + Multi-Modal-CelebA-HQ captions.
 
     Files: ``Img/img_align_celeba/NNNNNN.jpg`` (178x218), ``Anno/identity_CelebA.txt``,
@@ -245,7 +246,9 @@ def generate_faces(out: str | Path, identities: int = 200, seed: int = 0,
     images numbered train first, then val, then test, like CelebA). Every image is also an "HQ" image:
     ``text/<hq>.txt`` holds its ``captions_per_image`` lines and ``CelebA-HQ-to-CelebA-mapping.txt``
     (header ``idx orig_idx orig_file``) maps the seeded-random HQ number ``0..n-1`` to ``NNNNNN.jpg``.
-    Identity numbers are a seeded permutation of ``1..identities``.
+    Identity numbers are a seeded permutation of ``1..identities``. Images are drawn in ``workers`` processes
+    (default: one per CPU core, for 200 identities or more); every image has its own random streams, so the bytes do
+    not depend on ``workers``.
     """
     lo, hi = images_per_identity
     if not (1 <= lo <= hi):
@@ -264,30 +267,20 @@ def generate_faces(out: str | Path, identities: int = 200, seed: int = 0,
         order = lay.permutation(len(block))
         items += [block[j] for j in order]
     hq_of = seeded_rng(seed, Stream.FACE_LAYOUT, 0).permutation(len(items)).tolist()  # HQ number of image n at [n - 1]
-    idents = {}
     out = Path(out)
     bar = progress_bar(len(items), "synthetic faces", progress)
     try:
         with atomic_dir(out, overwrite) as tmp:
-            img_dir = tmp / "Img" / "img_align_celeba"
-            cap_dir = tmp / "text"
-            for p in (img_dir, cap_dir, tmp / "Anno", tmp / "Eval"):
+            for p in (tmp / "Img" / "img_align_celeba", tmp / "text", tmp / "Anno", tmp / "Eval"):
                 p.mkdir(parents=True)
+            tasks = [_FaceImage(tmp, n, labels[i], k, hq_of[n - 1], seed, captions_per_image, jpeg_quality)
+                     for n, (i, k, _) in enumerate(items, start=1)]
+            if workers is None:
+                workers = (os.cpu_count() or 1) if identities >= 200 else 1
             id_lines, part_lines, attr_lines = [], [], []
-            for n, (i, k, part) in enumerate(items, start=1):
-                label = labels[i]
-                if label not in idents:
-                    idents[label] = face_identity(label, seed)
-                stable, prop, look = idents[label]
-                rng = seeded_rng(seed, Stream.FACE_IMAGE, label, k)
-                attrs = face_image_attributes(stable, prop, rng)
-                img = render_face(attrs, look, rng)
-                fname = f"{n:06d}.jpg"
-                save_jpeg(img, img_dir / fname, jpeg_quality)
-                crng = seeded_rng(seed, Stream.FACE_CAPTION, n)
-                caps = [celeba_caption(attrs, crng) for _ in range(captions_per_image)]
-                (cap_dir / f"{hq_of[n - 1]}.txt").write_text("\n".join(caps) + "\n", encoding="utf-8", newline="\n")
-                id_lines.append(f"{fname} {label}\n")
+            for task, (_, _, part), attrs in zip(tasks, items, _map_in_processes(_draw_face_image, tasks, workers)):
+                fname = f"{task.number:06d}.jpg"
+                id_lines.append(f"{fname} {task.label}\n")
                 part_lines.append(f"{fname} {part}\n")
                 attr_lines.append(fname + " " + " ".join(f"{1 if attrs[a] else -1:2d}" for a in CELEBA_ATTRIBUTES)
                                   + "\n")
@@ -305,6 +298,32 @@ def generate_faces(out: str | Path, identities: int = 200, seed: int = 0,
     return out
 
 
+class _FaceImage(NamedTuple):
+    """One image of :func:`generate_faces` (picklable: drawn in a worker process)."""
+
+    folder: Path
+    number: int  # 1-based CelebA image number: NNNNNN.jpg
+    label: int  # identity label
+    k: int  # image index within the identity
+    hq: int  # its Multi-Modal-CelebA-HQ caption file number
+    seed: int
+    captions_per_image: int
+    jpeg_quality: int
+
+
+def _draw_face_image(task: _FaceImage) -> dict[str, bool]:
+    """Draw and save the image and its caption file under ``folder``; its CelebA attributes."""
+    stable, propensities, look = face_identity(task.label, task.seed)
+    rng = seeded_rng(task.seed, Stream.FACE_IMAGE, task.label, task.k)
+    attrs = face_image_attributes(stable, propensities, rng)
+    save_jpeg(render_face(attrs, look, rng), task.folder / "Img" / "img_align_celeba" / f"{task.number:06d}.jpg",
+              task.jpeg_quality)
+    captions_rng = seeded_rng(task.seed, Stream.FACE_CAPTION, task.number)
+    captions = [celeba_caption(attrs, captions_rng) for _ in range(task.captions_per_image)]
+    (task.folder / "text" / f"{task.hq}.txt").write_text("\n".join(captions) + "\n", encoding="utf-8", newline="\n")
+    return attrs
+
+
 def _meta_csv(people: list[SceneIdentity], images_per_identity: int) -> str:
     rows = ["Class_ID, Name, Sample_Num, Flag, Gender\n"]
     for p in sorted(people, key=lambda p: p.class_id):
@@ -314,10 +333,38 @@ def _meta_csv(people: list[SceneIdentity], images_per_identity: int) -> str:
     return "".join(rows)
 
 
+class _SceneImage(NamedTuple):
+    """One COCO image of :func:`generate_pfs` (picklable: drawn in a worker process)."""
+
+    folder: Path
+    identity: SceneIdentity
+    k: int  # image index within the identity
+    coco_id: int
+    seed: int
+    size: tuple[int, int]
+    face_noise: float
+    jpeg_quality: int
+
+
+def _draw_scene_image(task: _SceneImage) -> tuple[list[str], list[float]]:
+    """Draw and save the scene under ``folder``; its captions and the identity's face descriptor in it."""
+    p = task.identity
+    rng = seeded_rng(task.seed, Stream.SCENE, p.index, task.k)
+    contexts = list(CONTEXTS.values())
+    context = contexts[int(rng.integers(len(contexts)))]
+    prop = choice(rng, context.props) if rng.random() < 0.6 else None
+    image = scene_image(p.person, context, prop, rng, task.size)
+    save_jpeg(image, task.folder / SPLIT_FILES[p.split].images / f"{task.coco_id:012d}.jpg_{p.class_id}.jpg",
+              task.jpeg_quality)
+    captions = scene_captions(p.person, context, prop, seeded_rng(task.seed, Stream.SCENE_CAPTION, p.index, task.k))
+    descriptor = face_descriptor(p.centre, task.face_noise, seeded_rng(task.seed, Stream.SCENE_FACE, p.index, task.k))
+    return list(captions), descriptor
+
+
 def generate_pfs(out: str | Path, identities: int = 200, images_per_identity: int = 6, seed: int = 0,
                  size: Sequence[int] = (128, 128), progress: bool = True, overwrite: bool = False,
                  split_fractions: Sequence[float] = (0.8, 0.1, 0.1), face_noise: float = DEFAULT_FACE_NOISE,
-                 jpeg_quality: int = 92) -> Path:
+                 jpeg_quality: int = 92, workers: int | None = None) -> Path:
     """Write a synthetic COCO-PFS ``datadir`` (the layout in the module docstring) and return ``out``.
 
     Args:
@@ -327,6 +374,8 @@ def generate_pfs(out: str | Path, identities: int = 200, images_per_identity: in
         face_noise: per-dimension std of the Gaussian noise added to an identity's unit descriptor
             centre before L2 normalisation (default: cosine to the centre ~0.8).
         overwrite: replace a non-empty ``out`` (otherwise refused).
+        workers: processes that draw the images (default: one per CPU core, for 200 identities or more); every
+            image has its own random streams, so the bytes do not depend on it.
     """
     if images_per_identity < 1:
         raise ValueError(f"images_per_identity must be >= 1, got {images_per_identity}")
@@ -339,7 +388,6 @@ def generate_pfs(out: str | Path, identities: int = 200, images_per_identity: in
     total = identities * images_per_identity
     coco_ids = seeded_rng(seed, Stream.SCENE_LAYOUT, 2).choice(max(COCO_MAX_ID, 4 * total), total, replace=False) + 1
     coco_ids = coco_ids.tolist()
-    contexts = list(CONTEXTS.values())
 
     coco: dict[str, dict[str, list]] = {}  # caption file -> {"images": [...], "annotations": [...]}
     features: dict[str, dict[str, list[float]]] = {s: {} for s in SPLIT_FILES}
@@ -349,25 +397,19 @@ def generate_pfs(out: str | Path, identities: int = 200, images_per_identity: in
         with atomic_dir(out, overwrite) as tmp:
             for files in SPLIT_FILES.values():
                 (tmp / files.images).mkdir(parents=True, exist_ok=True)
-            for p in people:
-                files = SPLIT_FILES[p.split]
+            tasks = [_SceneImage(tmp, p, k, coco_ids[p.index * images_per_identity + k], seed, size, face_noise,
+                                 jpeg_quality) for p in people for k in range(images_per_identity)]
+            if workers is None:
+                workers = (os.cpu_count() or 1) if identities >= 200 else 1
+            for task, (captions, descriptor) in zip(tasks, _map_in_processes(_draw_scene_image, tasks, workers)):
+                p, files, file_name = task.identity, SPLIT_FILES[task.identity.split], f"{task.coco_id:012d}.jpg"
                 book = coco.setdefault(files.captions, {"images": [], "annotations": []})
-                for k in range(images_per_identity):
-                    coco_id = coco_ids[p.index * images_per_identity + k]
-                    file_name = f"{coco_id:012d}.jpg"
-                    rng = seeded_rng(seed, Stream.SCENE, p.index, k)
-                    context = contexts[int(rng.integers(len(contexts)))]
-                    prop = choice(rng, context.props) if rng.random() < 0.6 else None
-                    image = scene_image(p.person, context, prop, rng, size)
-                    save_jpeg(image, tmp / files.images / f"{file_name}_{p.class_id}.jpg", jpeg_quality)
-                    book["images"].append({"id": coco_id, "file_name": file_name, "height": size[0], "width": size[1]})
-                    caption_rng = seeded_rng(seed, Stream.SCENE_CAPTION, p.index, k)
-                    for text in scene_captions(p.person, context, prop, caption_rng):
-                        book["annotations"].append({"image_id": coco_id, "id": len(book["annotations"]) + 1,
-                                                    "caption": text})
-                    features[p.split][f"{coco_id}_{p.class_id}"] = face_descriptor(
-                        p.centre, face_noise, seeded_rng(seed, Stream.SCENE_FACE, p.index, k))
-                    bar.update(1)
+                book["images"].append({"id": task.coco_id, "file_name": file_name, "height": size[0], "width": size[1]})
+                for text in captions:
+                    book["annotations"].append({"image_id": task.coco_id, "id": len(book["annotations"]) + 1,
+                                                "caption": text})
+                features[p.split][f"{task.coco_id}_{p.class_id}"] = descriptor
+                bar.update(1)
             for split, files in SPLIT_FILES.items():
                 _write_json(tmp / files.features, features[split])
             for name in sorted({f.captions for f in SPLIT_FILES.values()}):
