@@ -14,10 +14,10 @@ width ``embed_dim``:
 
 Text tower frozen except its last ``k`` layers (``trainable_layers: k``, ``0`` = all frozen): the frozen
 prefix runs in eval mode and its token states are computed once per caption and cached (keyed by the
-caption's ids; in the text encoder's ``cache_dtype``); the trainable layers run on them every step, in float32. ``encode_text(..., cache=False)`` (masked
-ids of IRRA's MLM) and a traced forward (ONNX export) run the whole transformer and cache nothing. The
-cached path calls the embedding module and the layers one by one: BERT-style encoders (``embeddings`` +
-one list of layers).
+caption's ids, kept in the text encoder's ``cache_dtype``); the trainable layers run on them every step, in
+float32. ``encode_text(..., cache=False)`` (masked ids of IRRA's MLM) and a traced forward (ONNX export) run
+the whole transformer and cache nothing. The cached path calls the embedding module and the layers one by one:
+BERT-style encoders (``embeddings`` + one list of layers).
 """
 from __future__ import annotations
 

@@ -181,10 +181,8 @@ def generate_pedes(out: str | Path, identities: int = 1000, seed: int = 0,
             splits = ["train" if p.id <= n_train else ("val" if p.id <= n_train + n_val else "test") for p in people]
             tasks = [_PedesIdentity(tmp, person, count, split, seed, tuple(image_size), captions_per_image,
                                     jpeg_quality) for person, count, split in zip(people, counts, splits)]
-            if workers is None:
-                workers = (os.cpu_count() or 1) if identities >= 200 else 1
             records = []
-            for drawn in _map_in_processes(_draw_pedes_identity, tasks, workers):
+            for drawn in _map_in_processes(_draw_pedes_identity, tasks, _workers(workers, identities)):
                 records += drawn
                 bar.update(len(drawn))
             with open(tmp / "reid_raw.json", "w", encoding="utf-8", newline="\n") as fh:
@@ -222,6 +220,13 @@ def _draw_pedes_identity(task: _PedesIdentity) -> list[dict[str, Any]]:
         records.append({"split": task.split, "captions": caps, "file_path": f"{src}/{name}",
                         "processed_tokens": [tokenize(c) for c in caps], "id": pid})
     return records
+
+
+def _workers(workers: int | None, identities: int) -> int:
+    """The processes a generator draws in: ``workers``, or by default one per CPU core for 200 identities or more."""
+    if workers is not None:
+        return workers
+    return (os.cpu_count() or 1) if identities >= 200 else 1
 
 
 def _map_in_processes(function: Callable[[T], R], items: Sequence[T], workers: int) -> Iterator[R]:
@@ -275,10 +280,9 @@ def generate_faces(out: str | Path, identities: int = 200, seed: int = 0,
                 p.mkdir(parents=True)
             tasks = [_FaceImage(tmp, n, labels[i], k, hq_of[n - 1], seed, captions_per_image, jpeg_quality)
                      for n, (i, k, _) in enumerate(items, start=1)]
-            if workers is None:
-                workers = (os.cpu_count() or 1) if identities >= 200 else 1
             id_lines, part_lines, attr_lines = [], [], []
-            for task, (_, _, part), attrs in zip(tasks, items, _map_in_processes(_draw_face_image, tasks, workers)):
+            drawn = _map_in_processes(_draw_face_image, tasks, _workers(workers, identities))
+            for task, (_, _, part), attrs in zip(tasks, items, drawn):
                 fname = f"{task.number:06d}.jpg"
                 id_lines.append(f"{fname} {task.label}\n")
                 part_lines.append(f"{fname} {part}\n")
@@ -399,9 +403,8 @@ def generate_pfs(out: str | Path, identities: int = 200, images_per_identity: in
                 (tmp / files.images).mkdir(parents=True, exist_ok=True)
             tasks = [_SceneImage(tmp, p, k, coco_ids[p.index * images_per_identity + k], seed, size, face_noise,
                                  jpeg_quality) for p in people for k in range(images_per_identity)]
-            if workers is None:
-                workers = (os.cpu_count() or 1) if identities >= 200 else 1
-            for task, (captions, descriptor) in zip(tasks, _map_in_processes(_draw_scene_image, tasks, workers)):
+            drawn = _map_in_processes(_draw_scene_image, tasks, _workers(workers, identities))
+            for task, (captions, descriptor) in zip(tasks, drawn):
                 p, files, file_name = task.identity, SPLIT_FILES[task.identity.split], f"{task.coco_id:012d}.jpg"
                 book = coco.setdefault(files.captions, {"images": [], "annotations": []})
                 book["images"].append({"id": task.coco_id, "file_name": file_name, "height": size[0], "width": size[1]})
