@@ -293,6 +293,7 @@ def test_the_leaderboard_is_logged_offline_as_a_wandb_table_in_the_grid_group(tm
                                                checkpoint="c", seed=seed, wall_time_s=1.0, extra={"grid": "g", "cell": "irra"}))
     import wandb
 
+    wandb.teardown()  # an earlier test's W&B setup (WANDB_MODE=disabled) would otherwise be reused in this process
     calls, real_init = [], wandb.init
     monkeypatch.setattr(wandb, "init", lambda **kwargs: calls.append(kwargs) or real_init(**kwargs))
     _log_wandb_table("g", str(results), str(tmp_path / "runs"))
