@@ -11,6 +11,7 @@ import shutil
 import sqlite3
 import statistics
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -217,6 +218,25 @@ def test_a_store_locked_by_another_process_gives_a_clear_error_and_loses_nothing
         holder.close()
     ResultsStore(path).append(_record(seed=2))
     assert [r.seed for r in ResultsStore(path).rows()] == [0, 2]
+
+
+def test_a_store_switching_to_wal_while_another_connection_writes_waits_for_it(tmp_path: Path) -> None:
+    """Two grid jobs opening a new store at once: SQLite refuses the WAL switch at once, without the busy timeout,
+    while another connection is mid-write; the store waits (up to the busy timeout) instead of failing."""
+    path = tmp_path / "new.sqlite"
+    ResultsStore(path).append(_record(seed=0))
+    sqlite3.connect(path, isolation_level=None).execute("PRAGMA journal_mode=DELETE").fetchone()  # not switched yet
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("BEGIN IMMEDIATE")  # e.g. the other job creating the schema
+    release = threading.Timer(0.3, lambda: writer.execute("COMMIT"))
+    release.start()
+    try:
+        ResultsStore(path).append(_record(seed=1))
+    finally:
+        release.join()
+        writer.close()
+    assert [r.seed for r in ResultsStore(path).rows()] == [0, 1]
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 # -- leaderboard ---------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import hashlib
 import json
 import sqlite3
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -123,6 +124,20 @@ def _is_locked(exc: sqlite3.Error) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
 
 
+def _switch_to_wal(conn: sqlite3.Connection) -> None:
+    """Put the store in WAL mode (kept in the file). SQLite answers a switch that meets another connection's lock
+    with "locked" at once, without waiting the busy timeout, so the switch is retried until that timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if not _is_locked(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 def _utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
 
@@ -194,7 +209,7 @@ class ResultsStore:
             self._check_version(version)
             if version < SCHEMA_VERSION:
                 self._create_schema(conn)
-            conn.execute("PRAGMA journal_mode=WAL")
+            _switch_to_wal(conn)
         except sqlite3.DatabaseError as exc:
             if _is_locked(exc):
                 raise self._locked(exc) from exc
