@@ -3,7 +3,7 @@ the web page), on a dataset split whose identities are known.
 
 Usage::
 
-    python benchmarks/search_quality.py --ckpt runs/quickstart/checkpoints/best-epoch02.ckpt --root synth_pedes
+    python benchmarks/search_quality.py --ckpt runs/quickstart/checkpoints/last.ckpt --root synth_pedes
 
 The split's images are linked into a temporary folder (relative paths kept) and indexed with the checkpoint; every
 caption of the split is then searched as a user would type it, one query at a time, and counts as a hit at K when an

@@ -1,6 +1,6 @@
 """Screenshot of ``xsearch serve`` for the README: a real checkpoint, a real index, a real browser.
 
-Usage: ``python benchmarks/serve_screenshot.py --ckpt runs/quickstart/checkpoints/best-epoch02.ckpt
+Usage: ``python benchmarks/serve_screenshot.py --ckpt runs/quickstart/checkpoints/last.ckpt
 --root synth_pedes --out docs/serve.png [--images 300] [--record 0] [--query TEXT] [--k 14]``
 
 Copies the first ``--images`` test-split images of a CUHK-PEDES-layout dataset (``ROOT/reid_raw.json`` records with
