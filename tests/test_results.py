@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -225,7 +226,8 @@ def test_a_store_switching_to_wal_while_another_connection_writes_waits_for_it(t
     while another connection is mid-write; the store waits (up to the busy timeout) instead of failing."""
     path = tmp_path / "new.sqlite"
     ResultsStore(path).append(_record(seed=0))
-    sqlite3.connect(path, isolation_level=None).execute("PRAGMA journal_mode=DELETE").fetchone()  # not switched yet
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as other:
+        other.execute("PRAGMA journal_mode=DELETE").fetchone()  # not switched yet
     writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     writer.execute("BEGIN IMMEDIATE")  # e.g. the other job creating the schema
     release = threading.Timer(0.3, lambda: writer.execute("COMMIT"))
@@ -236,7 +238,8 @@ def test_a_store_switching_to_wal_while_another_connection_writes_waits_for_it(t
         release.join()
         writer.close()
     assert [r.seed for r in ResultsStore(path).rows()] == [0, 1]
-    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    with contextlib.closing(sqlite3.connect(path)) as reader:
+        assert reader.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 # -- leaderboard ---------------------------------------------------------------------------
