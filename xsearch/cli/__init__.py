@@ -33,8 +33,10 @@ COMMANDS = {"data": _data_command, "leaderboard": _leaderboard_command, "index":
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``xsearch`` console script."""
+    from xsearch.allocator import keep_freed_memory
     from xsearch.results import ResultsStoreError
 
+    keep_freed_memory()  # training steps reuse their activation buffers instead of faulting them in again
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("WANDB_MODE", "offline")  # no account or network needed; opt in with WANDB_MODE=online
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
