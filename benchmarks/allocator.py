@@ -71,10 +71,10 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child == "keep", args.steps, args.batch_size)))
         return
-    import torch
+    from quickstart_levers import cpu_bf16_support
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.pairs} pairs of child processes, "
-          f"{args.steps} steps each, batch {args.batch_size}")
+    print(cpu_bf16_support())
+    print(f"{args.pairs} pairs of child processes, {args.steps} steps each, batch {args.batch_size}")
     runs: dict[str, list[dict[str, float]]] = {"default": [], "keep": []}
     for _ in range(args.pairs):
         for setting in ("default", "keep"):
