@@ -1,12 +1,13 @@
 """``keep_freed_memory``: a training-step-like allocation pattern stops faulting its memory in again every step."""
 from __future__ import annotations
 
-import ctypes
 import subprocess
 import sys
 import textwrap
 
 import pytest
+
+from xsearch.allocator import glibc_mallopt
 
 STEPS = textwrap.dedent("""
     import ctypes, resource, sys
@@ -32,15 +33,7 @@ def _page_faults(setting: str) -> int:
     return int(out.stdout.strip())
 
 
-def _glibc() -> bool:
-    """This process's C library has glibc's ``mallopt`` (checked without calling it: this process keeps its settings)."""
-    try:
-        return sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None), "mallopt")
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not _glibc(), reason="glibc's mallopt: the C library here is not glibc")
+@pytest.mark.skipif(glibc_mallopt() is None, reason="glibc's mallopt: the C library here is not glibc")
 def test_freed_buffers_are_reused_instead_of_faulted_in_every_step():
     pages = 10 * (8 << 20) // 4096  # one step's buffers, in 4 KiB pages
     default, kept = _page_faults("default"), _page_faults("keep")

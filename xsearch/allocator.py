@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import sys
+from typing import Callable
 
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3  # glibc's mallopt parameters (malloc.h)
 MMAP_THRESHOLD = 32 << 20  # the largest glibc accepts: blocks up to 32 MiB come from the reusable heap
@@ -18,13 +19,21 @@ TRIM_THRESHOLD = 1 << 30   # free memory at the heap top is handed back to the k
 TOP_PAD = 64 << 20         # the heap grows 64 MiB at a time
 
 
-def keep_freed_memory() -> bool:
-    """Set glibc's malloc thresholds (module docstring); ``False`` where the C library is not glibc (macOS, musl)."""
+def glibc_mallopt() -> Callable[[int, int], int] | None:
+    """glibc's ``mallopt`` of this process's C library; ``None`` where the C library is not glibc (macOS, musl)."""
     if not sys.platform.startswith("linux"):
-        return False
+        return None
     try:
-        mallopt = ctypes.CDLL(None).mallopt
+        return ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
+        return None
+
+
+def keep_freed_memory() -> bool:
+    """Set glibc's malloc thresholds (module docstring); ``False`` where the C library is not glibc or refused one."""
+    mallopt = glibc_mallopt()
+    if mallopt is None:
         return False
-    return all(mallopt(parameter, value) == 1 for parameter, value in
-               ((M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_TOP_PAD, TOP_PAD)))
+    accepted = [mallopt(parameter, value) == 1 for parameter, value in
+                ((M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_TOP_PAD, TOP_PAD))]
+    return all(accepted)
