@@ -309,6 +309,7 @@ def test_small_working_set_and_copied_blocks(monkeypatch: pytest.MonkeyPatch) ->
     expected = reference_metrics(similarity, qp, gp)
     monkeypatch.setattr(retrieval_module, "_TARGET_BLOCK_ELEMENTS", 50)  # one row, positives blocked
     monkeypatch.setattr(retrieval_module, "_BLOCK_COPY_BYTES", 41 * 4 * 4)  # 4-row copied blocks
+    monkeypatch.setattr(retrieval_module, "_COPY_TILE_COLUMNS", 16)  # copied 16 + 16 + 9 columns at a time
     monkeypatch.setattr(retrieval_module, "_DENSE_MAX_POSITIVES", 10**6)  # count every query densely
     monkeypatch.setattr(retrieval_module, "_CANDIDATE_SHARE", 10**9)
     assert_metrics_equal(retrieval_metrics(similarity.half().float().T.contiguous().T, qp, gp), expected)
@@ -567,3 +568,23 @@ def test_thread_count_restored() -> None:
     similarity, qp, gp = random_problem(2, 10, 12, 3)
     retrieval_metrics(similarity, qp, gp)
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_chunks_in_worker_threads_match_reference_and_raise(threads: int) -> None:
+    """torch's intra-op thread count sets how many worker threads take the chunks: same per-query results, and
+    a worker's error reaches the caller."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        similarity, qp, gp = random_problem(5, 40, 50, 4, decimals=1)
+        per_query = retrieval_metrics_per_query(similarity, qp, gp, chunk_size=3)  # 14 chunks
+        for q, (first, last, ap, inp) in enumerate(reference_per_query(similarity, qp, gp)):
+            assert (int(per_query.first_positive_rank[q]), int(per_query.last_positive_rank[q])) == (first, last)
+            assert float(per_query.average_precision[q]) == pytest.approx(ap, abs=1e-12)
+        similarity[37, 5] = float("nan")
+        with pytest.raises(ValueError, match="NaN"):
+            retrieval_metrics(similarity, qp, gp, chunk_size=3)
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)

@@ -337,11 +337,10 @@ def _ordered_keys(scores: torch.Tensor) -> torch.Tensor:
     (-0.0 and +0.0 to the same value): a larger key ranks first, equal scores rank by ascending column.
     """
     bits = scores.view(torch.int32)
-    sign = bits >> 31  # 0 for +, -1 for -
-    ordered = (bits ^ (sign & 0x7FFFFFFF)) - sign  # negatives: -(magnitude bits)
-    keys = ordered.to(torch.int64) << 32
-    columns = torch.arange(scores.shape[1], device=scores.device, dtype=torch.int64)
-    return keys.bitwise_or_((1 << 31) - 1 - columns)
+    # negatives: -(magnitude bits) = (bits ^ 0x7FFFFFFF) + 1; every step in place on one int32 temporary
+    ordered = (bits >> 31).bitwise_and_(0x7FFFFFFF).bitwise_xor_(bits).sub_(bits >> 31)
+    column_term = (1 << 31) - 1 - torch.arange(scores.shape[1], device=scores.device, dtype=torch.int64)
+    return torch.add(column_term, ordered, alpha=1 << 32)  # one pass: widen, shift and add
 
 
 def _keyed_ranks(scores: torch.Tensor, positive_index: torch.Tensor) -> torch.Tensor:
