@@ -28,13 +28,14 @@ and none depends on where the positives rank or on how many scores tie:
   and, for bins holding a positive, how many of their items score above / exactly at that positive; a position
   is then the items of higher bins plus those of its own bin ahead of it, in a fixed number of passes whatever
   the number of positives (exact ties get a second ``bincount`` by positive and gallery-index segment; bins
-  holding positives of different scores are resolved item by item, or re-binned over their own range when
-  crowded, as outliers make them);
+  holding positives of different scores have their items ordered by two stable sorts, or are re-binned over
+  their own range when crowded, as outliers make them);
 * sorting: queries with more than ``_SORT_FALLBACK_POSITIVES`` positives use a chunked stable sort.
 
-On CPU the loop runs with one intra-op thread (restored afterwards): its small ops stall on OpenMP
-barriers when the machine is shared. ``benchmarks/RESULTS.md`` has the timings (at CUHK-PEDES size, 6x-19x the
-argsort evaluator on thirteen score distributions, identical numbers).
+On CPU, chunks run side by side in as many Python threads as torch has intra-op threads, each op on one intra-op
+thread (restored afterwards): small ops then need no OpenMP barrier, which stalls them when the machine is shared.
+``benchmarks/RESULTS.md`` has the timings (at CUHK-PEDES size, on thirteen score distributions, against the argsort
+evaluator, identical numbers).
 
 Image-to-text retrieval is the same computation on the transposed matrix:
 ``retrieval_metrics(similarity.T, gallery_pids, query_pids)`` (see :func:`bidirectional_metrics`).
@@ -393,9 +394,9 @@ def _binned_ranks(
     items of its bin scoring higher + items scoring the same at a lower gallery index``. The last term is 0
     without exact ties; rows with ties get a second ``bincount`` over ``(positive, number of positives at a
     lower gallery index)`` (see :func:`_earlier_ties`). A bin holding positives of different scores (a
-    *conflict*: its reference is one of them) is resolved by comparing its few items with its positives
-    (:func:`_resolve_conflicts`); when it holds many (scores concentrated by an outlier), the row is binned
-    again over that bin's range.
+    *conflict*: its reference is one of them) gets a NaN reference, so that its items fall in class 0 and are
+    found again and ordered by sorting (:func:`_resolve_conflicts`); when it holds many (scores concentrated by an
+    outlier), the row is binned again over that bin's range.
 
     Args / Returns: as :func:`_counted_ranks`; ``bounds``: ((C,), (C,)) score range to bin (finite rows);
     ``checked``: the rows are known to hold no NaN.
