@@ -582,6 +582,9 @@ def test_chunks_in_worker_threads_match_reference_and_raise(threads: int) -> Non
         for q, (first, last, ap, inp) in enumerate(reference_per_query(similarity, qp, gp)):
             assert (int(per_query.first_positive_rank[q]), int(per_query.last_positive_rank[q])) == (first, last)
             assert float(per_query.average_precision[q]) == pytest.approx(ap, abs=1e-12)
+        with torch.inference_mode():  # as in Trainer.test: the workers write into inference tensors
+            assert_metrics_equal(retrieval_metrics(similarity, qp, gp, chunk_size=3),
+                                 reference_metrics(similarity, qp, gp))
         similarity[37, 5] = float("nan")
         with pytest.raises(ValueError, match="NaN"):
             retrieval_metrics(similarity, qp, gp, chunk_size=3)

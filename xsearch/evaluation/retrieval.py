@@ -792,8 +792,14 @@ def _rank_all(
         if workers == 1:
             rank_chunks()
             continue
+        inference = torch.is_inference_mode_enabled()  # thread-local, like grad mode: set again in each worker
+
+        def worker() -> None:
+            with torch.inference_mode(inference), torch.no_grad():
+                rank_chunks()
+
         with ThreadPoolExecutor(workers) as pool:
-            for done in [pool.submit(rank_chunks) for _ in range(workers)]:
+            for done in [pool.submit(worker) for _ in range(workers)]:
                 done.result()  # re-raises a worker's error (NaN scores)
 
 
