@@ -32,10 +32,10 @@ and none depends on where the positives rank or on how many scores tie:
   their own range when crowded, as outliers make them);
 * sorting: queries with more than ``_SORT_FALLBACK_POSITIVES`` positives use a chunked stable sort.
 
-On CPU, chunks run side by side in as many Python threads as torch has intra-op threads, each op on one intra-op
-thread (restored afterwards): small ops then need no OpenMP barrier, which stalls them when the machine is shared.
-``benchmarks/RESULTS.md`` has the timings (at CUHK-PEDES size, on thirteen score distributions, against the argsort
-evaluator, identical numbers).
+On CPU, chunks run side by side in as many Python threads as torch has intra-op threads (at most 8), each op on
+one intra-op thread (restored afterwards): small ops then need no OpenMP barrier, which stalls them when the
+machine is shared. ``benchmarks/RESULTS.md`` has the timings (at CUHK-PEDES size, on thirteen score distributions,
+against the argsort evaluator, identical numbers).
 
 Image-to-text retrieval is the same computation on the transposed matrix:
 ``retrieval_metrics(similarity.T, gallery_pids, query_pids)`` (see :func:`bidirectional_metrics`).
@@ -93,6 +93,8 @@ _MAX_ZOOMS = 2
 # reused buffer, _COPY_TILE_COLUMNS columns at a time (a transposed view: 6x faster than one strided copy per block).
 _BLOCK_COPY_BYTES = 16 << 20
 _COPY_TILE_COLUMNS = 256
+# Worker threads on CPU (one per intra-op thread torch had): more would mostly wait for the GIL between small ops.
+_MAX_WORKERS = 8
 ON_MISSING = ("error", "skip")
 
 
@@ -723,7 +725,7 @@ def _single_cpu_thread(device: torch.device) -> Iterator[int]:
         return
     torch.set_num_threads(1)
     try:
-        yield previous
+        yield min(previous, _MAX_WORKERS)
     finally:
         torch.set_num_threads(previous)
 
