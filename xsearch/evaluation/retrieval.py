@@ -45,9 +45,9 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -749,10 +749,9 @@ def _rank_all(
 ) -> None:
     """Fill ``results`` (first, last, AP, INP; each (Q,)) for every query with a positive.
 
-    Chunks are independent (disjoint rows of ``results``): ``workers`` threads take them in turn, torch ops
-    releasing the GIL, each thread with its own candidate-shortcut state.
+    Rows are taken in blocks (the whole matrix when it is already contiguous fp32 rows); each block's chunks are
+    independent (disjoint rows of ``results``) and ``workers`` threads take them in turn (:func:`_in_workers`).
     """
-    first, last, average_precision, inverse_negative_penalty = results
     num_queries, num_gallery = similarity.shape
     dtype_bytes = torch.finfo(dtype).bits // 8
     in_place = similarity.dtype == dtype and similarity.stride(1) == 1
@@ -763,46 +762,75 @@ def _rank_all(
         block = similarity[block_start : block_start + block_rows]
         if buffer is not None:
             block = _copy_in_tiles(block, buffer[: block.shape[0]])
-        block_count = count[block_start : block_start + block_rows]
         # visit queries by ascending positive count: padding is tight and heavy queries come last
-        counts_sorted, local_order = torch.sort(block_count, stable=True)
+        counts_sorted, local_order = torch.sort(count[block_start : block_start + block_rows], stable=True)
         skip = int((counts_sorted == 0).sum())
         local_order, counts_sorted = local_order[skip:], counts_sorted[skip:]
-        pending = iter(list(_row_chunks(counts_sorted.tolist(), num_gallery, chunk_size)))
-        lock = threading.Lock()
+        chunks = _SharedChunks(iter(list(_row_chunks(counts_sorted.tolist(), num_gallery, chunk_size))))
+        rows = local_order + block_start  # (R,) query of each visited block row
+        _in_workers(lambda: _rank_chunks(chunks, block, local_order, rows, counts_sorted, gallery_order, start,
+                                         results), workers)
 
-        def rank_chunks() -> None:
-            chunks_since_failure = _CANDIDATE_RETRY  # candidate shortcut: tried while it works, retried now and then
-            while True:
-                with lock:
-                    lo, hi = next(pending, (0, 0))
-                if lo == hi:
-                    return
-                local_rows = local_order[lo:hi]
-                rows = local_rows + block_start
-                n = counts_sorted[lo:hi]
-                positive_index, valid = padded_positives(gallery_order, start[rows], n)
-                scores = block.index_select(0, local_rows)
-                try_candidates = chunks_since_failure >= _CANDIDATE_RETRY - 1
-                ranks, served = _positive_ranks(scores, positive_index, valid, try_candidates)
-                chunks_since_failure = (
-                    _CANDIDATE_RETRY if served else (0 if try_candidates else chunks_since_failure + 1)
-                )
-                summary = summarize_ranks(ranks, valid, n)
-                first[rows], last[rows], average_precision[rows], inverse_negative_penalty[rows] = summary
 
-        if workers == 1:
-            rank_chunks()
-            continue
-        inference = torch.is_inference_mode_enabled()  # thread-local, like grad mode: set again in each worker
+@dataclass
+class _SharedChunks:
+    """(lo, hi) slices of one block's visiting order, handed out one at a time to whichever thread asks."""
 
-        def worker() -> None:
-            with torch.inference_mode(inference), torch.no_grad():
-                rank_chunks()
+    slices: Iterator[tuple[int, int]]
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
-        with ThreadPoolExecutor(workers) as pool:
-            for done in [pool.submit(worker) for _ in range(workers)]:
-                done.result()  # re-raises a worker's error (NaN scores)
+    def take(self) -> tuple[int, int] | None:
+        with self.lock:
+            return next(self.slices, None)
+
+
+def _rank_chunks(
+    chunks: _SharedChunks,
+    block: torch.Tensor,
+    local_order: torch.Tensor,
+    rows: torch.Tensor,
+    counts_sorted: torch.Tensor,
+    gallery_order: torch.Tensor,
+    start: torch.Tensor,
+    results: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+) -> None:
+    """Rank chunks taken from ``chunks`` until none is left, writing their rows of ``results``.
+
+    ``block`` (R, G) scores; ``local_order`` (V,) its rows to visit, ``rows`` (V,) their queries, ``counts_sorted``
+    (V,) their positive counts (ascending). The candidate shortcut is tried while it works and retried every
+    ``_CANDIDATE_RETRY``-th chunk after a failure (this thread's chunks only).
+    """
+    chunks_since_failure = _CANDIDATE_RETRY
+    while (chunk := chunks.take()) is not None:
+        lo, hi = chunk
+        chunk_rows, n = rows[lo:hi], counts_sorted[lo:hi]
+        positive_index, valid = padded_positives(gallery_order, start[chunk_rows], n)
+        scores = block.index_select(0, local_order[lo:hi])
+        try_candidates = chunks_since_failure >= _CANDIDATE_RETRY - 1
+        ranks, served = _positive_ranks(scores, positive_index, valid, try_candidates)
+        chunks_since_failure = _CANDIDATE_RETRY if served else (0 if try_candidates else chunks_since_failure + 1)
+        for result, value in zip(results, summarize_ranks(ranks, valid, n)):  # first, last, AP, INP
+            result[chunk_rows] = value
+
+
+def _in_workers(function: Callable[[], None], workers: int) -> None:
+    """Run ``function`` in ``workers`` threads at once (in this one when 1) and re-raise the first error.
+
+    Inference and grad mode are per thread: each worker enters the caller's inference mode (``Trainer.test`` hands
+    over inference tensors) and no-grad.
+    """
+    if workers == 1:
+        function()
+        return
+    inference = torch.is_inference_mode_enabled()
+
+    def worker() -> None:
+        with torch.inference_mode(inference), torch.no_grad():
+            function()
+
+    with ThreadPoolExecutor(workers) as pool:
+        for done in [pool.submit(worker) for _ in range(workers)]:
+            done.result()
 
 
 def summarize_per_query(
