@@ -58,7 +58,8 @@ def test_held_out_captions_find_their_person_first_far_above_chance(learned, tmp
                 hits, queries = hits + first_of[caption][1], queries + 1
     capsys.readouterr()
     assert queries == 200
-    # measured 2026-12-03 (2 cores, torch 2.14.1): 81 of 200 first; chance gives 20 +- 4.2, P(>= 60 | chance) < 1e-15
+    # measured 2026-12-03 (2 cores, torch 2.14.1): 81 of 200 first; 2026-12-07: 63 (the training recipe changed since);
+    # chance gives 20 +- 4.2, P(>= 60 | chance) < 1e-15
     assert hits >= 60, f"{hits} of {queries} held-out captions found their person first (chance: 1 in {GROUP})"
 
     # the CLI prints the same first result for a held-out caption
