@@ -749,8 +749,9 @@ def _rank_all(
 ) -> None:
     """Fill ``results`` (first, last, AP, INP; each (Q,)) for every query with a positive.
 
-    Rows are taken in blocks (the whole matrix when it is already contiguous fp32 rows); each block's chunks are
-    independent (disjoint rows of ``results``) and ``workers`` threads take them in turn (:func:`_in_workers`).
+    Rows are taken in blocks (the whole matrix when its rows are already unit-stride in the compute dtype); a
+    block's chunks are independent (disjoint rows of ``results``) and ``workers`` threads take them in turn
+    (:func:`_in_workers`).
     """
     num_queries, num_gallery = similarity.shape
     dtype_bytes = torch.finfo(dtype).bits // 8
