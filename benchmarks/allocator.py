@@ -30,7 +30,7 @@ def child(keep: bool, steps: int, batch_size: int) -> dict[str, float]:
     """Time ``steps`` training steps (after 3 untimed ones) in this process."""
     import torch
 
-    from quickstart_levers import build_model, captions
+    from quickstart_levers import build_model, captions, train_step
     from xsearch.allocator import keep_freed_memory
 
     kept = keep_freed_memory() if keep else False
@@ -43,11 +43,7 @@ def child(keep: bool, steps: int, batch_size: int) -> dict[str, float]:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
 
     def step() -> float:
-        loss = model.training_losses(batch)["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        return float(loss.detach())
+        return train_step(model, optimizer, batch)
 
     for _ in range(3):
         step()

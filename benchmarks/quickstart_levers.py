@@ -74,6 +74,17 @@ def timed(function: Callable[[], Any], repeats: int) -> tuple[float, Any]:
     return best, out
 
 
+def train_step(net: Any, optimizer: Any, batch: dict[str, Any],
+               context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> float:
+    """One training step of ``net`` on ``batch`` (forward under ``context``, backward, optimiser step); its loss."""
+    with context():
+        loss = net.training_losses(batch)["loss"]
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
 def bf16() -> contextlib.AbstractContextManager:
     import torch
 
@@ -144,12 +155,7 @@ def main() -> None:
 
         def step(context: Callable[[], contextlib.AbstractContextManager]) -> float:
             torch.manual_seed(0)
-            with context():
-                loss = net.training_losses(batch)["loss"]
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            return float(loss.detach())
+            return train_step(net, optimizer, batch, context)
         return step
 
     base, loss = timed(lambda: stepper(contiguous)(contextlib.nullcontext), args.repeats)
