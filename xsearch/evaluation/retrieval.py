@@ -767,7 +767,7 @@ def _rank_all(
         counts_sorted, local_order = torch.sort(count[block_start : block_start + block_rows], stable=True)
         skip = int((counts_sorted == 0).sum())
         local_order, counts_sorted = local_order[skip:], counts_sorted[skip:]
-        chunks = _SharedChunks(iter(list(_row_chunks(counts_sorted.tolist(), num_gallery, chunk_size))))
+        chunks = _SharedChunks(_row_chunks(counts_sorted.tolist(), num_gallery, chunk_size))
         rows = local_order + block_start  # (R,) query of each visited block row
         _in_workers(lambda: _rank_chunks(chunks, block, local_order, rows, counts_sorted, gallery_order, start,
                                          results), workers)
