@@ -9,7 +9,8 @@ Usage::
 The model is ``configs/quickstart.yaml``'s (EfficientNet-Lite0 with its offline ImageNet weights, frozen MiniLM with
 a token head, 256-d heads) on random 96x48 images and generated captions. Levers: ``bf16`` autocast (oneDNN runs bf16
 matmuls and convolutions natively where the CPU has ``avx512_bf16`` / ``amx_bf16``; printed first), the channels-last
-backbone (``ImageEncoder``'s layout; the baseline is the contiguous one), ``torch.compile``. For each: seconds, the
+backbone (``ImageEncoder``'s layout; the baseline is the contiguous one), the depthwise weight gradients computed tap by
+tap on maps smaller than the kernel (``xsearch.models.depthwise``; against oneDNN's kernel), ``torch.compile``. For each: seconds, the
 speed-up over the baseline, and the largest difference of its outputs from it (bf16 changes what the model computes:
 the difference is printed, never hidden).
 """
@@ -91,6 +92,14 @@ def bf16() -> contextlib.AbstractContextManager:
     return torch.autocast("cpu", dtype=torch.bfloat16)
 
 
+def library_depthwise_gradient() -> contextlib.AbstractContextManager:
+    """The depthwise convolutions' weight gradients from the library's kernel everywhere (the path before
+    ``xsearch.models.depthwise``)."""
+    from unittest import mock
+
+    return mock.patch("xsearch.models.depthwise.needs_tap_gradient", return_value=False)
+
+
 def contiguous_copy(model: Any) -> Any:
     """``model`` with its image backbone in the default contiguous layout, fed contiguous inputs: the path before
     channels-last. (Only the weights in that layout is not enough: a channels-last input makes every convolution
@@ -112,6 +121,8 @@ def report(name: str, base: float, seconds: float, difference: float | None) -> 
 def main() -> None:
     import torch
 
+    from xsearch.allocator import keep_freed_memory
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--captions", type=int, default=1024, help="captions encoded by the caching benchmark")
@@ -119,6 +130,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also torch.compile the image backbone (step, gallery)")
     args = parser.parse_args()
     torch.manual_seed(0)
+    keep_freed_memory()  # as the xsearch command does
     print(cpu_bf16_support())
     model = build_model()
     text = model.text_encoder
@@ -149,6 +161,7 @@ def main() -> None:
     text.precompute(batch["text"])
     model.train()
     contiguous = contiguous_copy(model)
+    untouched = copy.deepcopy(model)  # for the depthwise-gradient row: the same steps from the same weights
 
     def stepper(net: Any) -> Callable[[Callable[[], contextlib.AbstractContextManager]], float]:
         optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-6)
@@ -163,6 +176,10 @@ def main() -> None:
     step = stepper(model)
     seconds, other = timed(lambda: step(contextlib.nullcontext), args.repeats)
     report("fp32, channels-last", base, seconds, abs(other - loss))
+    library_step = stepper(untouched)
+    library, other = timed(lambda: library_step(library_depthwise_gradient), args.repeats)
+    report("  oneDNN depthwise w-grad", base, library, abs(other - loss))
+    print(f"  (tap-by-tap depthwise weight gradients on small maps: x{library / seconds:.2f} over oneDNN's kernel)")
     seconds, other = timed(lambda: step(bf16), args.repeats)
     report("bf16 + channels-last", base, seconds, abs(other - loss))
     if args.compile:
