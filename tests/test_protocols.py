@@ -146,8 +146,13 @@ RECORDED: dict[str, dict[str, float]] = {
         "val/mINP": 19.74273, "val/rsum": 108.0,
     },
 }
-"""What each case gave (float32 values to 7 significant digits, one thread); a change of the protocols moves a metric
-by a whole query or pair, a change of float rounding (e.g. the image layout) only moves near-ties."""
+"""What each case gave (float32 values to 7 significant digits, one thread, on an AVX-512 processor). A change of float
+rounding (the image layout, another processor's kernels) only flips near-ties: on an AVX2 processor one val query of
+250 moved a place (R5 and rsum +0.4, mAPs by up to 0.1)."""
+
+TOLERANCE = 0.5
+"""Points any metric may differ from the record: less than one query of the identity protocols' test splits (24-36 queries: one
+moves a recall by 2.8 points or more), more than another processor's rounding moved any."""
 
 
 @pytest.fixture(scope="module")
@@ -288,5 +293,4 @@ def test_tiny_config_gives_the_recorded_metrics(case, workspace, monkeypatch):
     finally:
         torch.set_num_threads(threads)
     assert sorted(metrics) == sorted(RECORDED[case])  # the same metric names, none more, none less
-    # within float noise of another processor; a changed protocol moves a metric by a whole query or pair
-    assert metrics == {k: pytest.approx(v, rel=1e-4, abs=0.01) for k, v in RECORDED[case].items()}
+    assert metrics == {k: pytest.approx(v, abs=TOLERANCE) for k, v in RECORDED[case].items()}
