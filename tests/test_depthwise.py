@@ -21,19 +21,20 @@ def test_weight_gradient_of_one_pixel_is_the_pixel_at_the_centre_tap():
     assert torch.equal(x.grad, torch.tensor([[[[1.0]]]]))  # the centre weight
 
 
-@pytest.mark.parametrize("size,kernel,stride,padding,dilation,bias", [
-    ((3, 2), 5, 1, 2, 1, False),   # EfficientNet's 5x5 on a 96x48 image's last maps
-    ((9, 7), 5, 2, 0, 1, True),    # stride 2 after timm's 'same' padding
-    ((4, 3), 3, 1, 2, 2, True),    # dilated
-    ((12, 6), 5, 1, 2, 1, False),  # output larger than the kernel: the library's gradient
+@pytest.mark.parametrize("size,kernel,stride,padding,dilation,bias,taps", [
+    ((3, 2), 5, 1, 2, 1, False, True),    # EfficientNet's 5x5 on a 96x48 image's last maps
+    ((9, 7), 5, 2, 0, 1, True, True),     # stride 2 after timm's 'same' padding
+    ((4, 3), 3, 1, 2, 2, True, True),     # dilated
+    ((12, 6), 5, 1, 2, 1, False, False),  # output larger than the kernel: the library's gradient
 ])
-def test_outputs_and_gradients_equal_the_library(size, kernel, stride, padding, dilation, bias):
+def test_outputs_and_gradients_equal_the_library(size, kernel, stride, padding, dilation, bias, taps):
     torch.manual_seed(0)
     x = torch.randn(4, 6, *size).contiguous(memory_format=torch.channels_last).requires_grad_()
     weight = torch.randn(6, 1, kernel, kernel, requires_grad=True)
     b = torch.randn(6, requires_grad=True) if bias else None
     inputs = [t for t in (x, weight, b) if t is not None]
     geometry = (stride,) * 2, (padding,) * 2, (dilation,) * 2
+    assert needs_tap_gradient(x, weight, *geometry) == taps
     out = depthwise_conv2d(x, weight, b, *geometry)
     reference = F.conv2d(x, weight, b, stride, padding, dilation, groups=6)
     assert torch.equal(out, reference)
@@ -50,8 +51,8 @@ def test_taps_only_where_the_output_is_smaller_than_the_kernel_and_a_weight_grad
     assert not needs_tap_gradient(x, weight.detach(), *geometry)               # frozen weight
     with torch.no_grad():
         assert not needs_tap_gradient(x, weight, *geometry)
-    assert not needs_tap_gradient(torch.randn(2, 4, 3, 2), torch.randn(4, 1, 3, 3, requires_grad=True), *geometry[:1],
-                                  (1, 1), (1, 1))                              # 3x2 out, 3x3 kernel: not both smaller
+    small_kernel = torch.randn(4, 1, 3, 3, requires_grad=True)
+    assert not needs_tap_gradient(x, small_kernel, (1, 1), (1, 1), (1, 1))     # 3x2 out, 3x3 kernel: 3 rows not < 3
 
 
 def test_bf16_autocast_gives_the_library_output_and_float32_gradients():
