@@ -292,11 +292,11 @@ class TextEncoder(nn.Module):
             return
         self.transformer.eval()
         device = next(self.transformer.parameters()).device
-        todo = sorted({t for t in texts if t not in self._cache})
+        todo = list({t for t in texts if t not in self._cache})
         if not todo:  # every training step asks: most find all their captions cached
             return
         counts = self.tokenizer(todo, truncation=True, max_length=self.max_length, return_length=True)["length"]
-        todo = [text for _, text in sorted(zip(counts, todo))]
+        todo = [text for _, text in sorted(zip(counts, todo))]  # (count, text): one order whatever the set's
         starts = range(0, len(todo), 256)
         dtype = cache_dtype(self.cache_dtype, device)
         if progress:
