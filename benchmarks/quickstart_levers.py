@@ -10,8 +10,9 @@ The model is ``configs/quickstart.yaml``'s (EfficientNet-Lite0 with its offline 
 a token head, 256-d heads) on random 96x48 images and generated captions. Levers: ``bf16`` autocast (oneDNN runs bf16
 matmuls and convolutions natively where the CPU has ``avx512_bf16`` / ``amx_bf16``; printed first), the channels-last
 backbone (``ImageEncoder``'s layout; the baseline is the contiguous one), the depthwise weight gradients computed tap by
-tap on maps smaller than the kernel (``xsearch.models.depthwise``; against oneDNN's kernel), caption batches sorted by
-token count (against batches sorted by character count), ``torch.compile``. For each: seconds, the
+tap on maps smaller than the kernel (``xsearch.models.depthwise``; against oneDNN's kernel), the token head on real
+tokens only (``xsearch.models.token_head``; against the library's padded forward), caption batches sorted by token
+count (against batches sorted by character count), ``torch.compile``. For each: seconds, the
 speed-up over the baseline, and the largest difference of its outputs from it (bf16 changes what the model computes:
 the difference is printed, never hidden).
 """
@@ -101,6 +102,16 @@ def library_depthwise_gradient() -> contextlib.AbstractContextManager:
     return mock.patch("xsearch.models.depthwise.needs_tap_gradient", return_value=False)
 
 
+def library_token_head() -> contextlib.AbstractContextManager:
+    """The text token head's library forward over every padded position (the path before
+    ``xsearch.models.token_head``)."""
+    from unittest import mock
+
+    def padded(head: Any, project: Any, states: Any, mask: Any) -> Any:
+        return head(project(states), src_key_padding_mask=mask == 0)
+    return mock.patch("xsearch.models.encoders.run_token_head", padded)
+
+
 def contiguous_copy(model: Any) -> Any:
     """``model`` with its image backbone in the default contiguous layout, fed contiguous inputs: the path before
     channels-last. (Only the weights in that layout is not enough: a channels-last input makes every convolution
@@ -168,9 +179,12 @@ def main() -> None:
     batch = {"image": images, "text": captions(args.batch_size, seed=1),
              "pid": torch.arange(args.batch_size) // 2}
     text.precompute(batch["text"])
+    lengths = torch.tensor([len(text._cache[t]) for t in batch["text"]])
+    mask = torch.arange(int(lengths.max()))[None, :] < lengths[:, None]  # the token head's (B, L) padded batch
     model.train()
     contiguous = contiguous_copy(model)
     untouched = copy.deepcopy(model)  # for the depthwise-gradient row: the same steps from the same weights
+    padded_head = copy.deepcopy(model)  # for the token-head row
 
     def stepper(net: Any) -> Callable[[Callable[[], contextlib.AbstractContextManager]], float]:
         optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-6)
@@ -189,6 +203,11 @@ def main() -> None:
     library, other = timed(lambda: library_step(library_depthwise_gradient), args.repeats)
     report("  oneDNN depthwise w-grad", base, library, abs(other - loss))
     print(f"  (tap-by-tap depthwise weight gradients on small maps: x{library / seconds:.2f} over oneDNN's kernel)")
+    padded_step = stepper(padded_head)
+    library, other = timed(lambda: padded_step(library_token_head), args.repeats)
+    report("  library token head, padded", base, library, abs(other - loss))
+    print(f"  (token head on real tokens only: x{library / seconds:.2f} over the library's padded forward; "
+          f"{int(mask.sum())} of {mask.numel()} positions are real tokens)")
     seconds, other = timed(lambda: step(bf16), args.repeats)
     report("bf16 + channels-last", base, seconds, abs(other - loss))
     if args.compile:

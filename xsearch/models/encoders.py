@@ -18,6 +18,7 @@ from torch import nn
 
 from xsearch.config_types import NonNegativeInt, PositiveInt
 from xsearch.models.depthwise import use_tap_gradients
+from xsearch.models.token_head import run_token_head
 from xsearch.registry import TOWERS, Registry
 
 OFFLINE_WEIGHTS: Registry[Callable[[], Path]] = Registry("offline weight package")
@@ -281,7 +282,7 @@ class TextEncoder(nn.Module):
     def _pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``(B, L, D)`` token states -> ``(B, D)``, through the token head if there is one."""
         if self.token_head is not None:
-            states = self.token_head(self.token_input(states), src_key_padding_mask=mask == 0)
+            states = run_token_head(self.token_head, self.token_input, states, mask)
         return states[:, 0] if self.pooling == "cls" else mean_pool(states, mask)
 
     @torch.no_grad()

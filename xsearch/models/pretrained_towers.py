@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from xsearch.config_types import PositiveInt
 from xsearch.models.encoders import ImageEncoder, TextEncoder, cache_dtype, mean_pool
+from xsearch.models.token_head import run_token_head
 from xsearch.models.towers import MaskedLanguage, TowerOutput, Towers
 from xsearch.registry import TOWERS
 
@@ -146,7 +147,7 @@ class PretrainedTowers(Towers):
             states, hidden = out.last_hidden_state, {layer: out.hidden_states[layer] for layer in layers}
         head = self.text_encoder.token_head
         if head is not None:
-            states = head(self.text_encoder.token_input(states), src_key_padding_mask=mask == 0)
+            states = run_token_head(head, self.text_encoder.token_input, states, mask)
         tokens = self.text_projection(states)
         pooled = tokens[:, 0] if self.text_encoder.pooling == "cls" else mean_pool(tokens, mask)
         return TowerOutput(tokens, pooled, hidden, padding=mask == 0, eot=mask.sum(1) - 1)
