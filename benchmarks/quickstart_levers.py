@@ -10,7 +10,8 @@ The model is ``configs/quickstart.yaml``'s (EfficientNet-Lite0 with its offline 
 a token head, 256-d heads) on random 96x48 images and generated captions. Levers: ``bf16`` autocast (oneDNN runs bf16
 matmuls and convolutions natively where the CPU has ``avx512_bf16`` / ``amx_bf16``; printed first), the channels-last
 backbone (``ImageEncoder``'s layout; the baseline is the contiguous one), the depthwise weight gradients computed tap by
-tap on maps smaller than the kernel (``xsearch.models.depthwise``; against oneDNN's kernel), the token head on real
+tap on maps smaller than the kernel (``xsearch.models.depthwise``; against oneDNN's kernel), 1x1 convolutions as
+matrix products (``xsearch.models.pointwise``; against oneDNN's kernel), the token head on real
 tokens only (``xsearch.models.token_head``; against the library's padded forward), caption batches sorted by token
 count (against batches sorted by character count), ``torch.compile``. For each: seconds, the
 speed-up over the baseline, and the largest difference of its outputs from it (bf16 changes what the model computes:
@@ -102,6 +103,17 @@ def library_depthwise_gradient() -> contextlib.AbstractContextManager:
     return mock.patch("xsearch.models.depthwise.needs_tap_gradient", return_value=False)
 
 
+def library_pointwise() -> contextlib.AbstractContextManager:
+    """The 1x1 convolutions on oneDNN's convolution kernel (the path before ``xsearch.models.pointwise``)."""
+    from unittest import mock
+
+    import torch
+
+    from xsearch.models.pointwise import PointwiseConv2d
+
+    return mock.patch.object(PointwiseConv2d, "forward", torch.nn.Conv2d.forward)
+
+
 def library_token_head() -> contextlib.AbstractContextManager:
     """The text token head's library forward over every padded position (the path before
     ``xsearch.models.token_head``)."""
@@ -185,6 +197,7 @@ def main() -> None:
     contiguous = contiguous_copy(model)
     untouched = copy.deepcopy(model)  # for the depthwise-gradient row: the same steps from the same weights
     padded_head = copy.deepcopy(model)  # for the token-head row
+    convolutions = copy.deepcopy(model)  # for the 1x1-convolution row
 
     def stepper(net: Any) -> Callable[[Callable[[], contextlib.AbstractContextManager]], float]:
         optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-6)
@@ -203,6 +216,10 @@ def main() -> None:
     library, other = timed(lambda: library_step(library_depthwise_gradient), args.repeats)
     report("  oneDNN depthwise w-grad", base, library, abs(other - loss))
     print(f"  (tap-by-tap depthwise weight gradients on small maps: x{library / seconds:.2f} over oneDNN's kernel)")
+    convolution_step = stepper(convolutions)
+    library, other = timed(lambda: convolution_step(library_pointwise), args.repeats)
+    report("  oneDNN 1x1 convolutions", base, library, abs(other - loss))
+    print(f"  (1x1 convolutions as matrix products: x{library / seconds:.2f} over oneDNN's kernel)")
     padded_step = stepper(padded_head)
     library, other = timed(lambda: padded_step(library_token_head), args.repeats)
     report("  library token head, padded", base, library, abs(other - loss))
@@ -234,6 +251,9 @@ def main() -> None:
     report("fp32, contiguous layout", base, base, None)
     seconds, out = timed(lambda: encode(model, contextlib.nullcontext), args.repeats)
     report("fp32, channels-last", base, seconds, float((out - reference).abs().max()))
+    library, out = timed(lambda: encode(model, library_pointwise), args.repeats)
+    report("  oneDNN 1x1 convolutions", base, library, float((out - reference).abs().max()))
+    print(f"  (1x1 convolutions as matrix products: x{library / seconds:.2f} over oneDNN's kernel)")
     seconds, out = timed(lambda: encode(model, bf16), args.repeats)
     report("bf16 + channels-last", base, seconds, float((out - reference).abs().max()))
     if args.compile:

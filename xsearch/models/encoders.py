@@ -18,6 +18,7 @@ from torch import nn
 
 from xsearch.config_types import NonNegativeInt, PositiveInt
 from xsearch.models.depthwise import use_tap_gradients
+from xsearch.models.pointwise import use_matmul_pointwise
 from xsearch.models.token_head import run_token_head
 from xsearch.registry import TOWERS, Registry
 
@@ -119,6 +120,7 @@ class ImageEncoder(nn.Module):
         # trains about 1.6x faster on 2 CPU cores (depthwise-convolution and batch-norm backward above all)
         self.backbone.to(memory_format=torch.channels_last)
         use_tap_gradients(self.backbone)  # depthwise weight gradients on maps smaller than the kernel: ~10x faster on CPU
+        use_matmul_pointwise(self.backbone)  # 1x1 convolutions as matrix products on CPU
 
     def _load(self, path: str) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
