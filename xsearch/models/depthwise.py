@@ -15,6 +15,8 @@ from timm.layers import Conv2dSame, pad_same
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from xsearch.models.module_swap import replace_modules
+
 Pair = tuple[int, int]
 
 
@@ -123,8 +125,4 @@ def replaceable(module: nn.Module) -> bool:
 def use_tap_gradients(model: nn.Module) -> int:
     """Replace every :func:`replaceable` convolution of ``model`` by a :class:`DepthwiseConv2d` sharing its
     parameters; returns how many were replaced."""
-    targets = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
-               if replaceable(child)]
-    for parent, name, child in targets:
-        setattr(parent, name, DepthwiseConv2d(child))
-    return len(targets)
+    return replace_modules(model, replaceable, DepthwiseConv2d)

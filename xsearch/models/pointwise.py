@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xsearch.models.module_swap import replace_modules
+
 
 class PointwiseConv2d(nn.Conv2d):
     """A 1x1, stride-1, ungrouped ``nn.Conv2d`` run as ``F.linear`` on channels-last CPU inputs. Same parameters and
@@ -38,8 +40,4 @@ def replaceable(module: nn.Module) -> bool:
 def use_matmul_pointwise(model: nn.Module) -> int:
     """Replace every :func:`replaceable` convolution of ``model`` by a :class:`PointwiseConv2d` sharing its
     parameters; returns how many were replaced."""
-    targets = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
-               if replaceable(child)]
-    for parent, name, child in targets:
-        setattr(parent, name, PointwiseConv2d(child))
-    return len(targets)
+    return replace_modules(model, replaceable, PointwiseConv2d)

@@ -2,12 +2,12 @@
 
 A token head is an ``nn.TransformerEncoder`` of pre-norm layers (``norm_first=True``, no dropout) over a text tower's
 token states, after an input projection. In a batch padded to its longest caption, padding is a third of the rows
-its linear layers multiply (the quickstart's batches: 30 real tokens a caption on average, padded to 48), and the
+its linear layers multiply (a random quickstart batch: 30 real tokens a caption on average, padded to 48), and the
 library's layer computes every one of them. :func:`run_token_head` gathers the real tokens into one ``(N, W)`` matrix
 for the projections, the feed-forward block and the norms, and scatters them back only for the attention itself
 (``scaled_dot_product_attention`` with the keys' padding as a boolean mask): the real tokens' outputs equal the
-library's to float rounding, padding positions come out as zeros. On CPU a training step of the quickstart's head
-(forward and backward, batch 64) is about 1.5x faster (``benchmarks/quickstart_levers.py``).
+library's to float rounding, padding positions come out as zeros. On CPU the quickstart's whole training step is
+1.07-1.23x faster for it (``benchmarks/quickstart_levers.py``).
 """
 from __future__ import annotations
 
