@@ -215,7 +215,7 @@ def test_both_stages_train_and_test_from_the_cli_with_the_degraded_protocol(tmp_
     monkeypatch.chdir(tmp_path)
     results = tmp_path / "r.sqlite"
     common = ["--config", str(CONFIGS / "tiny" / "tgfr.yaml"), "--results", str(results), "--data.root", str(tmp_path / "data"),
-              "--trainer.limit_train_batches", "3"]
+              "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "2", "--trainer.num_sanity_val_steps", "0"]
     assert main(["fit", *common, "--trainer.default_root_dir", "stage1", "--checkpoint.dirpath", "stage1/ckpt"]) == 0
     stage1 = tmp_path / "stage1" / "ckpt" / "last.ckpt"
     assert stage1.is_file()
