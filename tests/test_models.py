@@ -4,10 +4,14 @@ import math
 import pytest
 import timm
 import torch
+from timm.layers import Conv2dSame
 from torch import nn
 
 from xsearch.models import DualEncoder, ImageEncoder, Projection, TextEncoder
+from xsearch.models.depthwise import DepthwiseConv2d, use_tap_gradients
 from xsearch.models.encoders import load_state_dict_by_position, mean_pool, resolve_weights
+from xsearch.models.pointwise import PointwiseConv2d, use_matmul_pointwise
+from xsearch.models.pointwise import replaceable as pointwise_replaceable
 from xsearch.registry import METHODS
 
 
@@ -270,3 +274,26 @@ def test_every_method_is_a_retrieval_module(name):
     from xsearch.models import RetrievalModule
 
     assert issubclass(METHODS.get(name), RetrievalModule)
+
+
+def test_image_encoder_swaps_cpu_kernels_keeping_parameters_and_outputs():
+    """``ImageEncoder`` runs EfficientNet-Lite0's depthwise convolutions with tap-by-tap weight gradients and its 1x1
+    convolutions as matrix products: same state-dict keys, outputs equal the plain timm model's."""
+    torch.manual_seed(0)
+    plain = timm.create_model("tf_efficientnet_lite0", num_classes=0).eval()
+    encoder = ImageEncoder("tf_efficientnet_lite0").eval()
+    encoder.backbone.load_state_dict(plain.state_dict())
+    depthwise = [m for m in plain.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+    tapped = [m for m in encoder.backbone.modules() if isinstance(m, DepthwiseConv2d)]
+    assert len(tapped) == len(depthwise) == 16
+    assert sum(m.same_padding for m in tapped) == sum(isinstance(m, Conv2dSame) for m in depthwise) == 4
+    pointwise = [m for m in encoder.backbone.modules() if isinstance(m, PointwiseConv2d)]
+    assert len(pointwise) == sum(pointwise_replaceable(m) for m in plain.modules()) == 32  # one in the first block,
+    # two in each of the 15 others, the head
+    assert list(encoder.backbone.state_dict()) == list(plain.state_dict())
+    images = torch.rand(2, 3, 96, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(encoder.backbone(encoder.normalise(images * 255)),
+                                   plain(encoder.normalise(images * 255).contiguous()), rtol=1e-4, atol=1e-5)
+    assert use_tap_gradients(timm.create_model("test_resnet")) == 0  # no depthwise convolutions
+    assert use_matmul_pointwise(timm.create_model("test_vit")) == 0  # no convolutions but the patch embedding

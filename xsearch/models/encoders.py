@@ -281,10 +281,16 @@ class TextEncoder(nn.Module):
         tokens = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt").to(device)
         return self.transformer(**tokens).last_hidden_state, tokens["attention_mask"]
 
+    def head_tokens(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``(B, L, D)`` token states and ``(B, L)`` mask -> ``(B, L, out_dim)``: the token head on the real tokens
+        (zeros at padding), or ``states`` as they are without a head."""
+        if self.token_head is None:
+            return states
+        return run_token_head(self.token_head, self.token_input, states, mask)
+
     def _pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``(B, L, D)`` token states -> ``(B, D)``, through the token head if there is one."""
-        if self.token_head is not None:
-            states = run_token_head(self.token_head, self.token_input, states, mask)
+        states = self.head_tokens(states, mask)
         return states[:, 0] if self.pooling == "cls" else mean_pool(states, mask)
 
     @torch.no_grad()

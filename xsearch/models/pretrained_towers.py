@@ -29,7 +29,6 @@ from torch import Tensor, nn
 
 from xsearch.config_types import PositiveInt
 from xsearch.models.encoders import ImageEncoder, TextEncoder, cache_dtype, mean_pool
-from xsearch.models.token_head import run_token_head
 from xsearch.models.towers import MaskedLanguage, TowerOutput, Towers
 from xsearch.registry import TOWERS
 
@@ -145,10 +144,7 @@ class PretrainedTowers(Towers):
         else:
             out = self.text_encoder.transformer(input_ids=input_ids, attention_mask=mask, output_hidden_states=True)
             states, hidden = out.last_hidden_state, {layer: out.hidden_states[layer] for layer in layers}
-        head = self.text_encoder.token_head
-        if head is not None:
-            states = run_token_head(head, self.text_encoder.token_input, states, mask)
-        tokens = self.text_projection(states)
+        tokens = self.text_projection(self.text_encoder.head_tokens(states, mask))
         pooled = tokens[:, 0] if self.text_encoder.pooling == "cls" else mean_pool(tokens, mask)
         return TowerOutput(tokens, pooled, hidden, padding=mask == 0, eot=mask.sum(1) - 1)
 
